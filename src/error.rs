@@ -1,0 +1,124 @@
+//! The one error type of kvtier.
+//!
+//! Every variant is structured so that a caller can act on it (retry after preempting, drop a
+//! request, report a corrupt slot) without parsing a message.
+
+use crate::pool::BlockId;
+use crate::seq::SeqId;
+
+/// Result alias used throughout kvtier.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which storage tier an error or metric refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The fast pool (stands in for GPU HBM).
+    G1,
+    /// Host DRAM.
+    G2,
+    /// SSD-backed slab files.
+    G3,
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tier::G1 => "G1",
+            Tier::G2 => "G2",
+            Tier::G3 => "G3",
+        })
+    }
+}
+
+/// Everything that can go wrong in kvtier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A layout or configuration field is zero, out of range or overflows.
+    #[error("invalid configuration: {field} {reason}")]
+    InvalidConfig {
+        /// The offending field.
+        field: &'static str,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Not enough free or evictable blocks to satisfy the request; nothing was changed.
+    #[error("out of blocks: requested {requested}, available {available}")]
+    OutOfBlocks {
+        /// Blocks the operation needed.
+        requested: usize,
+        /// Blocks that could have been handed out (free + evictable, minus reserve).
+        available: usize,
+    },
+    /// The sequence id was never issued, or the sequence was already freed.
+    #[error("unknown or freed sequence {0:?}")]
+    UnknownSequence(SeqId),
+    /// The block id is outside the pool.
+    #[error("invalid block id {block:?} (pool has {capacity} blocks)")]
+    InvalidBlock {
+        /// The id given.
+        block: BlockId,
+        /// Number of blocks in the pool.
+        capacity: usize,
+    },
+    /// A block was released that holds no reference.
+    #[error("block {0:?} freed twice (refcount already zero)")]
+    DoubleFree(BlockId),
+    /// Appending would make the sequence longer than the configured maximum.
+    #[error("sequence too long: {requested} tokens, max {max}")]
+    SequenceTooLong {
+        /// Length the sequence would have had.
+        requested: usize,
+        /// Configured maximum length.
+        max: usize,
+    },
+    /// A truncate asked for a length beyond the sequence's current length.
+    #[error("cannot truncate a sequence of {len} tokens to {requested}")]
+    TruncateBeyondEnd {
+        /// Length asked for.
+        requested: usize,
+        /// Current length.
+        len: usize,
+    },
+    /// Data built for one layout was given to a cache or tier with another.
+    #[error("layout mismatch: expected {expected} bytes per page, got {actual}")]
+    LayoutMismatch {
+        /// Page size this object was built with.
+        expected: usize,
+        /// Page size of what was given.
+        actual: usize,
+    },
+    /// The cache was built without a page arena (metadata-only mode).
+    #[error("this cache has no page memory (metadata-only mode)")]
+    NoArena,
+    /// Mapping memory for a tier failed.
+    #[error("cannot map {bytes} bytes for {tier}: {source}")]
+    Map {
+        /// Tier being mapped.
+        tier: Tier,
+        /// Size requested.
+        bytes: usize,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An IO operation on a tier failed.
+    #[error("{tier} {op} failed: {source}")]
+    Io {
+        /// Tier of the failed operation.
+        tier: Tier,
+        /// What was being done ("read", "write", "open", ...).
+        op: &'static str,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored page failed verification; it is treated as a miss.
+    #[error("corrupt page in {tier} slot {slot}")]
+    Corrupt {
+        /// Tier holding the page.
+        tier: Tier,
+        /// Slot index.
+        slot: u64,
+    },
+}

@@ -1,0 +1,1 @@
+//! IO backends for the SSD tier (in progress).

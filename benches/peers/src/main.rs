@@ -1,0 +1,84 @@
+//! Side-by-side microbenchmarks: kvtier vs kvbm-logical 1.6.1 (NVIDIA Dynamo), one process.
+//!
+//! Run: `cargo run --release --manifest-path benches/peers/Cargo.toml [-- OPTIONS]`
+//!
+//! Options:
+//!   --quick                 10x fewer iterations (smoke test)
+//!   --repeats N             timed repeats per workload, median reported (default 7)
+//!   --only a,b              run only workloads whose key contains one of the words
+//!                           (keys: alloc, hash, match, lifecycle, decode)
+//!   --pool N                blocks per pool (default 100000)
+//!   --kvbm-backend lru|lineage
+//!                           kvbm inactive-pool backend (default lru, as in its README)
+//!   --kvbm-no-tracker       kvbm registry without the TinyLFU frequency tracker
+
+mod common;
+mod kvbm;
+mod kvtier_side;
+
+use common::{Cfg, Results};
+
+fn main() {
+    let mut cfg = Cfg { repeats: 7, scale: 1.0, pool: common::POOL_BLOCKS };
+    let mut only: Vec<String> = Vec::new();
+    let mut kc = kvbm::KvbmCfg { backend: kvbm::Backend::Lru, tracker: true };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => cfg.scale = 0.1,
+            "--repeats" => cfg.repeats = args.next().and_then(|v| v.parse().ok()).expect("--repeats N"),
+            "--only" => only = args.next().expect("--only LIST").split(',').map(str::to_owned).collect(),
+            "--kvbm-backend" => {
+                kc.backend = match args.next().as_deref() {
+                    Some("lru") => kvbm::Backend::Lru,
+                    Some("lineage") => kvbm::Backend::Lineage,
+                    other => panic!("--kvbm-backend lru|lineage, got {other:?}"),
+                }
+            }
+            "--pool" => cfg.pool = args.next().and_then(|v| v.parse().ok()).expect("--pool N"),
+            "--kvbm-no-tracker" => kc.tracker = false,
+            "--bench" => {} // passed by `cargo bench`; ignored
+            other => panic!("unknown argument {other:?} (see src/main.rs for options)"),
+        }
+    }
+    cfg.repeats = cfg.repeats.max(1);
+    let only = move |key: &str| only.is_empty() || only.iter().any(|w| key.contains(w.as_str()));
+
+    eprintln!(
+        "kvtier vs kvbm-logical 1.6.1: pool {} blocks x {} tokens, {} repeats (median), scale {}, kvbm {:?}",
+        cfg.pool,
+        common::BLOCK_TOKENS,
+        cfg.repeats,
+        cfg.scale,
+        kc
+    );
+    eprintln!("running kvtier ...");
+    let t = kvtier_side::run(&cfg, &only);
+    eprintln!("running kvbm-logical ...");
+    let k = kvbm::run(&cfg, kc, &only);
+    print_table(&k, &t);
+}
+
+fn print_table(k: &Results, t: &Results) {
+    let rows: [(&str, &str, Option<f64>, Option<f64>); 8] = [
+        ("alloc+free, 1 block per op", "ns/block", k.alloc_free_1, t.alloc_free_1),
+        ("alloc+free, 16 blocks per op", "ns/block", k.alloc_free_16, t.alloc_free_16),
+        ("chained hash of 16-token blocks (4096-token prompt)", "ns/block", k.hash, t.hash),
+        ("match cached 256-block prefix", "ns/block", k.match_prefix, t.match_prefix),
+        ("release the matched blocks", "ns/block", k.release_matched, t.release_matched),
+        ("lifecycle, block at a time (alloc,fill,hash,register,release)", "ns/block", k.lifecycle_block, t.lifecycle_block),
+        ("lifecycle, whole 256-block prompt at once", "ns/block", k.lifecycle_prompt, t.lifecycle_prompt),
+        ("decode step, 256 seqs (+1 token each, export table)", "us/step", k.decode_step.map(|v| v / 1e3), t.decode_step.map(|v| v / 1e3)),
+    ];
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!();
+    println!("| workload | unit | kvbm-logical 1.6.1 | kvtier | ratio kvbm/kvtier |");
+    println!("|---|---|---:|---:|---:|");
+    for (name, unit, kv, kt) in rows {
+        let ratio = match (kv, kt) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".to_string(),
+        };
+        println!("| {name} | {unit} | {} | {} | {ratio} |", f(kv), f(kt));
+    }
+}

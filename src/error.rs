@@ -72,9 +72,9 @@ pub enum Error {
         /// Configured maximum length.
         max: usize,
     },
-    /// A truncate asked for a length beyond the sequence's current length.
-    #[error("cannot truncate a sequence of {len} tokens to {requested}")]
-    TruncateBeyondEnd {
+    /// A truncate or commit named a position beyond the sequence's current length.
+    #[error("position {requested} is beyond the end of a sequence of {len} tokens")]
+    BeyondEnd {
         /// Length asked for.
         requested: usize,
         /// Current length.

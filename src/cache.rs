@@ -1,0 +1,553 @@
+//! The page-table API a serving runtime drives: sequences over the G1 pool with prefix sharing.
+//!
+//! [`CacheCore`] holds everything and works through `&mut self`; [`KvCache`] wraps it in one
+//! lock so several runtime threads can share it. A scheduler that issues many calls per step
+//! takes the lock once with [`KvCache::lock`] and calls [`CacheCore`] methods on the guard.
+
+use crate::error::{Error, Result};
+use crate::events::{CacheSnapshot, KvEvent};
+use crate::layout::KvLayout;
+use crate::metrics::CacheMetrics;
+use crate::pool::{Arena, BlockId, BlockPool, BlockState};
+use crate::prefix::{BlockHash, ExtraKeys};
+use crate::seq::{SeqId, SeqState, SeqTable};
+use crate::sync::{Mutex, MutexGuard, lock};
+use crate::table::BatchTables;
+
+/// Configuration of a [`KvCache`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Page shape. Default: Llama-3.1-8B, 16-token blocks (2 MiB pages).
+    pub layout: KvLayout,
+    /// Blocks in the G1 pool. Default: 1024.
+    pub num_blocks: usize,
+    /// Fraction of the pool kept free for running sequences: a new sequence is admitted only
+    /// if that many blocks remain afterwards. Default: 0.01.
+    pub watermark: f64,
+    /// Longest sequence, in tokens. Default: 1 Mi tokens.
+    pub max_seq_len: usize,
+    /// Whether to map page memory (false: metadata only, for simulation). Default: true.
+    pub arena: bool,
+    /// Undrained KV events kept before the oldest are dropped (0 disables). Default: 65536.
+    pub event_capacity: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let layout = match KvLayout::llama_3_1_8b(16) {
+            Ok(l) => l,
+            Err(_) => unreachable!("the Llama-3.1-8B preset is valid"),
+        };
+        Self::new(layout, 1024)
+    }
+}
+
+impl CacheConfig {
+    /// Defaults for everything but the layout and the pool size.
+    pub fn new(layout: KvLayout, num_blocks: usize) -> Self {
+        Self { layout, num_blocks, watermark: 0.01, max_seq_len: 1 << 20, arena: true, event_capacity: 1 << 16 }
+    }
+    /// Sets the admission watermark fraction (default 0.01).
+    pub fn with_watermark(mut self, fraction: f64) -> Self {
+        self.watermark = fraction;
+        self
+    }
+    /// Sets the maximum sequence length in tokens (default 1 Mi).
+    pub fn with_max_seq_len(mut self, tokens: usize) -> Self {
+        self.max_seq_len = tokens;
+        self
+    }
+    /// Maps page memory or not (default true).
+    pub fn with_arena(mut self, arena: bool) -> Self {
+        self.arena = arena;
+        self
+    }
+    /// Sets the event buffer size (default 65536; 0 disables events).
+    pub fn with_event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events;
+        self
+    }
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_blocks == 0 {
+            return Err(Error::InvalidConfig { field: "num_blocks", reason: "must be non-zero" });
+        }
+        if !(0.0..1.0).contains(&self.watermark) {
+            return Err(Error::InvalidConfig { field: "watermark", reason: "must be in [0, 1)" });
+        }
+        if self.max_seq_len == 0 {
+            return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be non-zero" });
+        }
+        if self.arena && self.num_blocks.checked_mul(self.layout.page_bytes()).is_none() {
+            return Err(Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" });
+        }
+        Ok(())
+    }
+}
+
+/// Result of [`CacheCore::add_sequence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// The new sequence.
+    pub seq: SeqId,
+    /// Leading prompt tokens whose KV is already cached (a multiple of the block size; at most
+    /// `len - 1`, as the last token is always computed to produce logits).
+    pub cached_tokens: usize,
+    /// Blocks newly allocated for the rest of the prompt.
+    pub new_blocks: usize,
+}
+
+/// A page copy the runtime must perform before writing into `dst` (copy-on-write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    /// Shared block to copy from.
+    pub src: BlockId,
+    /// Private block to copy into.
+    pub dst: BlockId,
+    /// Valid tokens at the start of `src`.
+    pub tokens: u32,
+}
+
+/// Result of [`CacheCore::append_tokens`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendOutcome {
+    /// Blocks newly allocated.
+    pub new_blocks: usize,
+    /// Copy-on-write of a shared partial last block. kvtier has already copied the page in its
+    /// own arena; a runtime with page memory elsewhere (a GPU) performs the same copy.
+    pub copy: Option<BlockCopy>,
+}
+
+/// Sequences, page tables and the prefix cache over the G1 pool (single-threaded core).
+pub struct CacheCore {
+    layout: KvLayout,
+    block_size: usize,
+    watermark: usize,
+    max_seq_len: usize,
+    pool: BlockPool,
+    arena: Option<Arena>,
+    seqs: SeqTable,
+    cow_copies: u64,
+}
+
+impl CacheCore {
+    /// Builds the pool (and its arena unless metadata-only).
+    pub fn new(config: CacheConfig) -> Result<Self> {
+        config.validate()?;
+        let arena = if config.arena { Some(Arena::new(config.num_blocks, config.layout.page_bytes())?) } else { None };
+        let pool = BlockPool::with_policy(
+            config.num_blocks,
+            crate::policy::Lru::new(config.num_blocks),
+            config.event_capacity,
+        )?;
+        Ok(Self {
+            layout: config.layout,
+            block_size: config.layout.block_size() as usize,
+            watermark: (config.num_blocks as f64 * config.watermark) as usize,
+            max_seq_len: config.max_seq_len,
+            pool,
+            arena,
+            seqs: SeqTable::default(),
+            cow_copies: 0,
+        })
+    }
+
+    /// Page layout.
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+    /// The block pool, for inspection.
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+    /// Page memory (error in metadata-only mode).
+    pub fn arena(&self) -> Result<&Arena> {
+        self.arena.as_ref().ok_or(Error::NoArena)
+    }
+    /// Page memory, writable.
+    pub fn arena_mut(&mut self) -> Result<&mut Arena> {
+        self.arena.as_mut().ok_or(Error::NoArena)
+    }
+
+    fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+
+    /// True if a new sequence needing `n` blocks would be admitted now (watermark included).
+    pub fn can_allocate(&self, n: usize) -> bool {
+        n + self.watermark <= self.pool.available()
+    }
+
+    /// Hashes of the full blocks of `tokens` under `keys`, into `out` (cleared first).
+    pub fn hash_tokens(&self, tokens: &[u32], keys: &ExtraKeys, out: &mut Vec<BlockHash>) {
+        out.clear();
+        BlockHash::extend_chain(out, tokens, self.block_size, keys);
+    }
+
+    /// Number of leading `hashes` cached in G1.
+    pub fn longest_prefix(&mut self, hashes: &[BlockHash]) -> usize {
+        self.pool.longest_prefix(hashes)
+    }
+
+    /// Admits a request: shares its longest cached prefix and allocates blocks for the rest of
+    /// the prompt. Fails with [`Error::OutOfBlocks`] (changing nothing) if the blocks needed
+    /// plus the watermark reserve are not available.
+    pub fn add_sequence(&mut self, tokens: &[u32], keys: &ExtraKeys) -> Result<AddOutcome> {
+        if tokens.len() > self.max_seq_len {
+            return Err(Error::SequenceTooLong { requested: tokens.len(), max: self.max_seq_len });
+        }
+        let bs = self.block_size;
+        let total_blocks = self.blocks_for(tokens.len());
+        let (seq, st) = self.seqs.insert()?;
+        st.tokens.extend_from_slice(tokens);
+        st.keys.clone_from(keys);
+        BlockHash::extend_chain(&mut st.hashes, tokens, bs, keys);
+        let max_hit = tokens.len().saturating_sub(1) / bs;
+        let mut reviving = 0;
+        for h in &st.hashes[..max_hit] {
+            let Some(b) = self.pool.lookup(*h) else { break };
+            reviving += (self.pool.state(b)? == BlockState::Evictable) as usize;
+            st.blocks.push(b);
+        }
+        let hits = st.blocks.len();
+        self.pool.count_queries(max_hit, hits);
+        let need = total_blocks - hits;
+        let available = (self.pool.available() - reviving).saturating_sub(self.watermark);
+        if need > available {
+            st.blocks.clear();
+            self.seqs.remove(seq)?;
+            return Err(Error::OutOfBlocks { requested: need, available });
+        }
+        for &b in &st.blocks {
+            self.pool.acquire_block(b)?;
+        }
+        self.pool.allocate(need, &mut st.blocks)?;
+        st.num_computed = hits * bs;
+        st.committed_blocks = hits;
+        Ok(AddOutcome { seq, cached_tokens: hits * bs, new_blocks: need })
+    }
+
+    /// Appends tokens to a running sequence (prefill chunk or decode), allocating blocks as
+    /// needed. Running sequences may use the watermark reserve.
+    pub fn append_tokens(&mut self, seq: SeqId, tokens: &[u32]) -> Result<AppendOutcome> {
+        let bs = self.block_size;
+        let st = self.seqs.get_mut(seq)?;
+        let old_len = st.tokens.len();
+        let new_len = old_len + tokens.len();
+        if new_len > self.max_seq_len {
+            return Err(Error::SequenceTooLong { requested: new_len, max: self.max_seq_len });
+        }
+        let need = new_len.div_ceil(bs) - st.blocks.len();
+        let partial = old_len % bs;
+        let shared_tail = match st.blocks.last() {
+            Some(&last) if partial != 0 && !tokens.is_empty() => {
+                self.pool.refcount(last)? > 1 || self.pool.hash_of(last)?.is_some()
+            }
+            _ => false,
+        };
+        let want = need + shared_tail as usize;
+        if want > self.pool.available() {
+            return Err(Error::OutOfBlocks { requested: want, available: self.pool.available() });
+        }
+        let mut out = AppendOutcome { new_blocks: need, copy: None };
+        if shared_tail {
+            let last = st.blocks.len() - 1;
+            let src = st.blocks[last];
+            let dst = self.pool.allocate_one()?;
+            self.pool.release(src)?;
+            st.blocks[last] = dst;
+            if let Some(a) = self.arena.as_mut() {
+                a.copy_page(src, dst)?;
+            }
+            self.cow_copies += 1;
+            out.copy = Some(BlockCopy { src, dst, tokens: partial as u32 });
+        }
+        self.pool.allocate(need, &mut st.blocks)?;
+        st.tokens.extend_from_slice(tokens);
+        Ok(out)
+    }
+
+    /// Marks every token of `seq` as computed and registers its full blocks in the prefix
+    /// cache. Returns the number of blocks newly registered.
+    pub fn commit(&mut self, seq: SeqId) -> Result<usize> {
+        let len = self.seqs.get(seq)?.tokens.len();
+        self.commit_up_to(seq, len)
+    }
+
+    /// Marks the first `num_tokens` tokens as computed (chunked prefill) and registers the full
+    /// blocks among them. Returns the number of blocks newly registered.
+    pub fn commit_up_to(&mut self, seq: SeqId, num_tokens: usize) -> Result<usize> {
+        let bs = self.block_size;
+        let st = self.seqs.get_mut(seq)?;
+        if num_tokens > st.tokens.len() {
+            return Err(Error::BeyondEnd { requested: num_tokens, len: st.tokens.len() });
+        }
+        let full = num_tokens / bs;
+        if st.hashes.len() < full {
+            BlockHash::extend_chain(&mut st.hashes, &st.tokens[..full * bs], bs, &st.keys);
+        }
+        let mut registered = 0;
+        for i in st.committed_blocks..full {
+            let parent = i.checked_sub(1).map(|p| st.hashes[p]);
+            registered += self.pool.register(st.blocks[i], st.hashes[i], parent, bs as u32)? as usize;
+        }
+        st.committed_blocks = st.committed_blocks.max(full);
+        st.num_computed = st.num_computed.max(num_tokens);
+        Ok(registered)
+    }
+
+    /// Forks a sequence (parallel sampling, beam search): the child shares every block; the
+    /// partial last block is copied on the first write by either side.
+    pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
+        let p = self.seqs.take(parent)?;
+        let result = self.fork_from(&p);
+        self.seqs.put_back(parent, p);
+        result
+    }
+
+    fn fork_from(&mut self, p: &SeqState) -> Result<SeqId> {
+        for &b in &p.blocks {
+            self.pool.retain(b)?;
+        }
+        let (child, c) = self.seqs.insert()?;
+        c.tokens.extend_from_slice(&p.tokens);
+        c.blocks.extend_from_slice(&p.blocks);
+        c.hashes.extend_from_slice(&p.hashes);
+        c.keys.clone_from(&p.keys);
+        c.num_computed = p.num_computed;
+        c.committed_blocks = p.committed_blocks;
+        Ok(child)
+    }
+
+    /// Shortens a sequence to `len` tokens, releasing the blocks past it (tail first).
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<()> {
+        let bs = self.block_size;
+        let st = self.seqs.get_mut(seq)?;
+        if len > st.tokens.len() {
+            return Err(Error::BeyondEnd { requested: len, len: st.tokens.len() });
+        }
+        let keep = len.div_ceil(bs);
+        self.pool.release_all(st.blocks[keep..].iter().rev().copied())?;
+        st.blocks.truncate(keep);
+        st.tokens.truncate(len);
+        st.hashes.truncate(len / bs);
+        st.committed_blocks = st.committed_blocks.min(len / bs);
+        st.num_computed = st.num_computed.min(len);
+        Ok(())
+    }
+
+    /// Ends a sequence: its blocks are released tail first (cached ones become evictable, tail
+    /// before head) and its id becomes invalid.
+    pub fn free(&mut self, seq: SeqId) -> Result<()> {
+        let st = self.seqs.get(seq)?;
+        self.pool.release_all(st.blocks.iter().rev().copied())?;
+        self.seqs.remove(seq)
+    }
+
+    /// Tokens of a sequence.
+    pub fn tokens(&self, seq: SeqId) -> Result<&[u32]> {
+        Ok(&self.seqs.get(seq)?.tokens)
+    }
+    /// Page table of a sequence (zero copy).
+    pub fn block_table(&self, seq: SeqId) -> Result<&[BlockId]> {
+        Ok(&self.seqs.get(seq)?.blocks)
+    }
+    /// Tokens of a sequence whose KV has been committed.
+    pub fn num_computed(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.seqs.get(seq)?.num_computed)
+    }
+
+    /// Fills `out` with the flat block table, slot mapping and lengths of a batch. The slot
+    /// mapping covers each sequence's uncommitted tokens (the tokens this step computes).
+    pub fn export_batch(&self, seqs: &[SeqId], out: &mut BatchTables) -> Result<()> {
+        out.clear();
+        let mut width = 0;
+        for &s in seqs {
+            width = width.max(self.seqs.get(s)?.blocks.len());
+        }
+        out.row_width = width;
+        out.block_table.resize(seqs.len() * width, BatchTables::PAD);
+        let bs = self.block_size;
+        for (row, &s) in out.block_table.chunks_exact_mut(width.max(1)).zip(seqs) {
+            let st = self.seqs.get(s)?;
+            row[..st.blocks.len()].copy_from_slice(bytemuck::cast_slice(&st.blocks));
+            for pos in st.num_computed..st.tokens.len() {
+                let b = st.blocks[pos / bs].0 as i64;
+                out.slot_mapping.push(b * bs as i64 + (pos % bs) as i64);
+            }
+            out.seq_lens.push(st.tokens.len() as i32);
+            out.query_start.push(out.slot_mapping.len() as i32);
+        }
+        if width == 0 {
+            for &s in seqs {
+                let st = self.seqs.get(s)?;
+                out.seq_lens.push(st.tokens.len() as i32);
+                out.query_start.push(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters and occupancy.
+    pub fn metrics(&self) -> CacheMetrics {
+        let c = self.pool.counters();
+        CacheMetrics {
+            capacity: self.pool.capacity(),
+            free: self.pool.num_free(),
+            in_use: self.pool.num_in_use(),
+            evictable: self.pool.num_evictable(),
+            sequences: self.seqs.len(),
+            prefix_queries: c.prefix_queries,
+            prefix_hits: c.prefix_hits,
+            evictions: c.evictions,
+            allocations: c.allocations,
+            cow_copies: self.cow_copies,
+            events_dropped: self.pool.events_dropped(),
+        }
+    }
+
+    /// Moves undrained KV events to `out`.
+    pub fn drain_events(&mut self, out: &mut Vec<KvEvent>) {
+        self.pool.drain_events(out);
+    }
+
+    /// Every cached hash, consistent with the event stream.
+    pub fn snapshot(&self) -> CacheSnapshot {
+        self.pool.snapshot()
+    }
+
+    /// Drops every cached block if no sequence is live; false otherwise.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.pool.reset_prefix_cache()
+    }
+
+    /// Checks the pool invariants and that refcounts equal the references held by sequences.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.pool.check_invariants()?;
+        let mut refs = vec![0u32; self.pool.capacity()];
+        for (id, st) in self.seqs.iter() {
+            if st.blocks.len() != self.blocks_for(st.tokens.len()) {
+                return Err(format!("{id:?}: {} blocks for {} tokens", st.blocks.len(), st.tokens.len()));
+            }
+            if st.committed_blocks > st.hashes.len() || st.num_computed > st.tokens.len() {
+                return Err(format!("{id:?}: committed past the end"));
+            }
+            for (i, &b) in st.blocks.iter().enumerate() {
+                refs[b.index()] += 1;
+                if i < st.committed_blocks
+                    && let Ok(Some(h)) = self.pool.hash_of(b)
+                    && h != st.hashes[i]
+                {
+                    return Err(format!("{id:?}: block {i} holds another prefix's hash"));
+                }
+            }
+        }
+        for (i, &r) in refs.iter().enumerate() {
+            let b = BlockId(i as u32);
+            let rc = self.pool.refcount(b).map_err(|e| e.to_string())?;
+            if rc != r {
+                return Err(format!("{b:?}: refcount {rc} but {r} references"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exclusive access to the cache for a batch of calls (one lock per scheduler step).
+pub struct CacheGuard<'a>(MutexGuard<'a, CacheCore>);
+
+impl std::ops::Deref for CacheGuard<'_> {
+    type Target = CacheCore;
+    fn deref(&self) -> &CacheCore {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for CacheGuard<'_> {
+    fn deref_mut(&mut self) -> &mut CacheCore {
+        &mut self.0
+    }
+}
+
+/// The thread-safe KV cache: a [`CacheCore`] behind one lock. `Send + Sync`; share it with
+/// an `Arc`.
+pub struct KvCache {
+    core: Mutex<CacheCore>,
+    layout: KvLayout,
+    arena_base: Option<usize>,
+}
+
+impl KvCache {
+    /// Builds the cache.
+    pub fn new(config: CacheConfig) -> Result<Self> {
+        let core = CacheCore::new(config)?;
+        let arena_base = core.arena.as_ref().map(|a| a.base_ptr() as usize);
+        Ok(Self { layout: core.layout, arena_base, core: Mutex::new(core) })
+    }
+
+    /// Takes the lock for a batch of calls.
+    pub fn lock(&self) -> CacheGuard<'_> {
+        CacheGuard(lock(&self.core))
+    }
+
+    /// Page layout.
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    /// Address of page 0 of the arena (stride: `layout().page_bytes()`), for zero-copy kernels;
+    /// `None` in metadata-only mode. Only pages of blocks a sequence holds may be written.
+    pub fn arena_base(&self) -> Option<*const u8> {
+        self.arena_base.map(|a| a as *const u8)
+    }
+
+    /// See [`CacheCore::add_sequence`].
+    pub fn add_sequence(&self, tokens: &[u32], keys: &ExtraKeys) -> Result<AddOutcome> {
+        self.lock().add_sequence(tokens, keys)
+    }
+    /// See [`CacheCore::append_tokens`].
+    pub fn append_tokens(&self, seq: SeqId, tokens: &[u32]) -> Result<AppendOutcome> {
+        self.lock().append_tokens(seq, tokens)
+    }
+    /// See [`CacheCore::commit`].
+    pub fn commit(&self, seq: SeqId) -> Result<usize> {
+        self.lock().commit(seq)
+    }
+    /// See [`CacheCore::fork`].
+    pub fn fork(&self, seq: SeqId) -> Result<SeqId> {
+        self.lock().fork(seq)
+    }
+    /// See [`CacheCore::truncate`].
+    pub fn truncate(&self, seq: SeqId, len: usize) -> Result<()> {
+        self.lock().truncate(seq, len)
+    }
+    /// See [`CacheCore::free`].
+    pub fn free(&self, seq: SeqId) -> Result<()> {
+        self.lock().free(seq)
+    }
+    /// See [`CacheCore::longest_prefix`].
+    pub fn longest_prefix(&self, hashes: &[BlockHash]) -> usize {
+        self.lock().longest_prefix(hashes)
+    }
+    /// See [`CacheCore::export_batch`].
+    pub fn export_batch(&self, seqs: &[SeqId], out: &mut BatchTables) -> Result<()> {
+        self.lock().export_batch(seqs, out)
+    }
+    /// See [`CacheCore::can_allocate`].
+    pub fn can_allocate(&self, n: usize) -> bool {
+        self.lock().can_allocate(n)
+    }
+    /// See [`CacheCore::metrics`].
+    pub fn metrics(&self) -> CacheMetrics {
+        self.lock().metrics()
+    }
+    /// See [`CacheCore::drain_events`].
+    pub fn drain_events(&self, out: &mut Vec<KvEvent>) {
+        self.lock().drain_events(out)
+    }
+    /// See [`CacheCore::snapshot`].
+    pub fn snapshot(&self) -> CacheSnapshot {
+        self.lock().snapshot()
+    }
+}

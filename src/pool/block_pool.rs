@@ -1,0 +1,487 @@
+//! Block states, refcounts, the free queue, the evictable set and the prefix index of G1.
+//!
+//! All per-block state lives in flat arrays indexed by [`BlockId`]: a 32-byte [`Meta`], 8 bytes
+//! of free-queue links, the eviction policy's entry and a 4-byte slot (at load <= 1/2) of the
+//! hash index. Nothing here allocates after construction, and every operation is O(1).
+
+use crate::error::{Error, Result};
+use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
+use crate::policy::{EvictionPolicy, Lru};
+use crate::pool::BlockId;
+use crate::pool::list::{IndexList, MAX_INDEX};
+use crate::prefix::{BlockHash, HashIndex};
+
+/// The state a block is in. Every block is in exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockState {
+    /// In the free queue; holds nothing.
+    Free,
+    /// Referenced by `refcount >= 1` users.
+    InUse,
+    /// Cached content, no reference; can be revived or evicted.
+    Evictable,
+}
+
+const HASHED: u8 = 1;
+/// Largest pool: ids must fit an `i32` block table.
+const MAX_BLOCKS: usize = i32::MAX as usize;
+
+#[derive(Clone, Copy)]
+struct Meta {
+    hash: BlockHash,
+    refcount: u32,
+    state: BlockState,
+    flags: u8,
+}
+
+/// Counters kept by the pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PoolCounters {
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    pub evictions: u64,
+    pub allocations: u64,
+}
+
+/// Block bookkeeping of the fast pool; single-threaded (`&mut self`), see
+/// [`crate::KvCache`] for the shared, thread-safe front.
+///
+/// ```
+/// use kvtier::{BlockPool, BlockHash, BlockState};
+/// let mut pool = BlockPool::new(4)?;
+/// let b = pool.allocate_one()?;
+/// assert!(pool.register(b, BlockHash(42), None, 16)?);
+/// pool.release(b)?;
+/// assert_eq!(pool.state(b)?, BlockState::Evictable);
+/// assert_eq!(pool.acquire_cached(BlockHash(42))?, Some(b)); // revived by a prefix hit
+/// pool.release(b)?;
+/// # Ok::<(), kvtier::Error>(())
+/// ```
+pub struct BlockPool<P: EvictionPolicy = Lru> {
+    meta: Vec<Meta>,
+    free: IndexList,
+    policy: P,
+    index: HashIndex,
+    events: EventLog,
+    in_use: usize,
+    counters: PoolCounters,
+}
+
+impl BlockPool<Lru> {
+    /// A pool of `capacity` blocks with LRU eviction and a 64 Ki-event buffer.
+    pub fn new(capacity: usize) -> Result<Self> {
+        Self::with_policy(capacity, Lru::new(capacity), 1 << 16)
+    }
+}
+
+impl<P: EvictionPolicy> BlockPool<P> {
+    /// A pool of `capacity` blocks evicting with `policy` (built for the same capacity) and
+    /// keeping up to `event_capacity` undrained events (0 disables events).
+    pub fn with_policy(capacity: usize, policy: P, event_capacity: usize) -> Result<Self> {
+        if capacity == 0 {
+            return Err(Error::InvalidConfig { field: "num_blocks", reason: "must be non-zero" });
+        }
+        if capacity > MAX_BLOCKS.min(MAX_INDEX) {
+            return Err(Error::InvalidConfig { field: "num_blocks", reason: "exceeds 2^31 - 1" });
+        }
+        let meta = vec![Meta { hash: BlockHash(0), refcount: 0, state: BlockState::Free, flags: 0 }; capacity];
+        Ok(Self {
+            meta,
+            free: IndexList::full(capacity),
+            policy,
+            index: HashIndex::new(capacity),
+            events: EventLog::new(event_capacity),
+            in_use: 0,
+            counters: PoolCounters::default(),
+        })
+    }
+
+    /// Blocks in the pool.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.meta.len()
+    }
+    /// Blocks in the free queue.
+    #[inline]
+    pub fn num_free(&self) -> usize {
+        self.free.len()
+    }
+    /// Cached blocks without a reference.
+    #[inline]
+    pub fn num_evictable(&self) -> usize {
+        self.policy.len()
+    }
+    /// Blocks with at least one reference.
+    #[inline]
+    pub fn num_in_use(&self) -> usize {
+        self.in_use
+    }
+    /// Blocks an allocation could get: free plus evictable.
+    #[inline]
+    pub fn available(&self) -> usize {
+        self.free.len() + self.policy.len()
+    }
+    /// True when `n` blocks can be allocated now.
+    #[inline]
+    pub fn can_allocate(&self, n: usize) -> bool {
+        n <= self.available()
+    }
+    /// Name of the eviction policy.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    #[inline(always)]
+    fn meta(&self, b: BlockId) -> Result<&Meta> {
+        self.meta.get(b.index()).ok_or(Error::InvalidBlock { block: b, capacity: self.meta.len() })
+    }
+
+    /// State of a block.
+    pub fn state(&self, b: BlockId) -> Result<BlockState> {
+        Ok(self.meta(b)?.state)
+    }
+    /// References held on a block.
+    pub fn refcount(&self, b: BlockId) -> Result<u32> {
+        Ok(self.meta(b)?.refcount)
+    }
+    /// The hash a block is registered under, if any.
+    pub fn hash_of(&self, b: BlockId) -> Result<Option<BlockHash>> {
+        let m = self.meta(b)?;
+        Ok((m.flags & HASHED != 0).then_some(m.hash))
+    }
+
+    /// Takes one block for exclusive use (refcount 1): from the free queue, or else by evicting
+    /// the policy's victim (its hash leaves the index and a `Removed` event is emitted).
+    #[inline]
+    pub fn allocate_one(&mut self) -> Result<BlockId> {
+        let b = match self.free.pop_front() {
+            Some(i) => BlockId(i),
+            None => match self.policy.pop_victim() {
+                Some(b) => {
+                    self.forget_hash(b);
+                    self.counters.evictions += 1;
+                    b
+                }
+                None => return Err(Error::OutOfBlocks { requested: 1, available: 0 }),
+            },
+        };
+        let m = &mut self.meta[b.index()];
+        m.refcount = 1;
+        m.state = BlockState::InUse;
+        self.in_use += 1;
+        self.counters.allocations += 1;
+        Ok(b)
+    }
+
+    /// Allocates `n` blocks into `out`, all or nothing.
+    #[inline]
+    pub fn allocate(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
+        let available = self.available();
+        if n > available {
+            return Err(Error::OutOfBlocks { requested: n, available });
+        }
+        out.reserve(n);
+        for _ in 0..n {
+            out.push(self.allocate_one()?);
+        }
+        Ok(())
+    }
+
+    fn forget_hash(&mut self, b: BlockId) {
+        let m = &mut self.meta[b.index()];
+        if m.flags & HASHED != 0 {
+            m.flags &= !HASHED;
+            let hash = m.hash;
+            let meta = &self.meta;
+            self.index.remove(hash, b.0, |e| meta[e as usize].hash);
+            self.events.push(KvEventKind::Removed { hash });
+        }
+    }
+
+    /// Adds a reference to a block in use (sharing it with another sequence).
+    #[inline]
+    pub fn retain(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.state != BlockState::InUse {
+            return Err(Error::InvalidBlock { block: b, capacity });
+        }
+        m.refcount += 1;
+        Ok(())
+    }
+
+    /// Drops one reference. At zero a hashed block becomes evictable (its content stays
+    /// cached), an unhashed one returns to the free queue. Releasing a block that holds no
+    /// reference is [`Error::DoubleFree`] and changes nothing.
+    #[inline]
+    pub fn release(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.state != BlockState::InUse {
+            return Err(Error::DoubleFree(b));
+        }
+        m.refcount -= 1;
+        if m.refcount == 0 {
+            self.in_use -= 1;
+            if m.flags & HASHED != 0 {
+                m.state = BlockState::Evictable;
+                self.policy.insert(b);
+            } else {
+                m.state = BlockState::Free;
+                self.free.push_back(b.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases blocks in the order given (pass a sequence's blocks tail first). Stops at the
+    /// first error; the blocks before it are released, the rest untouched.
+    #[inline]
+    pub fn release_all(&mut self, blocks: impl IntoIterator<Item = BlockId>) -> Result<()> {
+        for b in blocks {
+            self.release(b)?;
+        }
+        Ok(())
+    }
+
+    /// Looks a hash up without touching anything.
+    #[inline]
+    pub fn lookup(&self, h: BlockHash) -> Option<BlockId> {
+        let meta = &self.meta;
+        self.index.get(h, |e| meta[e as usize].hash).map(BlockId)
+    }
+
+    /// Number of leading `hashes` cached in G1 (counted as prefix queries and hits).
+    pub fn longest_prefix(&mut self, hashes: &[BlockHash]) -> usize {
+        let n = hashes.iter().take_while(|h| self.lookup(**h).is_some()).count();
+        self.count_queries(hashes.len(), n);
+        n
+    }
+
+    #[inline]
+    pub(crate) fn count_queries(&mut self, queried: usize, hit: usize) {
+        self.counters.prefix_queries += queried as u64;
+        self.counters.prefix_hits += hit as u64;
+    }
+
+    /// Takes a reference on the block cached under `h`, reviving it if it was evictable.
+    #[inline]
+    pub fn acquire_cached(&mut self, h: BlockHash) -> Result<Option<BlockId>> {
+        let Some(b) = self.lookup(h) else { return Ok(None) };
+        self.acquire_block(b)?;
+        Ok(Some(b))
+    }
+
+    /// Takes a reference on a cached (hashed) block found by [`BlockPool::lookup`].
+    #[inline]
+    pub fn acquire_block(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        match m.state {
+            BlockState::Evictable => {
+                m.state = BlockState::InUse;
+                m.refcount = 1;
+                self.in_use += 1;
+                self.policy.remove(b);
+            }
+            BlockState::InUse => {
+                m.refcount += 1;
+                self.policy.on_hit(b);
+            }
+            BlockState::Free => return Err(Error::InvalidBlock { block: b, capacity }),
+        }
+        Ok(())
+    }
+
+    /// Registers an in-use block under `h` (its content is full and final). Returns false if
+    /// another block already holds `h` (the caller keeps its block unshared) or if this block
+    /// is already registered.
+    pub fn register(&mut self, b: BlockId, h: BlockHash, parent: Option<BlockHash>, num_tokens: u32) -> Result<bool> {
+        let m = *self.meta(b)?;
+        if m.state != BlockState::InUse || m.flags & HASHED != 0 {
+            return Ok(false);
+        }
+        self.meta[b.index()].hash = h;
+        let meta = &self.meta;
+        match self.index.insert(h, b.0, |e| meta[e as usize].hash) {
+            Ok(None) => {
+                let m = &mut self.meta[b.index()];
+                m.flags |= HASHED;
+                self.events.push(KvEventKind::Stored { hash: h, parent, block: b, num_tokens });
+                Ok(true)
+            }
+            // Already cached elsewhere, or (impossible at load <= 1/2 with one entry per block)
+            // a full index: either way the block simply stays unshared.
+            Ok(Some(_)) | Err(()) => {
+                self.meta[b.index()].hash = BlockHash(0);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drops every evictable block's content (a prefix-cache reset). Returns false and changes
+    /// nothing while any block is in use, as in-use blocks may still be shared by hash.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.in_use != 0 {
+            return false;
+        }
+        while let Some(b) = self.policy.pop_victim() {
+            let m = &mut self.meta[b.index()];
+            m.flags &= !HASHED;
+            m.state = BlockState::Free;
+            self.free.push_back(b.0);
+        }
+        self.index.clear();
+        self.events.push(KvEventKind::AllCleared);
+        true
+    }
+
+    /// Moves undrained events to `out`.
+    pub fn drain_events(&mut self, out: &mut Vec<KvEvent>) {
+        self.events.drain_into(out);
+    }
+
+    /// Every cached hash, consistent with the event stream up to `last_seq_no`.
+    pub fn snapshot(&self) -> CacheSnapshot {
+        let hashes = self.meta.iter().filter(|m| m.flags & HASHED != 0).map(|m| m.hash).collect();
+        CacheSnapshot { last_seq_no: self.events.last_seq_no(), hashes }
+    }
+
+    pub(crate) fn counters(&self) -> PoolCounters {
+        self.counters
+    }
+
+    pub(crate) fn events_dropped(&self) -> u64 {
+        self.events.dropped()
+    }
+
+    /// Bytes of bookkeeping per block: metadata, free-queue links, policy entry, index slots.
+    pub fn metadata_bytes_per_block(&self) -> f64 {
+        (std::mem::size_of::<Meta>() + IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
+            + self.index.bytes_per_entry(self.capacity())
+    }
+
+    /// Checks every pool invariant; returns a description of the first one broken.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let (mut free, mut used, mut evictable, mut hashed) = (0, 0, 0, 0);
+        for (i, m) in self.meta.iter().enumerate() {
+            let b = BlockId(i as u32);
+            let in_free = self.free.contains(i as u32);
+            match m.state {
+                BlockState::Free => {
+                    free += 1;
+                    if m.refcount != 0 || !in_free || m.flags & HASHED != 0 {
+                        return Err(format!("{b:?} free but refcount {} / in queue {in_free} / hashed", m.refcount));
+                    }
+                }
+                BlockState::InUse => {
+                    used += 1;
+                    if m.refcount == 0 || in_free {
+                        return Err(format!("{b:?} in use with refcount 0 or in the free queue"));
+                    }
+                }
+                BlockState::Evictable => {
+                    evictable += 1;
+                    if m.refcount != 0 || in_free || m.flags & HASHED == 0 {
+                        return Err(format!("{b:?} evictable but referenced, queued or unhashed"));
+                    }
+                }
+            }
+            if m.flags & HASHED != 0 {
+                hashed += 1;
+                if self.lookup(m.hash) != Some(b) {
+                    return Err(format!("{b:?} hashed but the index points elsewhere"));
+                }
+            }
+        }
+        if free != self.free.len() || evictable != self.policy.len() || used != self.in_use {
+            return Err(format!(
+                "counts: free {free}/{} evictable {evictable}/{} used {used}/{}",
+                self.free.len(),
+                self.policy.len(),
+                self.in_use
+            ));
+        }
+        if free + used + evictable != self.capacity() || hashed != self.index.len() {
+            return Err(format!("states do not sum to capacity or index size {} != {hashed}", self.index.len()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_free_roundtrip() {
+        let mut p = BlockPool::new(4).unwrap();
+        let mut v = vec![];
+        p.allocate(4, &mut v).unwrap();
+        assert!(matches!(p.allocate_one(), Err(Error::OutOfBlocks { .. })));
+        assert!(matches!(p.allocate(1, &mut v), Err(Error::OutOfBlocks { requested: 1, available: 0 })));
+        assert_eq!(v.len(), 4);
+        p.release_all(v.iter().rev().copied()).unwrap();
+        assert_eq!(p.num_free(), 4);
+        assert!(matches!(p.release(v[0]), Err(Error::DoubleFree(_))));
+        assert!(matches!(p.release(BlockId(9)), Err(Error::InvalidBlock { .. })));
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn evicts_tail_first_and_revives() {
+        let mut p = BlockPool::new(3).unwrap();
+        let mut v = vec![];
+        p.allocate(3, &mut v).unwrap();
+        for (i, b) in v.iter().enumerate() {
+            assert!(p.register(*b, BlockHash(i as u128 + 1), None, 16).unwrap());
+        }
+        p.release_all(v.iter().rev().copied()).unwrap(); // tail first
+        assert_eq!(p.num_evictable(), 3);
+        // revive the head
+        assert_eq!(p.acquire_cached(BlockHash(1)).unwrap(), Some(v[0]));
+        // the tail (hash 3) is evicted first
+        let b = p.allocate_one().unwrap();
+        assert_eq!(b, v[2]);
+        assert_eq!(p.lookup(BlockHash(3)), None);
+        assert_eq!(p.lookup(BlockHash(2)), Some(v[1]));
+        let mut ev = vec![];
+        p.drain_events(&mut ev);
+        assert_eq!(ev.len(), 4);
+        assert!(matches!(ev[3].kind, KvEventKind::Removed { hash: BlockHash(3) }));
+        assert!(ev.windows(2).all(|w| w[1].seq_no == w[0].seq_no + 1));
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn duplicate_hash_stays_unshared() {
+        let mut p = BlockPool::new(2).unwrap();
+        let a = p.allocate_one().unwrap();
+        let b = p.allocate_one().unwrap();
+        assert!(p.register(a, BlockHash(5), None, 16).unwrap());
+        assert!(!p.register(b, BlockHash(5), None, 16).unwrap());
+        p.release(b).unwrap();
+        assert_eq!(p.state(b).unwrap(), BlockState::Free);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn reset_only_when_idle() {
+        let mut p = BlockPool::new(2).unwrap();
+        let a = p.allocate_one().unwrap();
+        p.register(a, BlockHash(5), None, 16).unwrap();
+        assert!(!p.reset_prefix_cache());
+        p.release(a).unwrap();
+        assert!(p.reset_prefix_cache());
+        assert_eq!(p.lookup(BlockHash(5)), None);
+        assert_eq!(p.num_free(), 2);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn metadata_fits_budget() {
+        let p = BlockPool::new(1 << 20).unwrap();
+        assert!(p.metadata_bytes_per_block() <= 64.0, "{}", p.metadata_bytes_per_block());
+    }
+}

@@ -1,0 +1,21 @@
+//! The G1 fast pool: page memory ([`Arena`]) and block bookkeeping ([`BlockPool`]).
+
+mod arena;
+mod block_pool;
+pub(crate) mod list;
+
+pub use arena::Arena;
+pub use block_pool::{BlockPool, BlockState};
+
+/// Index of a block (page) in the fast pool. Never a raw pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+pub struct BlockId(pub u32);
+
+impl BlockId {
+    /// The id as an array index.
+    #[inline(always)]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}

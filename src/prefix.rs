@@ -1,0 +1,418 @@
+//! Content addressing of full blocks: the chained [`BlockHash`] and the [`HashIndex`].
+//!
+//! # Block hash, version 1
+//! The hash of block `i` of a sequence identifies the whole prefix up to and including it, so
+//! equal hashes mean equal KV content. It is `XXH3-128(input, seed = HASH_SEED)` where `input`
+//! is the concatenation of, all integers little-endian:
+//!
+//! 1. the parent hash as 16 bytes (`u128` LE); 16 zero bytes for the first block;
+//! 2. the number of tokens in the block as `u32`;
+//! 3. every token id as `u32`;
+//! 4. extra keys, each tagged with one byte, in this order:
+//!    - `0x01`, `u32` length, salt bytes: the cache salt / tenant, **first block only** (the
+//!      chain carries it to every later block);
+//!    - `0x02`, `u64`: the LoRA adapter id, on every block when set;
+//!    - `0x03`, 16-byte content hash, `u32` offset, `u32` length: for each multimodal input
+//!      whose token range `[offset, offset + length)` overlaps this block, in the order given.
+//!
+//! The 128-bit result is read as a little-endian `u128` (the canonical XXH3-128 digest's low
+//! 64 bits are its `low64` half). [`HASH_VERSION`] changes whenever this definition changes.
+
+use xxhash_rust::xxh3::{Xxh3, xxh3_128_with_seed};
+
+/// Version of the block-hash definition above.
+pub const HASH_VERSION: u32 = 1;
+/// XXH3 seed of version 1: the ASCII bytes "kvtier_1" read big-endian.
+pub const HASH_SEED: u64 = 0x6b76_7469_6572_5f31;
+
+const TAG_SALT: u8 = 0x01;
+const TAG_LORA: u8 = 0x02;
+const TAG_MM: u8 = 0x03;
+const STACK_BYTES: usize = 512;
+
+/// 128-bit chained hash of a full block (see the module docs for the definition).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[repr(transparent)]
+pub struct BlockHash(pub u128);
+
+impl std::fmt::Debug for BlockHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockHash({:032x})", self.0)
+    }
+}
+
+/// One multimodal input (image, audio clip) that occupies a token range of the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MmInput {
+    /// Content hash of the input (the runtime hashes the raw media).
+    pub hash: u128,
+    /// Position of its first placeholder token in the sequence.
+    pub offset: u32,
+    /// Number of placeholder tokens.
+    pub len: u32,
+}
+
+/// Keys besides the token ids that decide whether two blocks hold the same KV.
+///
+/// ```
+/// use kvtier::{BlockHash, ExtraKeys};
+/// let tokens: Vec<u32> = (0..16).collect();
+/// let a = BlockHash::chain(None, &tokens, 0, &ExtraKeys::default().with_salt(b"tenant-a"));
+/// let b = BlockHash::chain(None, &tokens, 0, &ExtraKeys::default().with_salt(b"tenant-b"));
+/// assert_ne!(a, b);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ExtraKeys {
+    /// Cache salt / tenant id: prompts under different salts never share blocks.
+    pub cache_salt: Option<Box<[u8]>>,
+    /// LoRA adapter id.
+    pub lora_id: Option<u64>,
+    /// Multimodal inputs with their token ranges.
+    pub mm_inputs: Vec<MmInput>,
+}
+
+impl ExtraKeys {
+    /// Sets the cache salt (default: none).
+    pub fn with_salt(mut self, salt: &[u8]) -> Self {
+        self.cache_salt = Some(salt.into());
+        self
+    }
+    /// Sets the LoRA id (default: none).
+    pub fn with_lora(mut self, id: u64) -> Self {
+        self.lora_id = Some(id);
+        self
+    }
+    /// Adds a multimodal input (default: none).
+    pub fn with_mm(mut self, input: MmInput) -> Self {
+        self.mm_inputs.push(input);
+        self
+    }
+}
+
+/// Where hash input bytes go: a stack buffer for small blocks, streaming XXH3 otherwise.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+struct StackSink {
+    buf: [u8; STACK_BYTES],
+    len: usize,
+}
+
+impl Sink for StackSink {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+impl Sink for Xxh3 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl BlockHash {
+    /// Hashes one full block: `tokens` are its token ids, `start` the position of its first
+    /// token in the sequence, `parent` the hash of the previous block (`None` for block 0).
+    #[inline]
+    pub fn chain(parent: Option<BlockHash>, tokens: &[u32], start: usize, keys: &ExtraKeys) -> Self {
+        let extra = Self::extra_len(parent.is_none(), tokens.len(), start, keys);
+        let total = 20 + 4 * tokens.len() + extra;
+        if total <= STACK_BYTES {
+            let mut s = StackSink { buf: [0; STACK_BYTES], len: 0 };
+            Self::encode(&mut s, parent, tokens, start, keys);
+            BlockHash(xxh3_128_with_seed(&s.buf[..s.len], HASH_SEED))
+        } else {
+            let mut h = Xxh3::with_seed(HASH_SEED);
+            Self::encode(&mut h, parent, tokens, start, keys);
+            BlockHash(h.digest128())
+        }
+    }
+
+    fn overlaps(m: &MmInput, start: usize, n: usize) -> bool {
+        let (ms, me) = (m.offset as usize, m.offset as usize + m.len as usize);
+        ms < start + n && start < me
+    }
+
+    fn extra_len(first: bool, n: usize, start: usize, keys: &ExtraKeys) -> usize {
+        let mut e = 0;
+        if first && let Some(s) = &keys.cache_salt {
+            e += 5 + s.len();
+        }
+        if keys.lora_id.is_some() {
+            e += 9;
+        }
+        for m in &keys.mm_inputs {
+            if Self::overlaps(m, start, n) {
+                e += 25;
+            }
+        }
+        e
+    }
+
+    #[inline(always)]
+    fn encode<S: Sink>(s: &mut S, parent: Option<BlockHash>, tokens: &[u32], start: usize, keys: &ExtraKeys) {
+        s.put(&parent.map_or(0, |p| p.0).to_le_bytes());
+        s.put(&(tokens.len() as u32).to_le_bytes());
+        #[cfg(target_endian = "little")]
+        s.put(bytemuck::cast_slice(tokens));
+        #[cfg(not(target_endian = "little"))]
+        for t in tokens {
+            s.put(&t.to_le_bytes());
+        }
+        if parent.is_none() && let Some(salt) = &keys.cache_salt {
+            s.put(&[TAG_SALT]);
+            s.put(&(salt.len() as u32).to_le_bytes());
+            s.put(salt);
+        }
+        if let Some(l) = keys.lora_id {
+            s.put(&[TAG_LORA]);
+            s.put(&l.to_le_bytes());
+        }
+        for m in &keys.mm_inputs {
+            if Self::overlaps(m, start, tokens.len()) {
+                s.put(&[TAG_MM]);
+                s.put(&m.hash.to_le_bytes());
+                s.put(&m.offset.to_le_bytes());
+                s.put(&m.len.to_le_bytes());
+            }
+        }
+    }
+
+    /// Appends to `out` the hashes of every full block of `tokens` from block `out.len()` on
+    /// (so a caller can extend an existing chain), with blocks of `block_size` tokens.
+    pub fn extend_chain(out: &mut Vec<BlockHash>, tokens: &[u32], block_size: usize, keys: &ExtraKeys) {
+        if block_size == 0 {
+            return;
+        }
+        let full = tokens.len() / block_size;
+        let mut parent = out.last().copied();
+        for i in out.len()..full {
+            let start = i * block_size;
+            let h = Self::chain(parent, &tokens[start..start + block_size], start, keys);
+            out.push(h);
+            parent = Some(h);
+        }
+    }
+}
+
+const EMPTY: u32 = u32::MAX;
+
+/// Open-addressing hash index from [`BlockHash`] to an entry index (block id or slot id).
+///
+/// It stores only 4-byte entry indices; the key of an entry is read back from the owner's own
+/// metadata through the `key_of` closure, so the index costs 8-16 bytes per entry. Linear
+/// probing at a load factor of at most 1/2, deletion by backward shift (no tombstones), so
+/// every operation is O(1) expected and nothing allocates after construction.
+pub struct HashIndex {
+    slots: Vec<u32>,
+    mask: usize,
+    len: usize,
+}
+
+impl HashIndex {
+    /// An index able to hold `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let n = (capacity.max(1) * 2).next_power_of_two();
+        Self { slots: vec![EMPTY; n], mask: n - 1, len: 0 }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of index storage per entry of capacity `capacity`.
+    pub fn bytes_per_entry(&self, capacity: usize) -> f64 {
+        (self.slots.len() * 4) as f64 / capacity.max(1) as f64
+    }
+
+    #[inline(always)]
+    fn home(&self, h: BlockHash) -> usize {
+        // The hash is uniformly distributed already: its low bits are a fine bucket index.
+        (h.0 as u64 as usize) & self.mask
+    }
+
+    /// Entry stored under `h`.
+    #[inline]
+    pub fn get(&self, h: BlockHash, key_of: impl Fn(u32) -> BlockHash) -> Option<u32> {
+        let mut i = self.home(h);
+        loop {
+            let e = self.slots[i];
+            if e == EMPTY {
+                return None;
+            }
+            if key_of(e) == h {
+                return Some(e);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Inserts `entry` under `h` unless `h` is present; returns the entry already there.
+    /// Fails (returns `Err(())`) only if the index is at its capacity.
+    #[inline]
+    pub fn insert(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> Result<Option<u32>, ()> {
+        let mut i = self.home(h);
+        loop {
+            let e = self.slots[i];
+            if e == EMPTY {
+                if (self.len + 1) * 2 > self.slots.len() {
+                    return Err(());
+                }
+                self.slots[i] = entry;
+                self.len += 1;
+                return Ok(None);
+            }
+            if key_of(e) == h {
+                return Ok(Some(e));
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Removes the entry `entry` stored under `h`; returns whether it was there.
+    #[inline]
+    pub fn remove(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> bool {
+        let mut i = self.home(h);
+        loop {
+            let e = self.slots[i];
+            if e == EMPTY {
+                return false;
+            }
+            if e == entry {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        // Backward-shift deletion: pull later members of the probe run into the hole when
+        // their home position does not lie cyclically in (hole, j].
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.slots[j];
+            if e == EMPTY {
+                break;
+            }
+            let home = self.home(key_of(e));
+            let in_between = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            if !in_between {
+                self.slots[hole] = e;
+                hole = j;
+            }
+        }
+        self.slots[hole] = EMPTY;
+        self.len -= 1;
+        true
+    }
+
+    /// Drops every entry.
+    pub fn clear(&mut self) {
+        self.slots.fill(EMPTY);
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn chain_depends_on_every_input() {
+        let t: Vec<u32> = (0..16).collect();
+        let k = ExtraKeys::default();
+        let a = BlockHash::chain(None, &t, 0, &k);
+        assert_eq!(a, BlockHash::chain(None, &t, 0, &k));
+        assert_ne!(a, BlockHash::chain(Some(a), &t, 16, &k));
+        let mut t2 = t.clone();
+        t2[15] = 99;
+        assert_ne!(a, BlockHash::chain(None, &t2, 0, &k));
+        assert_ne!(a, BlockHash::chain(None, &t, 0, &k.clone().with_lora(1)));
+        let mm = MmInput { hash: 7, offset: 4, len: 8 };
+        assert_ne!(a, BlockHash::chain(None, &t, 0, &k.clone().with_mm(mm)));
+        // a multimodal input outside the block does not change it
+        let far = MmInput { hash: 7, offset: 100, len: 8 };
+        assert_eq!(a, BlockHash::chain(None, &t, 0, &k.clone().with_mm(far)));
+        // salt only enters the first block (the chain carries it)
+        let salted = k.clone().with_salt(b"s");
+        assert_eq!(BlockHash::chain(Some(a), &t, 16, &k), BlockHash::chain(Some(a), &t, 16, &salted));
+    }
+
+    #[test]
+    fn stack_and_streaming_paths_agree() {
+        // 200 tokens exceed the stack buffer; compare against a manual streaming encoding.
+        let t: Vec<u32> = (0..200).map(|x| x * 7).collect();
+        let k = ExtraKeys::default().with_salt(b"tenant").with_lora(3);
+        let big = BlockHash::chain(None, &t, 0, &k);
+        let mut bytes = vec![0u8; 16];
+        bytes.extend_from_slice(&200u32.to_le_bytes());
+        for x in &t {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        bytes.push(1);
+        bytes.extend_from_slice(&6u32.to_le_bytes());
+        bytes.extend_from_slice(b"tenant");
+        bytes.push(2);
+        bytes.extend_from_slice(&3u64.to_le_bytes());
+        assert_eq!(big.0, xxh3_128_with_seed(&bytes, HASH_SEED));
+        let small = BlockHash::chain(None, &t[..16], 0, &k);
+        let mut b2 = vec![0u8; 16];
+        b2.extend_from_slice(&16u32.to_le_bytes());
+        for x in &t[..16] {
+            b2.extend_from_slice(&x.to_le_bytes());
+        }
+        b2.extend_from_slice(&bytes[16 + 4 + 800..]);
+        assert_eq!(small.0, xxh3_128_with_seed(&b2, HASH_SEED));
+    }
+
+    #[test]
+    fn extend_chain_only_hashes_full_blocks() {
+        let t: Vec<u32> = (0..40).collect();
+        let mut v = vec![];
+        BlockHash::extend_chain(&mut v, &t[..20], 16, &ExtraKeys::default());
+        assert_eq!(v.len(), 1);
+        BlockHash::extend_chain(&mut v, &t, 16, &ExtraKeys::default());
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1], BlockHash::chain(Some(v[0]), &t[16..32], 16, &ExtraKeys::default()));
+    }
+
+    #[test]
+    fn index_matches_hashmap_under_churn() {
+        let cap = 64;
+        let mut keys = vec![BlockHash(0); cap];
+        let mut idx = HashIndex::new(cap);
+        let mut model: HashMap<BlockHash, u32> = HashMap::new();
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let e = (x % cap as u64) as u32;
+            // few distinct low bits force long probe runs and wrap-around
+            let h = BlockHash(((x >> 8) % 97) as u128 | ((x as u128) << 64));
+            if let Some((&oh, _)) = model.iter().find(|(_, v)| **v == e) {
+                let k = keys.clone();
+                assert!(idx.remove(oh, e, |i| k[i as usize]));
+                model.remove(&oh);
+            } else if !model.contains_key(&h) {
+                keys[e as usize] = h;
+                let k = keys.clone();
+                assert_eq!(idx.insert(h, e, |i| k[i as usize]), Ok(None));
+                model.insert(h, e);
+            }
+            for (hh, ee) in &model {
+                assert_eq!(idx.get(*hh, |i| keys[i as usize]), Some(*ee));
+            }
+            assert_eq!(idx.len(), model.len());
+        }
+    }
+}

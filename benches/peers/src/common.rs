@@ -93,10 +93,43 @@ pub fn make_unique(tokens: &mut [u32], r: u64) {
 pub struct Results {
     pub alloc_free_1: Option<f64>,
     pub alloc_free_16: Option<f64>,
+    /// kvtier only: batch-1 alloc+free with a `Mutex` lock per op (kvbm always locks).
+    pub alloc_free_1_locked: Option<f64>,
     pub hash: Option<f64>,
     pub match_prefix: Option<f64>,
     pub release_matched: Option<f64>,
+    /// Admit a fully cached 4096-token prompt from its tokens (hash + match + share), free it.
+    pub admit_cached: Option<f64>,
     pub lifecycle_block: Option<f64>,
     pub lifecycle_prompt: Option<f64>,
     pub decode_step: Option<f64>,
+}
+
+impl Results {
+    /// Takes every value `other` measured.
+    pub fn merge(&mut self, other: Results) {
+        macro_rules! take {
+            ($($f:ident),*) => {$( if other.$f.is_some() { self.$f = other.$f; } )*};
+        }
+        take!(
+            alloc_free_1,
+            alloc_free_16,
+            alloc_free_1_locked,
+            hash,
+            match_prefix,
+            release_matched,
+            admit_cached,
+            lifecycle_block,
+            lifecycle_prompt,
+            decode_step
+        );
+    }
+}
+
+/// The 1-minute load average (to judge noise on a shared box).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }

@@ -37,11 +37,7 @@ impl Cfg {
 
 /// Runs `f` `warmup` times untimed-for-the-report, then `cfg.repeats` times, and returns the
 /// median of each of the `N` values `f` reports (each a cost per unit, in ns).
-pub fn median_of<const N: usize>(
-    cfg: &Cfg,
-    warmup: usize,
-    mut f: impl FnMut() -> [f64; N],
-) -> [f64; N] {
+pub fn median_of<const N: usize>(cfg: &Cfg, warmup: usize, mut f: impl FnMut() -> [f64; N]) -> [f64; N] {
     for _ in 0..warmup {
         std::hint::black_box(f());
     }
@@ -96,6 +92,8 @@ pub struct Results {
     /// kvtier only: batch-1 alloc+free with a `Mutex` lock per op (kvbm always locks).
     pub alloc_free_1_locked: Option<f64>,
     pub hash: Option<f64>,
+    /// Hash math only (kvbm without its TokenBlockSequence containers).
+    pub hash_raw: Option<f64>,
     pub match_prefix: Option<f64>,
     pub release_matched: Option<f64>,
     /// Admit a fully cached 4096-token prompt from its tokens (hash + match + share), free it.
@@ -116,6 +114,7 @@ impl Results {
             alloc_free_16,
             alloc_free_1_locked,
             hash,
+            hash_raw,
             match_prefix,
             release_matched,
             admit_cached,

@@ -79,6 +79,7 @@ pub fn run(cfg: &Cfg, only: &dyn Fn(&str) -> bool) -> Results {
             [ns_since(t) / (iters * PROMPT_BLOCKS) as f64]
         });
         r.hash = Some(v);
+        r.hash_raw = Some(v); // extend_chain is already the raw, allocation-free path
     }
 
     // 3. match a cached (evictable) 256-block prefix by hash, taking a reference on every hit

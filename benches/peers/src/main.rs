@@ -7,6 +7,7 @@
 //!   --repeats N             timed repeats per workload, median reported (default 7)
 //!   --only a,b              run only workloads whose key contains one of the words
 //!                           (keys: alloc, hash, match, lifecycle, decode)
+//!   --system kvtier|kvbm    run one side only (for profiling)
 //!   --pool N                blocks per pool (default 100000)
 //!   --kvbm-backend lru|lineage
 //!                           kvbm inactive-pool backend (default lru, as in its README)
@@ -21,6 +22,7 @@ use common::{Cfg, Results};
 fn main() {
     let mut cfg = Cfg { repeats: 7, scale: 1.0, pool: common::POOL_BLOCKS };
     let mut only: Vec<String> = Vec::new();
+    let (mut run_kvtier, mut run_kvbm) = (true, true);
     let mut kc = kvbm::KvbmCfg { backend: kvbm::Backend::Lru, tracker: true };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -37,6 +39,12 @@ fn main() {
             }
             "--pool" => cfg.pool = args.next().and_then(|v| v.parse().ok()).expect("--pool N"),
             "--kvbm-no-tracker" => kc.tracker = false,
+            "--system" => match args.next().as_deref() {
+                Some("kvtier") => run_kvbm = false,
+                Some("kvbm") => run_kvtier = false,
+                Some("both") => {}
+                other => panic!("--system kvtier|kvbm|both, got {other:?}"),
+            },
             "--bench" => {} // passed by `cargo bench`; ignored
             other => panic!("unknown argument {other:?} (see src/main.rs for options)"),
         }
@@ -61,27 +69,42 @@ fn main() {
             continue;
         }
         let this = |k: &str| k == key;
-        eprintln!("{key}: kvtier ...");
-        t.merge(kvtier_side::run(&cfg, &this));
-        eprintln!("{key}: kvbm-logical ...");
-        k.merge(kvbm::run(&cfg, kc, &this));
+        if run_kvtier {
+            eprintln!("{key}: kvtier ...");
+            t.merge(kvtier_side::run(&cfg, &this));
+        }
+        if run_kvbm {
+            eprintln!("{key}: kvbm-logical ...");
+            k.merge(kvbm::run(&cfg, kc, &this));
+        }
     }
     print_table(&k, &t);
     println!("\n(load average before / after: {load0} / {})", common::loadavg());
 }
 
 fn print_table(k: &Results, t: &Results) {
-    let rows: [(&str, &str, Option<f64>, Option<f64>); 10] = [
+    let rows: [(&str, &str, Option<f64>, Option<f64>); 11] = [
         ("alloc+free, 1 block per op", "ns/block", k.alloc_free_1, t.alloc_free_1),
         ("alloc+free, 1 block per op, kvtier pool behind a Mutex", "ns/block", k.alloc_free_1, t.alloc_free_1_locked),
         ("alloc+free, 16 blocks per op", "ns/block", k.alloc_free_16, t.alloc_free_16),
         ("chained hash of 16-token blocks (4096-token prompt)", "ns/block", k.hash, t.hash),
+        ("chained hash, raw hash functions only, no containers", "ns/block", k.hash_raw, t.hash_raw),
         ("match cached 256-block prefix", "ns/block", k.match_prefix, t.match_prefix),
         ("release the matched blocks", "ns/block", k.release_matched, t.release_matched),
         ("admit cached 4096-token prompt from tokens (hash+match), free", "ns/block", k.admit_cached, t.admit_cached),
-        ("lifecycle, block at a time (alloc,fill,hash,register,release)", "ns/block", k.lifecycle_block, t.lifecycle_block),
+        (
+            "lifecycle, block at a time (alloc,fill,hash,register,release)",
+            "ns/block",
+            k.lifecycle_block,
+            t.lifecycle_block,
+        ),
         ("lifecycle, whole 256-block prompt at once", "ns/block", k.lifecycle_prompt, t.lifecycle_prompt),
-        ("decode step, 256 seqs (+1 token each, export table)", "us/step", k.decode_step.map(|v| v / 1e3), t.decode_step.map(|v| v / 1e3)),
+        (
+            "decode step, 256 seqs (+1 token each, export table)",
+            "us/step",
+            k.decode_step.map(|v| v / 1e3),
+            t.decode_step.map(|v| v / 1e3),
+        ),
     ];
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     println!();

@@ -65,19 +65,9 @@ pub struct KvLayout {
 
 impl KvLayout {
     /// Builds a layout; every dimension must be non-zero and the page at most [`MAX_PAGE_BYTES`].
-    pub fn new(
-        layers: u32,
-        kv_heads: u32,
-        head_dim: u32,
-        dtype: Dtype,
-        block_size: u32,
-    ) -> Result<Self> {
+    pub fn new(layers: u32, kv_heads: u32, head_dim: u32, dtype: Dtype, block_size: u32) -> Result<Self> {
         let nz = |v: u32, field| {
-            if v == 0 {
-                Err(Error::InvalidConfig { field, reason: "must be non-zero" })
-            } else {
-                Ok(v as usize)
-            }
+            if v == 0 { Err(Error::InvalidConfig { field, reason: "must be non-zero" }) } else { Ok(v as usize) }
         };
         let dims = [
             nz(layers, "layers")?,
@@ -93,10 +83,8 @@ impl KvLayout {
         let too_big = Error::InvalidConfig { field: "page_bytes", reason: "exceeds 1 GiB" };
         let mut page_bytes = 1usize;
         for d in dims {
-            page_bytes = page_bytes.checked_mul(d).ok_or(Error::InvalidConfig {
-                field: "page_bytes",
-                reason: "overflows",
-            })?;
+            page_bytes =
+                page_bytes.checked_mul(d).ok_or(Error::InvalidConfig { field: "page_bytes", reason: "overflows" })?;
             if page_bytes > MAX_PAGE_BYTES {
                 return Err(too_big);
             }

@@ -60,6 +60,6 @@ pub use events::{CacheSnapshot, KvEvent, KvEventKind};
 pub use layout::{Dtype, KvLayout};
 pub use metrics::CacheMetrics;
 pub use pool::{Arena, BlockId, BlockPool, BlockState};
-pub use prefix::{BlockHash, ExtraKeys, HashIndex, MmInput, HASH_SEED, HASH_VERSION};
+pub use prefix::{BlockHash, ExtraKeys, HASH_SEED, HASH_VERSION, HashIndex, Insert, MmInput};
 pub use seq::SeqId;
 pub use table::BatchTables;

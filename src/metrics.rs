@@ -35,10 +35,6 @@ impl CacheMetrics {
 
     /// Fraction of queried blocks that hit.
     pub fn hit_rate(&self) -> f64 {
-        if self.prefix_queries == 0 {
-            0.0
-        } else {
-            self.prefix_hits as f64 / self.prefix_queries as f64
-        }
+        if self.prefix_queries == 0 { 0.0 } else { self.prefix_hits as f64 / self.prefix_queries as f64 }
     }
 }

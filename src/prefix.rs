@@ -162,7 +162,9 @@ impl BlockHash {
         for t in tokens {
             s.put(&t.to_le_bytes());
         }
-        if parent.is_none() && let Some(salt) = &keys.cache_salt {
+        if parent.is_none()
+            && let Some(salt) = &keys.cache_salt
+        {
             s.put(&[TAG_SALT]);
             s.put(&(salt.len() as u32).to_le_bytes());
             s.put(salt);
@@ -199,6 +201,17 @@ impl BlockHash {
 }
 
 const EMPTY: u32 = u32::MAX;
+
+/// Outcome of [`HashIndex::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// The entry was added.
+    Inserted,
+    /// The hash is already present under this entry; nothing changed.
+    Present(u32),
+    /// The index holds its capacity; nothing changed.
+    Full,
+}
 
 /// Open-addressing hash index from [`BlockHash`] to an entry index (block id or slot id).
 ///
@@ -256,23 +269,22 @@ impl HashIndex {
         }
     }
 
-    /// Inserts `entry` under `h` unless `h` is present; returns the entry already there.
-    /// Fails (returns `Err(())`) only if the index is at its capacity.
+    /// Inserts `entry` under `h` unless `h` is present.
     #[inline]
-    pub fn insert(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> Result<Option<u32>, ()> {
+    pub fn insert(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> Insert {
         let mut i = self.home(h);
         loop {
             let e = self.slots[i];
             if e == EMPTY {
                 if (self.len + 1) * 2 > self.slots.len() {
-                    return Err(());
+                    return Insert::Full;
                 }
                 self.slots[i] = entry;
                 self.len += 1;
-                return Ok(None);
+                return Insert::Inserted;
             }
             if key_of(e) == h {
-                return Ok(Some(e));
+                return Insert::Present(e);
             }
             i = (i + 1) & self.mask;
         }
@@ -403,11 +415,11 @@ mod tests {
                 let k = keys.clone();
                 assert!(idx.remove(oh, e, |i| k[i as usize]));
                 model.remove(&oh);
-            } else if !model.contains_key(&h) {
+            } else if let std::collections::hash_map::Entry::Vacant(v) = model.entry(h) {
                 keys[e as usize] = h;
                 let k = keys.clone();
-                assert_eq!(idx.insert(h, e, |i| k[i as usize]), Ok(None));
-                model.insert(h, e);
+                assert_eq!(idx.insert(h, e, |i| k[i as usize]), Insert::Inserted);
+                v.insert(e);
             }
             for (hh, ee) in &model {
                 assert_eq!(idx.get(*hh, |i| keys[i as usize]), Some(*ee));

@@ -27,10 +27,7 @@ pub struct Arena {
 
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arena")
-            .field("pages", &self.pages)
-            .field("page_bytes", &self.page_bytes)
-            .finish()
+        f.debug_struct("Arena").field("pages", &self.pages).field("page_bytes", &self.page_bytes).finish()
     }
 }
 
@@ -41,14 +38,11 @@ impl Arena {
         if pages == 0 || page_bytes == 0 {
             return Err(Error::InvalidConfig { field: "arena", reason: "must be non-empty" });
         }
-        let bytes = pages.checked_mul(page_bytes).ok_or(Error::InvalidConfig {
-            field: "arena",
-            reason: "pages * page_bytes overflows",
-        })?;
-        let map = MmapOptions::new()
-            .len(bytes)
-            .map_anon()
-            .map_err(|source| Error::Map { tier: Tier::G1, bytes, source })?;
+        let bytes = pages
+            .checked_mul(page_bytes)
+            .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
+        let map =
+            MmapOptions::new().len(bytes).map_anon().map_err(|source| Error::Map { tier: Tier::G1, bytes, source })?;
         Ok(Self { map, page_bytes, pages })
     }
 

@@ -9,7 +9,7 @@ use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
 use crate::pool::list::{IndexList, MAX_INDEX};
-use crate::prefix::{BlockHash, HashIndex};
+use crate::prefix::{BlockHash, HashIndex, Insert};
 
 /// The state a block is in. Every block is in exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,7 +304,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         self.meta[b.index()].hash = h;
         let meta = &self.meta;
         match self.index.insert(h, b.0, |e| meta[e as usize].hash) {
-            Ok(None) => {
+            Insert::Inserted => {
                 let m = &mut self.meta[b.index()];
                 m.flags |= HASHED;
                 self.events.push(KvEventKind::Stored { hash: h, parent, block: b, num_tokens });
@@ -312,7 +312,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             }
             // Already cached elsewhere, or (impossible at load <= 1/2 with one entry per block)
             // a full index: either way the block simply stays unshared.
-            Ok(Some(_)) | Err(()) => {
+            Insert::Present(_) | Insert::Full => {
                 self.meta[b.index()].hash = BlockHash(0);
                 Ok(false)
             }

@@ -28,12 +28,7 @@ impl IndexList {
     /// An empty list over the universe `0..capacity` (`capacity <= MAX_INDEX`).
     pub fn new(capacity: usize) -> Self {
         debug_assert!(capacity <= MAX_INDEX);
-        Self {
-            links: vec![Link { prev: DETACHED, next: DETACHED }; capacity],
-            head: NIL,
-            tail: NIL,
-            len: 0,
-        }
+        Self { links: vec![Link { prev: DETACHED, next: DETACHED }; capacity], head: NIL, tail: NIL, len: 0 }
     }
 
     /// A list holding `0..capacity` in ascending order.

@@ -42,11 +42,7 @@ pub struct FaultyBackend {
 impl FaultyBackend {
     /// Wraps `inner`.
     pub fn new(inner: Box<dyn IoBackend>, fault: Fault) -> Self {
-        Self {
-            inner,
-            fault,
-            seen: Mutex::new(0),
-        }
+        Self { inner, fault, seen: Mutex::new(0) }
     }
 
     /// Operations seen so far.

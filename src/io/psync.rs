@@ -28,10 +28,7 @@ pub struct PsyncBackend {
 impl PsyncBackend {
     /// An engine with `config.psync_threads` threads (at least one).
     pub fn new(config: &IoConfig) -> Self {
-        Self {
-            threads: config.psync_threads.max(1),
-            queue_depth: config.queue_depth.max(1),
-        }
+        Self { threads: config.psync_threads.max(1), queue_depth: config.queue_depth.max(1) }
     }
 }
 
@@ -59,9 +56,7 @@ impl IoBackend for PsyncBackend {
             for _ in 1..workers {
                 // A thread that cannot be spawned only means less parallelism: the caller's
                 // thread drains whatever is left.
-                let _ = std::thread::Builder::new()
-                    .name("kvtier-psync".into())
-                    .spawn_scoped(scope, || drain(&work));
+                let _ = std::thread::Builder::new().name("kvtier-psync".into()).spawn_scoped(scope, || drain(&work));
             }
             drain(&work);
         });

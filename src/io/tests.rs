@@ -46,26 +46,14 @@ impl Rng {
 }
 
 fn uring_backend(queue_depth: usize) -> Option<Box<dyn IoBackend>> {
-    let config = IoConfig::default()
-        .with_backend(BackendKind::Uring)
-        .with_queue_depth(queue_depth);
+    let config = IoConfig::default().with_backend(BackendKind::Uring).with_queue_depth(queue_depth);
     open_backend(&config).ok()
 }
 
 fn all_backends(queue_depth: usize) -> Vec<Box<dyn IoBackend>> {
     let mut backends = vec![
-        open_backend(
-            &IoConfig::default()
-                .with_backend(BackendKind::Psync)
-                .with_queue_depth(queue_depth),
-        )
-        .unwrap(),
-        open_backend(
-            &IoConfig::default()
-                .with_backend(BackendKind::Psync)
-                .with_psync_threads(1),
-        )
-        .unwrap(),
+        open_backend(&IoConfig::default().with_backend(BackendKind::Psync).with_queue_depth(queue_depth)).unwrap(),
+        open_backend(&IoConfig::default().with_backend(BackendKind::Psync).with_psync_threads(1)).unwrap(),
     ];
     backends.extend(uring_backend(queue_depth));
     backends
@@ -104,11 +92,8 @@ fn round_trip(backend: &dyn IoBackend, slab: &SlabFile, seed: u64) {
         fill(&mut buf, seed ^ (i as u64 + 1));
         written.push(buf);
     }
-    let mut ops: Vec<IoOp<'_>> = blocks
-        .iter()
-        .zip(&written)
-        .map(|(&(offset, _), buf)| IoOp::write(slab.file(), offset, buf))
-        .collect();
+    let mut ops: Vec<IoOp<'_>> =
+        blocks.iter().zip(&written).map(|(&(offset, _), buf)| IoOp::write(slab.file(), offset, buf)).collect();
     let mut results = Vec::new();
     backend.submit(&mut ops, &mut results);
     assert_eq!(results.len(), blocks.len());
@@ -117,10 +102,7 @@ fn round_trip(backend: &dyn IoBackend, slab: &SlabFile, seed: u64) {
     }
     drop(ops);
 
-    let mut read: Vec<AlignedBuf> = blocks
-        .iter()
-        .map(|&(_, len)| AlignedBuf::new(len).unwrap())
-        .collect();
+    let mut read: Vec<AlignedBuf> = blocks.iter().map(|&(_, len)| AlignedBuf::new(len).unwrap()).collect();
     let mut ops: Vec<IoOp<'_>> = blocks
         .iter()
         .zip(read.iter_mut())
@@ -239,16 +221,9 @@ fn read_past_end_is_unexpected_eof_not_a_panic() {
         let mut results = Vec::new();
         backend.submit(&mut ops, &mut results);
         match &results[0] {
-            Err(Error::Io {
-                tier: Tier::G3,
-                op: "read",
-                source,
-            }) => assert_eq!(
-                source.kind(),
-                ErrorKind::UnexpectedEof,
-                "{}",
-                backend.name()
-            ),
+            Err(Error::Io { tier: Tier::G3, op: "read", source }) => {
+                assert_eq!(source.kind(), ErrorKind::UnexpectedEof, "{}", backend.name())
+            }
             other => panic!("{}: {other:?}", backend.name()),
         }
         assert!(buf[..6000].iter().all(|&b| b == 7), "{}", backend.name());
@@ -263,10 +238,7 @@ fn bad_descriptors_and_unaligned_direct_io_fail_per_operation() {
         let read_only = File::open(dir.path(&format!("slab{i}"))).unwrap();
         let good = AlignedBuf::new(4096).unwrap();
         let mut unaligned = AlignedBuf::new(8192).unwrap();
-        let mut ops = vec![
-            IoOp::write(&read_only, 0, &good),
-            IoOp::write(slab.file(), 4096, &good),
-        ];
+        let mut ops = vec![IoOp::write(&read_only, 0, &good), IoOp::write(slab.file(), 4096, &good)];
         // Unaligned O_DIRECT is no portable error case: ext4 quietly serves it buffered.
         ops.push(IoOp::read(slab.file(), 1, &mut unaligned[..4096]));
         let mut results = Vec::new();
@@ -281,15 +253,7 @@ fn bad_descriptors_and_unaligned_direct_io_fail_per_operation() {
         );
         assert_eq!(*results[1].as_ref().unwrap(), 4096);
         assert!(
-            matches!(
-                &results[2],
-                Ok(4096)
-                    | Err(Error::Io {
-                        tier: Tier::G3,
-                        op: "read",
-                        ..
-                    })
-            ),
+            matches!(&results[2], Ok(4096) | Err(Error::Io { tier: Tier::G3, op: "read", .. })),
             "{}: {:?}",
             backend.name(),
             results[2]
@@ -309,11 +273,8 @@ fn batches_larger_than_the_queue_depth_and_empty_ops() {
                 b
             })
             .collect();
-        let mut ops: Vec<IoOp<'_>> = bufs
-            .iter()
-            .enumerate()
-            .map(|(n, b)| IoOp::write(slab.file(), n as u64 * 4096, b))
-            .collect();
+        let mut ops: Vec<IoOp<'_>> =
+            bufs.iter().enumerate().map(|(n, b)| IoOp::write(slab.file(), n as u64 * 4096, b)).collect();
         ops.push(IoOp::write(slab.file(), 0, &[]));
         let mut results = Vec::new();
         backend.submit(&mut ops, &mut results);
@@ -323,9 +284,7 @@ fn batches_larger_than_the_queue_depth_and_empty_ops() {
         drop(ops);
         let mut check = AlignedBuf::new(4096).unwrap();
         for (n, b) in bufs.iter_mut().enumerate() {
-            slab.file()
-                .read_exact_at(&mut check, n as u64 * 4096)
-                .unwrap();
+            slab.file().read_exact_at(&mut check, n as u64 * 4096).unwrap();
             assert!(check[..] == b[..]);
         }
         let mut none: Vec<IoOp<'_>> = Vec::new();
@@ -378,10 +337,7 @@ fn auto_and_forced_backend_choice() {
             assert_eq!(auto.name(), "io_uring");
         }
         Err(err) => {
-            assert!(matches!(
-                err,
-                Error::Io { tier: Tier::G3, .. } | Error::InvalidConfig { .. }
-            ));
+            assert!(matches!(err, Error::Io { tier: Tier::G3, .. } | Error::InvalidConfig { .. }));
             assert_eq!(auto.name(), "psync");
         }
     }
@@ -427,20 +383,11 @@ fn fault_injection_double() {
     let mut results = Vec::new();
 
     let every_third = FaultyBackend::new(psync(), Fault::FailEvery(3));
-    let mut ops: Vec<IoOp<'_>> = (0..7)
-        .map(|n| IoOp::write(slab.file(), n * 4096, &data))
-        .collect();
+    let mut ops: Vec<IoOp<'_>> = (0..7).map(|n| IoOp::write(slab.file(), n * 4096, &data)).collect();
     every_third.submit(&mut ops, &mut results);
     let failed: Vec<bool> = results.iter().map(|r| r.is_err()).collect();
     assert_eq!(failed, [false, false, true, false, false, true, false]);
-    assert!(matches!(
-        &results[2],
-        Err(Error::Io {
-            tier: Tier::G3,
-            op: "write",
-            ..
-        })
-    ));
+    assert!(matches!(&results[2], Err(Error::Io { tier: Tier::G3, op: "write", .. })));
     assert_eq!(every_third.operations(), 7);
 
     let no_space = FaultyBackend::new(psync(), Fault::FailWrites);

@@ -51,9 +51,7 @@ struct RingState {
 
 impl std::fmt::Debug for RingState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingState")
-            .field("entries", &self.ring.params().sq_entries())
-            .finish_non_exhaustive()
+        f.debug_struct("RingState").field("entries", &self.ring.params().sq_entries()).finish_non_exhaustive()
     }
 }
 
@@ -67,8 +65,8 @@ impl UringBackend {
     /// Sets up a ring of `config.queue_depth` entries and checks that the kernel supports
     /// `IORING_OP_READ`/`WRITE` (Linux 5.6); any failure means "use another engine".
     pub(crate) fn new(config: &IoConfig) -> io::Result<Self> {
-        let entries = u32::try_from(config.queue_depth.max(1))
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let entries =
+            u32::try_from(config.queue_depth.max(1)).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let ring = IoUring::new(entries)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -77,11 +75,7 @@ impl UringBackend {
         }
         let sq_entries = ring.params().sq_entries() as usize;
         Ok(Self {
-            state: Mutex::new(RingState {
-                ring,
-                progress: Vec::new(),
-                ready: VecDeque::new(),
-            }),
+            state: Mutex::new(RingState { ring, progress: Vec::new(), ready: VecDeque::new() }),
             queue_depth: config.queue_depth.min(sq_entries).max(1),
         })
     }
@@ -104,9 +98,7 @@ impl IoBackend for UringBackend {
         state.progress.clear();
         state.progress.resize(ops.len(), Progress::default());
         state.ready.clear();
-        state
-            .ready
-            .extend((0..ops.len()).filter(|&i| ops.get(i).is_some_and(|op| !op.is_empty())));
+        state.ready.extend((0..ops.len()).filter(|&i| ops.get(i).is_some_and(|op| !op.is_empty())));
         run_batch(state, self.queue_depth, ops, results);
     }
 }
@@ -124,12 +116,7 @@ impl Drop for InFlight {
     }
 }
 
-fn run_batch(
-    state: &mut RingState,
-    queue_depth: usize,
-    ops: &mut [IoOp<'_>],
-    results: &mut [Result<usize>],
-) {
+fn run_batch(state: &mut RingState, queue_depth: usize, ops: &mut [IoOp<'_>], results: &mut [Result<usize>]) {
     let mut in_flight = InFlight(0);
     let mut enter_failures = 0u32;
     loop {
@@ -175,11 +162,9 @@ fn run_batch(
         for cqe in state.ring.completion() {
             in_flight.0 = in_flight.0.saturating_sub(1);
             let index = cqe.user_data() as usize;
-            let (Some(op), Some(progress), Some(result)) = (
-                ops.get(index),
-                state.progress.get_mut(index),
-                results.get_mut(index),
-            ) else {
+            let (Some(op), Some(progress), Some(result)) =
+                (ops.get(index), state.progress.get_mut(index), results.get_mut(index))
+            else {
                 continue;
             };
             let res = cqe.result();
@@ -210,10 +195,7 @@ fn run_batch(
 }
 
 fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-    )
+    matches!(err.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY))
 }
 
 /// The submission entry for the part of `op` not yet transferred.
@@ -225,15 +207,11 @@ fn entry_for(op: &mut IoOp<'_>, done: usize, index: usize) -> io_uring::squeue::
     let entry = match &mut op.buf {
         IoBuf::Read(buf) => {
             let rest = buf.get_mut(done..).unwrap_or_default();
-            opcode::Read::new(fd, rest.as_mut_ptr(), chunk)
-                .offset(offset)
-                .build()
+            opcode::Read::new(fd, rest.as_mut_ptr(), chunk).offset(offset).build()
         }
         IoBuf::Write(buf) => {
             let rest = buf.get(done..).unwrap_or_default();
-            opcode::Write::new(fd, rest.as_ptr(), chunk)
-                .offset(offset)
-                .build()
+            opcode::Write::new(fd, rest.as_ptr(), chunk).offset(offset).build()
         }
     };
     entry.user_data(index as u64)

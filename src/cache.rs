@@ -169,6 +169,38 @@ impl CacheCore {
         self.arena.as_mut().ok_or(Error::NoArena)
     }
 
+    /// Copies `data` (exactly one page) into the page of `block`, which must be in use: the
+    /// checked path for writers that do not use the raw arena pointer.
+    pub fn write_page(&mut self, block: BlockId, data: &[u8]) -> Result<()> {
+        self.check_page_access(block, data.len())?;
+        self.arena_mut()?.page_mut(block)?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Copies the page of `block` (in use or cached) into `out` (exactly one page).
+    pub fn read_page(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
+        let page = self.arena()?.page(block)?;
+        if out.len() != page.len() {
+            return Err(Error::LayoutMismatch { expected: page.len(), actual: out.len() });
+        }
+        if self.pool.state(block)? == BlockState::Free {
+            return Err(Error::InvalidBlock { block, capacity: self.pool.capacity() });
+        }
+        out.copy_from_slice(page);
+        Ok(())
+    }
+
+    fn check_page_access(&self, block: BlockId, len: usize) -> Result<()> {
+        let expected = self.layout.page_bytes();
+        if len != expected {
+            return Err(Error::LayoutMismatch { expected, actual: len });
+        }
+        if self.pool.state(block)? != BlockState::InUse {
+            return Err(Error::InvalidBlock { block, capacity: self.pool.capacity() });
+        }
+        Ok(())
+    }
+
     fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)
     }
@@ -210,7 +242,6 @@ impl CacheCore {
             st.blocks.push(b);
         }
         let hits = st.blocks.len();
-        self.pool.count_queries(max_hit, hits);
         let need = total_blocks - hits;
         let available = (self.pool.available() - reviving).saturating_sub(self.watermark);
         if need > available {
@@ -218,6 +249,8 @@ impl CacheCore {
             self.seqs.remove(seq)?;
             return Err(Error::OutOfBlocks { requested: need, available });
         }
+        // counted only once admitted, so a scheduler retrying a refused request does not inflate them
+        self.pool.count_queries(max_hit, hits);
         for &b in &st.blocks {
             self.pool.acquire_block(b)?;
         }
@@ -526,6 +559,14 @@ impl KvCache {
     pub fn free(&self, seq: SeqId) -> Result<()> {
         self.lock().free(seq)
     }
+    /// See [`CacheCore::write_page`].
+    pub fn write_page(&self, block: BlockId, data: &[u8]) -> Result<()> {
+        self.lock().write_page(block, data)
+    }
+    /// See [`CacheCore::read_page`].
+    pub fn read_page(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
+        self.lock().read_page(block, out)
+    }
     /// See [`CacheCore::longest_prefix`].
     pub fn longest_prefix(&self, hashes: &[BlockHash]) -> usize {
         self.lock().longest_prefix(hashes)
@@ -549,5 +590,45 @@ impl KvCache {
     /// See [`CacheCore::snapshot`].
     pub fn snapshot(&self) -> CacheSnapshot {
         self.lock().snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Dtype;
+
+    fn cache(blocks: usize) -> CacheCore {
+        let layout = KvLayout::new(1, 1, 4, Dtype::F16, 4).unwrap();
+        CacheCore::new(CacheConfig::new(layout, blocks).with_watermark(0.0)).unwrap()
+    }
+
+    #[test]
+    fn checked_page_access() {
+        let mut c = cache(4);
+        let s = c.add_sequence(&[1, 2, 3], &ExtraKeys::default()).unwrap().seq;
+        let b = c.block_table(s).unwrap()[0];
+        let page = vec![9u8; c.layout().page_bytes()];
+        c.write_page(b, &page).unwrap();
+        assert!(matches!(c.write_page(b, &page[1..]), Err(Error::LayoutMismatch { .. })));
+        assert!(matches!(c.write_page(BlockId(3), &page), Err(Error::InvalidBlock { .. })));
+        assert!(matches!(c.write_page(BlockId(99), &page), Err(Error::InvalidBlock { .. })));
+        let mut out = vec![0u8; page.len()];
+        c.read_page(b, &mut out).unwrap();
+        assert_eq!(out, page);
+        c.free(s).unwrap();
+        assert!(c.read_page(b, &mut out).is_err(), "a freed unhashed block is not readable");
+    }
+
+    #[test]
+    fn add_that_fails_changes_nothing() {
+        let mut c = cache(2);
+        let a = c.add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default()).unwrap();
+        c.commit(a.seq).unwrap();
+        let before = c.metrics();
+        let err = c.add_sequence(&[7; 9], &ExtraKeys::default()).unwrap_err();
+        assert!(matches!(err, Error::OutOfBlocks { requested: 3, available: 0 }));
+        assert_eq!(c.metrics(), before);
+        c.check_invariants().unwrap();
     }
 }

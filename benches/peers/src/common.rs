@@ -26,6 +26,8 @@ pub struct Cfg {
     pub scale: f64,
     /// Blocks in the pool of each system.
     pub pool: usize,
+    /// Print every repeat's value to stderr.
+    pub verbose: bool,
 }
 
 impl Cfg {
@@ -42,6 +44,10 @@ pub fn median_of<const N: usize>(cfg: &Cfg, warmup: usize, mut f: impl FnMut() -
         std::hint::black_box(f());
     }
     let mut samples: Vec<[f64; N]> = (0..cfg.repeats).map(|_| f()).collect();
+    if cfg.verbose {
+        let v: Vec<String> = samples.iter().map(|s| format!("{:.1}", s[0])).collect();
+        eprintln!("    samples (ns/unit, first value): {}", v.join(" "));
+    }
     let mut out = [0.0; N];
     for (k, o) in out.iter_mut().enumerate() {
         samples.sort_by(|a, b| a[k].total_cmp(&b[k]));
@@ -103,13 +109,9 @@ pub struct Results {
     pub decode_step: Option<f64>,
 }
 
-impl Results {
-    /// Takes every value `other` measured.
-    pub fn merge(&mut self, other: Results) {
-        macro_rules! take {
-            ($($f:ident),*) => {$( if other.$f.is_some() { self.$f = other.$f; } )*};
-        }
-        take!(
+macro_rules! for_each_field {
+    ($m:ident) => {
+        $m!(
             alloc_free_1,
             alloc_free_16,
             alloc_free_1_locked,
@@ -121,7 +123,31 @@ impl Results {
             lifecycle_block,
             lifecycle_prompt,
             decode_step
-        );
+        )
+    };
+}
+
+impl Results {
+    /// Takes every value `other` measured.
+    pub fn merge(&mut self, other: Results) {
+        macro_rules! take {
+            ($($f:ident),*) => {$( if other.$f.is_some() { self.$f = other.$f; } )*};
+        }
+        for_each_field!(take);
+    }
+
+    /// Field-wise median over rounds (of the rounds that measured the field).
+    pub fn median(rounds: &[Results]) -> Results {
+        let mut out = Results::default();
+        macro_rules! med {
+            ($($f:ident),*) => {$(
+                let mut v: Vec<f64> = rounds.iter().filter_map(|r| r.$f).collect();
+                v.sort_by(f64::total_cmp);
+                out.$f = v.get(v.len() / 2).copied();
+            )*};
+        }
+        for_each_field!(med);
+        out
     }
 }
 

@@ -4,9 +4,11 @@
 //!
 //! Options:
 //!   --quick                 10x fewer iterations (smoke test)
-//!   --repeats N             timed repeats per workload, median reported (default 7)
+//!   --repeats N             timed repeats per workload and round, median taken (default 7)
 //!   --only a,b              run only workloads whose key contains one of the words
 //!                           (keys: alloc, hash, match, lifecycle, decode)
+//!   --rounds N              run everything N times, report the median per cell (default 3)
+//!   --verbose               print every repeat's value (stderr)
 //!   --system kvtier|kvbm    run one side only (for profiling)
 //!   --pool N                blocks per pool (default 100000)
 //!   --kvbm-backend lru|lineage
@@ -20,9 +22,10 @@ mod kvtier_side;
 use common::{Cfg, Results};
 
 fn main() {
-    let mut cfg = Cfg { repeats: 7, scale: 1.0, pool: common::POOL_BLOCKS };
+    let mut cfg = Cfg { repeats: 7, scale: 1.0, pool: common::POOL_BLOCKS, verbose: false };
     let mut only: Vec<String> = Vec::new();
     let (mut run_kvtier, mut run_kvbm) = (true, true);
+    let mut rounds = 3usize;
     let mut kc = kvbm::KvbmCfg { backend: kvbm::Backend::Lru, tracker: true };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -39,6 +42,8 @@ fn main() {
             }
             "--pool" => cfg.pool = args.next().and_then(|v| v.parse().ok()).expect("--pool N"),
             "--kvbm-no-tracker" => kc.tracker = false,
+            "--verbose" => cfg.verbose = true,
+            "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--system" => match args.next().as_deref() {
                 Some("kvtier") => run_kvbm = false,
                 Some("kvbm") => run_kvtier = false,
@@ -52,33 +57,41 @@ fn main() {
     cfg.repeats = cfg.repeats.max(1);
     let only = move |key: &str| only.is_empty() || only.iter().any(|w| key.contains(w.as_str()));
 
-    eprintln!(
-        "kvtier vs kvbm-logical 1.6.1: pool {} blocks x {} tokens, {} repeats (median), scale {}, kvbm {:?}",
+    let rounds = rounds.max(1);
+    println!(
+        "kvtier vs kvbm-logical 1.6.1: pool {} blocks x {} tokens; median of {} rounds x {} repeats; scale {}; kvbm {:?}",
         cfg.pool,
         common::BLOCK_TOKENS,
+        rounds,
         cfg.repeats,
         cfg.scale,
         kc
     );
     // Workload by workload, both systems back to back, so slow drifts in background load on
     // a shared machine hit both sides of a row alike.
-    let (mut k, mut t) = (Results::default(), Results::default());
+    // The whole sequence is repeated `rounds` times and each cell is the median over rounds.
+    let (mut ks, mut ts) = (Vec::new(), Vec::new());
     let load0 = common::loadavg();
-    for key in ["alloc", "hash", "match", "lifecycle", "decode"] {
-        if !only(key) {
-            continue;
+    for round in 0..rounds {
+        let (mut k, mut t) = (Results::default(), Results::default());
+        for key in ["alloc", "hash", "match", "lifecycle", "decode"] {
+            if !only(key) {
+                continue;
+            }
+            let this = |k: &str| k == key;
+            if run_kvtier {
+                eprintln!("round {round}, {key}: kvtier ...");
+                t.merge(kvtier_side::run(&cfg, &this));
+            }
+            if run_kvbm {
+                eprintln!("round {round}, {key}: kvbm-logical ...");
+                k.merge(kvbm::run(&cfg, kc, &this));
+            }
         }
-        let this = |k: &str| k == key;
-        if run_kvtier {
-            eprintln!("{key}: kvtier ...");
-            t.merge(kvtier_side::run(&cfg, &this));
-        }
-        if run_kvbm {
-            eprintln!("{key}: kvbm-logical ...");
-            k.merge(kvbm::run(&cfg, kc, &this));
-        }
+        ks.push(k);
+        ts.push(t);
     }
-    print_table(&k, &t);
+    print_table(&Results::median(&ks), &Results::median(&ts));
     println!("\n(load average before / after: {load0} / {})", common::loadavg());
 }
 

@@ -23,6 +23,10 @@ pub enum BlockState {
 }
 
 const HASHED: u8 = 1;
+/// The content also lives in a lower tier: evicting it from here loses nothing.
+const BACKED: u8 = 2;
+/// Pinned by an offload copy that reads the page outside the owner's lock.
+const STAGED: u8 = 4;
 /// Largest pool: ids must fit an `i32` block table.
 const MAX_BLOCKS: usize = i32::MAX as usize;
 
@@ -40,6 +44,8 @@ pub(crate) struct PoolCounters {
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub evictions: u64,
+    /// Evictions of blocks whose content was not backed by a lower tier (lost).
+    pub unbacked_evictions: u64,
     pub allocations: u64,
 }
 
@@ -61,6 +67,8 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     meta: Vec<Meta>,
     free: IndexList,
     policy: P,
+    /// Evictable blocks already backed below, evicted before the policy's victims (FIFO).
+    ready: IndexList,
     index: HashIndex,
     events: EventLog,
     in_use: usize,
@@ -89,6 +97,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             meta,
             free: IndexList::full(capacity),
             policy,
+            ready: IndexList::new(capacity),
             index: HashIndex::new(capacity),
             events: EventLog::new(event_capacity),
             in_use: 0,
@@ -109,7 +118,12 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Cached blocks without a reference.
     #[inline]
     pub fn num_evictable(&self) -> usize {
-        self.policy.len()
+        self.policy.len() + self.ready.len()
+    }
+    /// Evictable blocks already backed by a lower tier (evicted first, at no loss).
+    #[inline]
+    pub fn num_ready(&self) -> usize {
+        self.ready.len()
     }
     /// Blocks with at least one reference.
     #[inline]
@@ -119,7 +133,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Blocks an allocation could get: free plus evictable.
     #[inline]
     pub fn available(&self) -> usize {
-        self.free.len() + self.policy.len()
+        self.free.len() + self.ready.len() + self.policy.len()
     }
     /// True when `n` blocks can be allocated now.
     #[inline]
@@ -156,14 +170,21 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn allocate_one(&mut self) -> Result<BlockId> {
         let b = match self.free.pop_front() {
             Some(i) => BlockId(i),
-            None => match self.policy.pop_victim() {
-                Some(b) => {
-                    self.forget_hash(b);
-                    self.counters.evictions += 1;
-                    b
+            None => {
+                let victim = match self.ready.pop_front() {
+                    Some(i) => Some(BlockId(i)),
+                    None => self.policy.pop_victim(),
+                };
+                let Some(b) = victim else {
+                    return Err(Error::OutOfBlocks { requested: 1, available: 0 });
+                };
+                if self.meta[b.index()].flags & BACKED == 0 {
+                    self.counters.unbacked_evictions += 1;
                 }
-                None => return Err(Error::OutOfBlocks { requested: 1, available: 0 }),
-            },
+                self.forget_hash(b);
+                self.counters.evictions += 1;
+                b
+            }
         };
         let m = &mut self.meta[b.index()];
         m.refcount = 1;
@@ -189,6 +210,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     fn forget_hash(&mut self, b: BlockId) {
         let m = &mut self.meta[b.index()];
+        m.flags &= !BACKED;
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
             let hash = m.hash;
@@ -282,7 +304,9 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
                 self.in_use += 1;
-                self.policy.remove(b);
+                if !self.ready.remove(b.0) {
+                    self.policy.remove(b);
+                }
             }
             BlockState::InUse => {
                 m.refcount += 1;
@@ -319,15 +343,99 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
     }
 
+    /// Prepares the next victims for eviction without loss: pops up to `n` victims from the
+    /// policy; those already backed below move to the ready list (evicted first), the others
+    /// are pinned (kept in the index, shareable, but not evictable) and returned in `out` for
+    /// the caller to copy down. Each returned block must be handed back with
+    /// [`BlockPool::finish_staged`]. Returns the number of victims examined.
+    pub fn stage_victims(&mut self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
+        let mut seen = 0;
+        while seen < n {
+            let Some(b) = self.policy.pop_victim() else { break };
+            seen += 1;
+            let m = &mut self.meta[b.index()];
+            if m.flags & BACKED != 0 {
+                self.ready.push_back(b.0);
+            } else {
+                m.state = BlockState::InUse;
+                m.refcount = 1;
+                m.flags |= STAGED;
+                self.in_use += 1;
+                out.push((b, m.hash));
+            }
+        }
+        seen
+    }
+
+    /// Pins a hashed block so its page can be copied down (write-through). Returns its hash,
+    /// or `None` if the block is not hashed, already backed or already staged.
+    pub fn stage_block(&mut self, b: BlockId) -> Result<Option<BlockHash>> {
+        let m = *self.meta(b)?;
+        if m.flags & HASHED == 0 || m.flags & (BACKED | STAGED) != 0 || m.state == BlockState::Free {
+            return Ok(None);
+        }
+        self.acquire_block(b)?;
+        self.meta[b.index()].flags |= STAGED;
+        Ok(Some(m.hash))
+    }
+
+    /// Ends a copy started by [`BlockPool::stage_victims`] or [`BlockPool::stage_block`]:
+    /// `backed` says whether the lower tier now holds the content. The pin is released; a
+    /// block left without references goes to the ready list if backed, else back to the policy.
+    pub fn finish_staged(&mut self, b: BlockId, backed: bool) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.flags & STAGED == 0 || m.state != BlockState::InUse {
+            return Err(Error::InvalidBlock { block: b, capacity });
+        }
+        m.flags &= !STAGED;
+        if backed {
+            m.flags |= BACKED;
+        }
+        m.refcount -= 1;
+        if m.refcount == 0 {
+            self.in_use -= 1;
+            m.state = BlockState::Evictable;
+            if backed {
+                self.ready.push_back(b.0);
+            } else {
+                self.policy.insert(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a block's content as backed (or not) by a lower tier.
+    pub fn set_backed(&mut self, b: BlockId, backed: bool) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if backed && m.flags & HASHED != 0 {
+            m.flags |= BACKED;
+        } else {
+            m.flags &= !BACKED;
+        }
+        Ok(())
+    }
+
+    /// True when a block is pinned by a copy in flight.
+    pub fn is_staged(&self, b: BlockId) -> Result<bool> {
+        Ok(self.meta(b)?.flags & STAGED != 0)
+    }
+
+    /// True when a block's content is backed by a lower tier.
+    pub fn is_backed(&self, b: BlockId) -> Result<bool> {
+        Ok(self.meta(b)?.flags & BACKED != 0)
+    }
+
     /// Drops every evictable block's content (a prefix-cache reset). Returns false and changes
     /// nothing while any block is in use, as in-use blocks may still be shared by hash.
     pub fn reset_prefix_cache(&mut self) -> bool {
         if self.in_use != 0 {
             return false;
         }
-        while let Some(b) = self.policy.pop_victim() {
+        while let Some(b) = self.ready.pop_front().map(BlockId).or_else(|| self.policy.pop_victim()) {
             let m = &mut self.meta[b.index()];
-            m.flags &= !HASHED;
+            m.flags &= !(HASHED | BACKED);
             m.state = BlockState::Free;
             self.free.push_back(b.0);
         }
@@ -357,7 +465,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     /// Bytes of bookkeeping per block: metadata, free-queue links, policy entry, index slots.
     pub fn metadata_bytes_per_block(&self) -> f64 {
-        (std::mem::size_of::<Meta>() + IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
+        (std::mem::size_of::<Meta>() + 2 * IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
             + self.index.bytes_per_entry(self.capacity())
     }
 
@@ -383,8 +491,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 }
                 BlockState::Evictable => {
                     evictable += 1;
-                    if m.refcount != 0 || in_free || m.flags & HASHED == 0 {
-                        return Err(format!("{b:?} evictable but referenced, queued or unhashed"));
+                    if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & STAGED != 0 {
+                        return Err(format!("{b:?} evictable but referenced, queued, staged or unhashed"));
+                    }
+                    if self.ready.contains(i as u32) && m.flags & BACKED == 0 {
+                        return Err(format!("{b:?} ready for eviction but not backed"));
                     }
                 }
             }
@@ -395,11 +506,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 }
             }
         }
-        if free != self.free.len() || evictable != self.policy.len() || used != self.in_use {
+        if free != self.free.len() || evictable != self.policy.len() + self.ready.len() || used != self.in_use {
             return Err(format!(
                 "counts: free {free}/{} evictable {evictable}/{} used {used}/{}",
                 self.free.len(),
-                self.policy.len(),
+                self.policy.len() + self.ready.len(),
                 self.in_use
             ));
         }
@@ -483,5 +594,70 @@ mod tests {
     fn metadata_fits_budget() {
         let p = BlockPool::new(1 << 20).unwrap();
         assert!(p.metadata_bytes_per_block() <= 64.0, "{}", p.metadata_bytes_per_block());
+    }
+}
+
+#[cfg(test)]
+mod staging_tests {
+    use super::*;
+
+    #[test]
+    fn staged_victims_are_pinned_then_evicted_first() {
+        let mut p = BlockPool::new(4).unwrap();
+        let mut v = vec![];
+        p.allocate(4, &mut v).unwrap();
+        for (i, b) in v.iter().enumerate() {
+            p.register(*b, BlockHash(i as u128 + 1), None, 16).unwrap();
+        }
+        p.release_all(v.iter().rev().copied()).unwrap();
+        let mut staged = vec![];
+        assert_eq!(p.stage_victims(2, &mut staged), 2);
+        assert_eq!(staged.len(), 2);
+        // staged blocks are still shareable but not evictable
+        assert_eq!(p.num_evictable(), 2);
+        assert_eq!(p.lookup(staged[0].1), Some(staged[0].0));
+        assert!(p.is_staged(staged[0].0).unwrap());
+        p.check_invariants().unwrap();
+        // a prefix hit during the copy shares the block
+        p.acquire_block(staged[1].0).unwrap();
+        p.finish_staged(staged[0].0, true).unwrap();
+        p.finish_staged(staged[1].0, true).unwrap();
+        assert!(matches!(p.finish_staged(staged[0].0, true), Err(Error::InvalidBlock { .. })));
+        assert_eq!(p.num_ready(), 1);
+        p.check_invariants().unwrap();
+        // the backed block goes first, and it is not counted as a loss
+        let b = p.allocate_one().unwrap();
+        assert_eq!(b, staged[0].0);
+        assert_eq!(p.counters().unbacked_evictions, 0);
+        let _ = p.allocate_one().unwrap();
+        assert_eq!(p.counters().unbacked_evictions, 1);
+        p.release(staged[1].0).unwrap();
+        // a released block is recently used again: it goes back to the policy, still backed,
+        // and the next staging pass moves it to the ready list without copying
+        assert_eq!(p.num_ready(), 0);
+        assert!(p.is_backed(staged[1].0).unwrap());
+        let mut again = vec![];
+        assert_eq!(p.stage_victims(4, &mut again), 2);
+        assert_eq!(again.len(), 1, "only the unbacked victim needs a copy");
+        assert_eq!(p.num_ready(), 1);
+        p.check_invariants().unwrap();
+        p.finish_staged(again[0].0, false).unwrap();
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn failed_copy_returns_to_policy_and_write_through_staging() {
+        let mut p = BlockPool::new(2).unwrap();
+        let a = p.allocate_one().unwrap();
+        assert_eq!(p.stage_block(a).unwrap(), None, "unhashed blocks are not staged");
+        p.register(a, BlockHash(9), None, 16).unwrap();
+        assert_eq!(p.stage_block(a).unwrap(), Some(BlockHash(9)));
+        assert_eq!(p.stage_block(a).unwrap(), None, "already staged");
+        p.release(a).unwrap();
+        assert_eq!(p.state(a).unwrap(), BlockState::InUse, "the copy still pins it");
+        p.finish_staged(a, false).unwrap();
+        assert_eq!(p.state(a).unwrap(), BlockState::Evictable);
+        assert_eq!(p.num_ready(), 0);
+        p.check_invariants().unwrap();
     }
 }

@@ -5,7 +5,7 @@
 //! ([`Arena::base_ptr`], [`Arena::page_bytes`]) and address page `i` at `base + i * stride`.
 #![allow(unsafe_code)]
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result, Tier};
 use crate::pool::BlockId;
@@ -20,7 +20,7 @@ use crate::pool::BlockId;
 /// # Ok::<(), kvtier::Error>(())
 /// ```
 pub struct Arena {
-    map: MmapMut,
+    map: MmapRaw,
     page_bytes: usize,
     pages: usize,
 }
@@ -41,9 +41,36 @@ impl Arena {
         let bytes = pages
             .checked_mul(page_bytes)
             .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
-        let map =
-            MmapOptions::new().len(bytes).map_anon().map_err(|source| Error::Map { tier: Tier::G1, bytes, source })?;
-        Ok(Self { map, page_bytes, pages })
+        Self::map(pages, page_bytes, bytes, Tier::G1)
+    }
+
+    /// Like [`Arena::new`] for another tier's memory, asking the OS for transparent huge pages
+    /// (best effort) and optionally locking the memory (best effort; returns whether it is).
+    pub fn for_tier(
+        pages: usize,
+        page_bytes: usize,
+        tier: Tier,
+        huge_pages: bool,
+        mlock: bool,
+    ) -> Result<(Self, bool)> {
+        if pages == 0 || page_bytes == 0 {
+            return Err(Error::InvalidConfig { field: "arena", reason: "must be non-empty" });
+        }
+        let bytes = pages
+            .checked_mul(page_bytes)
+            .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
+        let arena = Self::map(pages, page_bytes, bytes, tier)?;
+        if huge_pages {
+            // Best effort: a kernel without THP just keeps 4 KiB pages.
+            let _ = arena.map.advise(Advice::HugePage);
+        }
+        let locked = mlock && arena.map.lock().is_ok();
+        Ok((arena, locked))
+    }
+
+    fn map(pages: usize, page_bytes: usize, bytes: usize, tier: Tier) -> Result<Self> {
+        let map = MmapOptions::new().len(bytes).map_anon().map_err(|source| Error::Map { tier, bytes, source })?;
+        Ok(Self { map: MmapRaw::from(map), page_bytes, pages })
     }
 
     /// Number of pages.
@@ -63,6 +90,33 @@ impl Arena {
         self.map.as_ptr()
     }
 
+    /// A page's bytes, shared, for owners that copy pages outside their lock.
+    ///
+    /// # Safety
+    /// While the returned slice lives, nothing may write page `block`: no `&mut` from
+    /// [`Arena::page_mut`], [`Arena::page_exclusive`] or any other path. Owners uphold this by
+    /// pinning the page (it cannot be reused) and only handing out hashed, immutable pages.
+    pub(crate) unsafe fn page_shared(&self, block: BlockId) -> Result<&[u8]> {
+        let r = self.range(block)?;
+        // SAFETY: the range is inside the mapping (checked above), which lives as long as
+        // `self`; the caller guarantees no concurrent writer of this page.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) })
+    }
+
+    /// A page's bytes, exclusive, for owners that fill pages outside their lock.
+    ///
+    /// # Safety
+    /// While the returned slice lives, no other reference to page `block` may exist and
+    /// nothing else may read or write it. Owners uphold this by filling only freshly allocated,
+    /// unregistered pages that they alone reference.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn page_exclusive(&self, block: BlockId) -> Result<&mut [u8]> {
+        let r = self.range(block)?;
+        // SAFETY: in bounds as above; `MmapRaw` hands out a mutable pointer without going
+        // through a shared reference, and the caller guarantees exclusivity of this page.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(r.start), r.len()) })
+    }
+
     fn range(&self, block: BlockId) -> Result<std::ops::Range<usize>> {
         let i = block.index();
         if i >= self.pages {
@@ -75,13 +129,16 @@ impl Arena {
     /// The bytes of one page.
     pub fn page(&self, block: BlockId) -> Result<&[u8]> {
         let r = self.range(block)?;
-        Ok(&self.map[r])
+        // SAFETY: in bounds; writers need `&mut self` (or an owner's unsafe exclusive lease,
+        // whose contract forbids this read while it lives), so no write is concurrent.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) })
     }
 
     /// The bytes of one page, writable.
     pub fn page_mut(&mut self, block: BlockId) -> Result<&mut [u8]> {
         let r = self.range(block)?;
-        Ok(&mut self.map[r])
+        // SAFETY: in bounds; `&mut self` excludes every other safe access to the mapping.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(r.start), r.len()) })
     }
 
     /// Copies page `src` onto page `dst` (copy-on-write of a shared partial block).
@@ -89,7 +146,10 @@ impl Arena {
         let s = self.range(src)?;
         let d = self.range(dst)?;
         if s != d {
-            self.map.copy_within(s, d.start);
+            let (src, dst) = (self.map.as_ptr(), self.map.as_mut_ptr());
+            // SAFETY: both ranges are in bounds and distinct pages of equal length, so they do
+            // not overlap; `&mut self` excludes any other access.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(s.start), dst.add(d.start), s.len()) };
         }
         Ok(())
     }

@@ -1,0 +1,412 @@
+//! G2: a host-DRAM tier of page-sized slots.
+//!
+//! One anonymous mapping (transparent huge pages requested, mlock optional) holds every slot;
+//! slot bookkeeping (free queue, pins, LRU of evictable slots, hash index) is a
+//! [`BlockPool`] behind a lock. Copies never run under the lock: a slot being filled is
+//! freshly allocated and not yet in the index (nobody else can see it), and a slot being read
+//! is pinned and hashed (immutable until the pin is dropped).
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result, Tier};
+use crate::pool::{Arena, BlockId, BlockPool};
+use crate::prefix::BlockHash;
+use crate::sync::{Mutex, lock};
+
+/// Configuration of the host tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Slots (pages) in the tier. Default: 1024.
+    pub capacity_pages: usize,
+    /// Ask for transparent huge pages (best effort). Default: true.
+    pub huge_pages: bool,
+    /// Lock the memory (best effort; needs RLIMIT_MEMLOCK). Default: false.
+    pub mlock: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self { capacity_pages: 1024, huge_pages: true, mlock: false }
+    }
+}
+
+impl HostConfig {
+    /// Sets the capacity in pages (default 1024).
+    pub fn with_capacity_pages(mut self, pages: usize) -> Self {
+        self.capacity_pages = pages;
+        self
+    }
+    /// Requests huge pages or not (default true).
+    pub fn with_huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+    /// Requests mlock or not (default false).
+    pub fn with_mlock(mut self, on: bool) -> Self {
+        self.mlock = on;
+        self
+    }
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        if self.capacity_pages == 0 {
+            return Err(Error::InvalidConfig { field: "host capacity_pages", reason: "must be non-zero" });
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the host tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostMetrics {
+    /// Slots in the tier.
+    pub capacity: usize,
+    /// Slots holding a page (pinned or evictable).
+    pub used: usize,
+    /// Evictable slots already backed by G3.
+    pub ready: usize,
+    /// Pages stored.
+    pub stores: u64,
+    /// Stores refused (page already present, or every slot pinned).
+    pub refused: u64,
+    /// Lookups of a page for reading that found it.
+    pub hits: u64,
+    /// Lookups of a page for reading that did not.
+    pub misses: u64,
+    /// Pages dropped to make room.
+    pub evictions: u64,
+    /// Of those, pages not backed by G3 (gone from the hierarchy).
+    pub unbacked_evictions: u64,
+    /// Bytes copied in.
+    pub bytes_in: u64,
+    /// Bytes copied out.
+    pub bytes_out: u64,
+    /// Hashes pinned by callers.
+    pub pinned: usize,
+}
+
+struct State {
+    slots: BlockPool,
+    pins: HashMap<BlockHash, (BlockId, u32)>,
+    m: HostMetrics,
+}
+
+/// The G2 tier. `Send + Sync`.
+///
+/// ```
+/// use kvtier::tier::host::{HostConfig, HostTier};
+/// use kvtier::BlockHash;
+/// let g2 = HostTier::new(4096, HostConfig::default().with_capacity_pages(2))?;
+/// assert!(g2.store(BlockHash(1), |page| { page.fill(7); Ok(()) })?);
+/// assert_eq!(g2.load(BlockHash(1), |page| page[4095]), Some(7));
+/// assert_eq!(g2.load(BlockHash(2), |page| page[0]), None);
+/// # Ok::<(), kvtier::Error>(())
+/// ```
+pub struct HostTier {
+    arena: Arena,
+    state: Mutex<State>,
+    page_bytes: usize,
+    locked: bool,
+}
+
+impl HostTier {
+    /// Maps `capacity_pages * page_bytes` bytes.
+    pub fn new(page_bytes: usize, config: HostConfig) -> Result<Self> {
+        config.validate()?;
+        let (arena, locked) =
+            Arena::for_tier(config.capacity_pages, page_bytes, Tier::G2, config.huge_pages, config.mlock)?;
+        let slots = BlockPool::with_policy(config.capacity_pages, crate::policy::Lru::new(config.capacity_pages), 0)?;
+        let m = HostMetrics { capacity: config.capacity_pages, ..HostMetrics::default() };
+        Ok(Self { arena, state: Mutex::new(State { slots, pins: HashMap::new(), m }), page_bytes, locked })
+    }
+
+    /// Bytes per page.
+    pub fn page_bytes(&self) -> usize {
+        self.page_bytes
+    }
+
+    /// Whether the memory is locked (mlock succeeded).
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// True if `h` is stored here.
+    pub fn contains(&self, h: BlockHash) -> bool {
+        lock(&self.state).slots.lookup(h).is_some()
+    }
+
+    /// Number of leading `hashes` stored here.
+    pub fn longest_prefix(&self, hashes: &[BlockHash]) -> usize {
+        let st = lock(&self.state);
+        hashes.iter().take_while(|h| st.slots.lookup(**h).is_some()).count()
+    }
+
+    /// Slots that can take a page without losing one: free plus ready (backed by G3).
+    pub fn free_or_ready(&self) -> usize {
+        let st = lock(&self.state);
+        st.slots.num_free() + st.slots.num_ready()
+    }
+
+    /// Stores a page under `h`, filled by `fill` outside the lock. Returns false if `h` is
+    /// already present or no slot can be freed (all pinned). If `fill` fails the slot is
+    /// returned and the error passed on; nothing partial is ever visible.
+    pub fn store(&self, h: BlockHash, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<bool> {
+        let slot = {
+            let mut st = lock(&self.state);
+            if st.slots.lookup(h).is_some() {
+                st.m.refused += 1;
+                return Ok(false);
+            }
+            let before = st.slots.counters();
+            match st.slots.allocate_one() {
+                Ok(slot) => {
+                    let after = st.slots.counters();
+                    st.m.evictions += after.evictions - before.evictions;
+                    st.m.unbacked_evictions += after.unbacked_evictions - before.unbacked_evictions;
+                    slot
+                }
+                Err(Error::OutOfBlocks { .. }) => {
+                    st.m.refused += 1;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // SAFETY: `slot` was just allocated (refcount 1, held by this call) and is not in the
+        // index, so no other thread can reach its page until it is registered below.
+        let filled = fill(unsafe { self.arena.page_exclusive(slot)? });
+        let mut st = lock(&self.state);
+        let stored = match filled {
+            Ok(()) => st.slots.register(slot, h, None, 0)?,
+            Err(_) => false,
+        };
+        st.slots.release(slot)?;
+        if stored {
+            st.m.stores += 1;
+            st.m.bytes_in += self.page_bytes as u64;
+        } else {
+            st.m.refused += 1;
+        }
+        filled.map(|()| stored)
+    }
+
+    /// Reads the page stored under `h` with `read`, outside the lock; `None` on a miss.
+    pub fn load<R>(&self, h: BlockHash, read: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let slot = {
+            let mut st = lock(&self.state);
+            match st.slots.lookup(h) {
+                Some(slot) if st.slots.acquire_block(slot).is_ok() => {
+                    st.m.hits += 1;
+                    slot
+                }
+                _ => {
+                    st.m.misses += 1;
+                    return None;
+                }
+            }
+        };
+        // SAFETY: the slot is pinned by the reference taken above (it cannot be reused) and is
+        // registered, and registered slots are never written: the page is immutable here.
+        let out = unsafe { self.arena.page_shared(slot) }.ok().map(read);
+        let mut st = lock(&self.state);
+        // The reference taken above is ours: releasing it cannot fail.
+        let _ = st.slots.release(slot);
+        if out.is_some() {
+            st.m.bytes_out += self.page_bytes as u64;
+        }
+        out
+    }
+
+    /// Pins the page under `h` so it is never evicted (retention of a system prompt). Pins
+    /// nest; returns false if `h` is not here.
+    pub fn pin(&self, h: BlockHash) -> bool {
+        let mut st = lock(&self.state);
+        let Some(slot) = st.slots.lookup(h) else { return false };
+        if st.slots.acquire_block(slot).is_err() {
+            return false;
+        }
+        st.pins.entry(h).or_insert((slot, 0)).1 += 1;
+        st.m.pinned = st.pins.len();
+        true
+    }
+
+    /// Drops one pin of `h`; returns false if it was not pinned.
+    pub fn unpin(&self, h: BlockHash) -> bool {
+        let mut st = lock(&self.state);
+        let Some(&(slot, n)) = st.pins.get(&h) else { return false };
+        if n <= 1 {
+            st.pins.remove(&h);
+        } else {
+            st.pins.insert(h, (slot, n - 1));
+        }
+        let _ = st.slots.release(slot);
+        st.m.pinned = st.pins.len();
+        true
+    }
+
+    /// Picks up to `n` LRU victims that G3 does not hold yet and pins them for a spill; the
+    /// caller copies each with [`HostTier::read_staged`] and ends with
+    /// [`HostTier::finish_spill`]. Victims already backed go straight to the ready list.
+    pub fn stage_spill(&self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
+        lock(&self.state).slots.stage_victims(n, out)
+    }
+
+    /// Reads a slot staged by [`HostTier::stage_spill`].
+    pub fn read_staged<R>(&self, slot: BlockId, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        if !lock(&self.state).slots.is_staged(slot)? {
+            return Err(Error::InvalidBlock { block: slot, capacity: self.arena.pages() });
+        }
+        // SAFETY: the slot is staged (pinned, hashed): it cannot be reused or written until
+        // `finish_spill`, which the caller only calls after this read returns.
+        let page = unsafe { self.arena.page_shared(slot)? };
+        let out = read(page);
+        lock(&self.state).m.bytes_out += self.page_bytes as u64;
+        Ok(out)
+    }
+
+    /// Ends a spill; `backed` says whether G3 now holds the page.
+    pub fn finish_spill(&self, slot: BlockId, backed: bool) -> Result<()> {
+        lock(&self.state).slots.finish_staged(slot, backed)
+    }
+
+    /// Marks the page under `h` as backed (or not) by G3.
+    pub fn set_backed(&self, h: BlockHash, backed: bool) {
+        let mut st = lock(&self.state);
+        if let Some(slot) = st.slots.lookup(h) {
+            let _ = st.slots.set_backed(slot, backed);
+        }
+    }
+
+    /// Counters and occupancy.
+    pub fn metrics(&self) -> HostMetrics {
+        let st = lock(&self.state);
+        let mut m = st.m;
+        m.used = st.slots.num_in_use() + st.slots.num_evictable();
+        m.ready = st.slots.num_ready();
+        m
+    }
+
+    /// Checks the slot bookkeeping invariants.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let st = lock(&self.state);
+        st.slots.check_invariants()?;
+        let pinned: u32 = st.pins.values().map(|p| p.1).sum();
+        if (st.slots.num_in_use() as u32) > pinned {
+            return Err(format!("{} slots in use but only {pinned} pins", st.slots.num_in_use()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(v: u8) -> impl FnOnce(&mut [u8]) -> Result<()> {
+        move |p| {
+            p.fill(v);
+            Ok(())
+        }
+    }
+
+    fn tier(pages: usize) -> HostTier {
+        HostTier::new(64, HostConfig::default().with_capacity_pages(pages)).unwrap()
+    }
+
+    #[test]
+    fn store_load_evict_lru() {
+        let g2 = tier(2);
+        for i in 1..=3u8 {
+            assert!(g2.store(BlockHash(i as u128), fill(i)).unwrap());
+        }
+        // capacity 2: the oldest page went
+        assert_eq!(g2.load(BlockHash(1), |p| p[0]), None);
+        assert_eq!(g2.load(BlockHash(2), |p| p.to_vec()), Some(vec![2; 64]));
+        assert_eq!(g2.load(BlockHash(3), |p| p[63]), Some(3));
+        assert!(!g2.store(BlockHash(3), |_| Ok(())).unwrap(), "already present");
+        let m = g2.metrics();
+        assert_eq!((m.stores, m.evictions, m.unbacked_evictions, m.hits, m.misses), (3, 1, 1, 2, 1));
+        g2.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn failed_fill_is_never_visible() {
+        let g2 = tier(2);
+        let r = g2.store(BlockHash(5), |p| {
+            p.fill(1);
+            Err(Error::NoArena)
+        });
+        assert!(r.is_err());
+        assert!(!g2.contains(BlockHash(5)));
+        assert_eq!(g2.metrics().used, 0);
+        g2.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn pinned_pages_survive_pressure() {
+        let g2 = tier(2);
+        g2.store(BlockHash(1), fill(1)).unwrap();
+        assert!(g2.pin(BlockHash(1)));
+        assert!(!g2.pin(BlockHash(9)));
+        for i in 2..10u8 {
+            g2.store(BlockHash(i as u128), fill(i)).unwrap();
+        }
+        assert_eq!(g2.load(BlockHash(1), |p| p[0]), Some(1));
+        assert!(g2.unpin(BlockHash(1)));
+        assert!(!g2.unpin(BlockHash(1)));
+        g2.store(BlockHash(20), fill(2)).unwrap();
+        g2.store(BlockHash(21), fill(2)).unwrap();
+        assert!(!g2.contains(BlockHash(1)), "unpinned page is evictable again");
+        // all slots pinned: stores are refused, not forced
+        g2.pin(BlockHash(20));
+        g2.pin(BlockHash(21));
+        assert!(!g2.store(BlockHash(30), |_| Ok(())).unwrap());
+        g2.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn spill_staging_marks_backed() {
+        let g2 = tier(3);
+        for i in 1..=3u8 {
+            g2.store(BlockHash(i as u128), fill(i)).unwrap();
+        }
+        let mut staged = vec![];
+        assert_eq!(g2.stage_spill(2, &mut staged), 2);
+        assert_eq!(staged[0].1, BlockHash(1), "LRU first");
+        for (slot, _) in &staged {
+            let first = g2.read_staged(*slot, |p| p[0]).unwrap();
+            assert!(first == 1 || first == 2);
+            g2.finish_spill(*slot, true).unwrap();
+        }
+        assert!(g2.read_staged(staged[0].0, |_| ()).is_err(), "not staged any more");
+        assert_eq!(g2.free_or_ready(), 2);
+        // new stores take the ready (backed) slots first: no unbacked loss
+        g2.store(BlockHash(4), fill(4)).unwrap();
+        assert_eq!(g2.metrics().unbacked_evictions, 0);
+        assert!(!g2.contains(BlockHash(1)));
+        assert!(g2.contains(BlockHash(3)));
+        g2.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn concurrent_store_and_load() {
+        let g2 = tier(16);
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let g2 = &g2;
+                s.spawn(move || {
+                    for i in 0..500u32 {
+                        let h = BlockHash((i % 40) as u128);
+                        let v = (i % 40) as u8;
+                        let _ = g2.store(h, fill(v)).unwrap();
+                        if let Some(ok) = g2.load(h, |p| p.iter().all(|&b| b == v)) {
+                            assert!(ok, "thread {t} read a torn or wrong page");
+                        }
+                    }
+                });
+            }
+        });
+        g2.check_invariants().unwrap();
+    }
+}

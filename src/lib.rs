@@ -53,6 +53,7 @@ mod prefix;
 mod seq;
 mod sync;
 mod table;
+pub mod tier;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
 pub use error::{Error, Result, Tier};

@@ -107,6 +107,8 @@ pub struct Results {
     pub lifecycle_block: Option<f64>,
     pub lifecycle_prompt: Option<f64>,
     pub decode_step: Option<f64>,
+    /// Of which: building the batch's block table / slot mapping.
+    pub decode_export: Option<f64>,
 }
 
 macro_rules! for_each_field {
@@ -122,7 +124,8 @@ macro_rules! for_each_field {
             admit_cached,
             lifecycle_block,
             lifecycle_prompt,
-            decode_step
+            decode_step,
+            decode_export
         )
     };
 }

@@ -248,13 +248,15 @@ pub fn run(cfg: &Cfg, backend: KvbmCfg, only: &dyn Fn(&str) -> bool) -> Results 
         let query_start: Vec<i32> = (0..=DECODE_SEQS as i32).collect(); // one token per seq
         let mut step = 1usize;
         let steps = cfg.iters(200);
-        let [v] = median_of(cfg, 1, || {
+        let [v, e] = median_of(cfg, 1, || {
             let t = Instant::now();
+            let mut te = 0.0;
             for _ in 0..steps {
                 for seq in seqs.iter_mut() {
                     seq.schedule_decode(&m).expect("schedule_decode");
                 }
                 // export: padded [seqs x width] block table + slot of the token being computed
+                let t_export = Instant::now();
                 let width = seqs.iter().map(|s| s.inner().page_indices_len()).max().unwrap();
                 table.clear();
                 table.resize(DECODE_SEQS * width, -1);
@@ -268,14 +270,16 @@ pub fn run(cfg: &Cfg, backend: KvbmCfg, only: &dyn Fn(&str) -> bool) -> Results 
                     seq_lens[row] = seq.total_tokens() as i32;
                 }
                 black_box((&table, &slots, &seq_lens, &query_start));
+                te += ns_since(t_export);
                 for (s, seq) in seqs.iter_mut().enumerate() {
                     seq.apply_decode(decode_token(s, step), &m).expect("apply_decode");
                 }
                 step += 1;
             }
-            [ns_since(t) / steps as f64]
+            [ns_since(t) / steps as f64, te / steps as f64]
         });
         r.decode_step = Some(v);
+        r.decode_export = Some(e);
     }
     r
 }

@@ -205,25 +205,29 @@ pub fn run(cfg: &Cfg, only: &dyn Fn(&str) -> bool) -> Results {
         let mut tables = BatchTables::new();
         let mut step = 1usize;
         let steps = cfg.iters(200);
-        let [v] = median_of(cfg, 1, || {
+        let [v, e] = median_of(cfg, 1, || {
             let t = Instant::now();
+            let mut te = 0.0;
             for _ in 0..steps {
                 let mut g = c.lock();
                 for (s, &seq) in seqs.iter().enumerate() {
                     g.append_tokens(seq, &[decode_token(s, step - 1)]).expect("append");
                 }
+                let t_export = Instant::now();
                 g.export_batch(&seqs, &mut tables).expect("export");
                 black_box(&tables);
+                te += ns_since(t_export);
                 for &seq in &seqs {
                     g.commit(seq).expect("commit");
                 }
                 drop(g);
                 step += 1;
             }
-            [ns_since(t) / steps as f64]
+            [ns_since(t) / steps as f64, te / steps as f64]
         });
         assert_eq!(tables.slot_mapping().len(), DECODE_SEQS);
         r.decode_step = Some(v);
+        r.decode_export = Some(e);
     }
     r
 }

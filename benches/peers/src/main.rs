@@ -96,7 +96,7 @@ fn main() {
 }
 
 fn print_table(k: &Results, t: &Results) {
-    let rows: [(&str, &str, Option<f64>, Option<f64>); 11] = [
+    let rows: [(&str, &str, Option<f64>, Option<f64>); 12] = [
         ("alloc+free, 1 block per op", "ns/block", k.alloc_free_1, t.alloc_free_1),
         ("alloc+free, 1 block per op, kvtier pool behind a Mutex", "ns/block", k.alloc_free_1, t.alloc_free_1_locked),
         ("alloc+free, 16 blocks per op", "ns/block", k.alloc_free_16, t.alloc_free_16),
@@ -117,6 +117,12 @@ fn print_table(k: &Results, t: &Results) {
             "us/step",
             k.decode_step.map(|v| v / 1e3),
             t.decode_step.map(|v| v / 1e3),
+        ),
+        (
+            "  of which: export block table + slot mapping",
+            "us/step",
+            k.decode_export.map(|v| v / 1e3),
+            t.decode_export.map(|v| v / 1e3),
         ),
     ];
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));

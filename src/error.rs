@@ -113,6 +113,30 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An SSD tier directory was written for another model, layout, tensor-parallel shard, hash
+    /// version or geometry; its pages are never served. Reopen with `wipe_on_mismatch` to start
+    /// over, or point the tier at another directory.
+    #[error("{tier} directory fingerprint mismatch: {field} differs")]
+    Fingerprint {
+        /// Tier whose directory was opened.
+        tier: Tier,
+        /// First field that differs ("model_id", "layers", "slot_count", ...).
+        field: &'static str,
+    },
+    /// An on-disk header is truncated or is not a kvtier header of a supported version.
+    #[error("bad {tier} header: {reason}")]
+    BadHeader {
+        /// Tier whose header was read.
+        tier: Tier,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The device ran out of space (`ENOSPC`); the tier refuses writes for a while.
+    #[error("{tier} device is full")]
+    DiskFull {
+        /// Tier that ran out of space.
+        tier: Tier,
+    },
     /// A stored page failed verification; it is treated as a miss.
     #[error("corrupt page in {tier} slot {slot}")]
     Corrupt {

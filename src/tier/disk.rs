@@ -1,0 +1,575 @@
+//! G3: the SSD tier, a directory of slab files with 4 KiB-aligned fixed-size page slots.
+//!
+//! Why: host DRAM holds hundreds of GB, an NVMe drive TBs; a prefix found on SSD costs one read
+//! instead of a prefill, and the directory survives a restart of the server.
+//!
+//! Layout of the directory (see [`crate::tier::disk_format`] for the bytes):
+//! - `g3.index`: a header with the model [`Fingerprint`] and geometry, then one checked 64-byte
+//!   [`SlotRecord`] per slot (hash, length, xxh3 checksum, generation, state), mapped with
+//!   memmap2; it is locked (advisory, exclusive) while a tier has it open.
+//! - `slab-00000.kvt`, ...: `slots_per_file` slots of `slot_bytes` each, read and written with
+//!   O_DIRECT through an [`IoBackend`] (io_uring or psync), one `submit` per batch of pages.
+//!
+//! Lifecycle of a page write (survives SIGKILL at any instant):
+//! 1. Under the lock: the hash gets a slot (a free one, or the least recently used unpinned one
+//!    is evicted), the slot is pinned and its record is marked WRITING with a new generation.
+//! 2. Without the lock: the data IO runs; lookups and reads of other pages proceed.
+//! 3. Under the lock: on success the record's fields are written, then its state VALID last;
+//!    on failure the slot is dropped (its record cleared) and the error is reported per page.
+//!
+//! Lifecycle of a page read: pin the slot under the lock, read without it, verify the xxh3
+//! checksum, unpin. A checksum mismatch, short read or IO error is a miss (counted, slot dropped),
+//! never wrong bytes. On [`DiskTier::open`] of an existing directory with the same fingerprint,
+//! the VALID records whose check value verifies are the index, in LRU order by generation.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use super::disk_config::{DiskConfig, DiskMetrics, MAX_SLOTS};
+use super::disk_format::{Fingerprint, HEADER_BYTES, Header, is_blank, parse_header, slot_bytes_for};
+use super::disk_index::{Inner, SlotState, io_err, map_index};
+use crate::error::{Error, Result, Tier};
+use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, SlabFile, create_slab_file, open_backend};
+use crate::layout::KvLayout;
+use crate::pool::BlockId;
+use crate::prefix::BlockHash;
+use crate::sync::{Mutex, lock};
+
+/// Name of the index file inside the tier directory.
+pub const INDEX_FILE: &str = "g3.index";
+/// Bounce buffers kept for reuse between batches.
+const MAX_CACHED_BOUNCE: usize = 16;
+
+/// The G3 SSD tier. `Send + Sync`; see the module docs for the write and read lifecycles.
+///
+/// ```
+/// use kvtier::{BlockHash, Dtype, KvLayout};
+/// use kvtier::tier::{DiskConfig, DiskTier};
+/// let dir = std::env::temp_dir().join(format!("kvtier-doc-g3-{}", std::process::id()));
+/// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
+/// let tier = DiskTier::open(&layout, DiskConfig::new(&dir).with_capacity_slots(8))?;
+/// let page = vec![7u8; layout.page_bytes()];
+/// assert!(tier.write_pages(&[(BlockHash(1), &page)])[0].as_ref().is_ok_and(|w| *w));
+/// let mut out = vec![0u8; layout.page_bytes()];
+/// assert!(tier.read_pages(&mut [(BlockHash(1), &mut out[..])])[0].as_ref().is_ok_and(|hit| *hit));
+/// assert_eq!(out, page);
+/// # drop(tier); std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), kvtier::Error>(())
+/// ```
+pub struct DiskTier {
+    header: Header,
+    dir: PathBuf,
+    page_bytes: usize,
+    slot_bytes: usize,
+    enospc_backoff: Duration,
+    backend: Box<dyn IoBackend>,
+    slabs: Vec<SlabFile>,
+    inner: Mutex<Inner>,
+    bounce: Mutex<Vec<AlignedBuf>>,
+    /// Held open (and locked) for as long as the mapping lives.
+    _index_file: File,
+}
+
+impl std::fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskTier")
+            .field("dir", &self.dir)
+            .field("backend", &self.backend.name())
+            .field("slots", &self.header.slot_count)
+            .finish()
+    }
+}
+
+fn is_enospc(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28))
+}
+
+fn slab_name(i: u64) -> String {
+    format!("slab-{i:05}.kvt")
+}
+
+fn is_slab_name(name: &str) -> bool {
+    name.strip_prefix("slab-")
+        .and_then(|n| n.strip_suffix(".kvt"))
+        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl DiskTier {
+    /// Opens (or creates) the tier directory with the engine `config.io` asks for.
+    ///
+    /// An existing directory with the same fingerprint and geometry is reopened warm: every
+    /// intact VALID slot is served again. Another fingerprint or geometry is
+    /// [`Error::Fingerprint`] (or the directory is wiped with `wipe_on_mismatch`); an index
+    /// file that is not a kvtier header is [`Error::BadHeader`]; a directory already open in
+    /// another tier is [`Error::Io`] with op `"lock"`.
+    pub fn open(layout: &KvLayout, config: DiskConfig) -> Result<Self> {
+        config.validate()?;
+        let backend = open_backend(&config.io)?;
+        Self::open_with_backend(layout, config, backend)
+    }
+
+    /// Like [`DiskTier::open`] with a given engine (for example a [`crate::io::FaultyBackend`]).
+    pub fn open_with_backend(layout: &KvLayout, config: DiskConfig, backend: Box<dyn IoBackend>) -> Result<Self> {
+        config.validate()?;
+        let page_bytes = layout.page_bytes();
+        let expected = Header {
+            fingerprint: Fingerprint::new(&config.model_id, layout, config.tp_rank, config.tp_size),
+            slot_bytes: slot_bytes_for(page_bytes as u64),
+            slot_count: config.capacity_slots as u64,
+            slots_per_file: config.slots_per_file.min(config.capacity_slots) as u64,
+        };
+        if expected.slot_bytes.checked_mul(expected.slots_per_file).is_none_or(|b| b > i64::MAX as u64) {
+            return Err(Error::InvalidConfig { field: "slots_per_file", reason: "slab file would exceed 2^63 bytes" });
+        }
+        DirBuilder::new().recursive(true).mode(0o700).create(&config.dir).map_err(io_err("mkdir"))?;
+        let index_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(config.dir.join(INDEX_FILE))
+            .map_err(io_err("open"))?;
+        index_file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod"))?;
+        index_file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io_err("lock")(io::ErrorKind::WouldBlock.into()),
+            std::fs::TryLockError::Error(source) => io_err("lock")(source),
+        })?;
+
+        let fresh = Self::check_existing(&index_file, &expected, config.wipe_on_mismatch)?;
+        let mut lost_files = Vec::new();
+        let slabs = if fresh {
+            Self::initialize(&config, &index_file, &expected)?
+        } else {
+            Self::open_slabs(&config, &expected, &mut lost_files)?
+        };
+        let index = map_index(&index_file)?;
+        let inner = Inner::recover(index, &expected, page_bytes, &lost_files)?;
+        Ok(Self {
+            slot_bytes: expected.slot_bytes as usize,
+            header: expected,
+            dir: config.dir,
+            page_bytes,
+            enospc_backoff: config.enospc_backoff,
+            backend,
+            slabs,
+            inner: Mutex::new(inner),
+            bounce: Mutex::new(Vec::new()),
+            _index_file: index_file,
+        })
+    }
+
+    /// Decides whether the directory must be (re)initialized: true for a new or blank index, or
+    /// a mismatching one when `wipe` allows it.
+    fn check_existing(index_file: &File, expected: &Header, wipe: bool) -> Result<bool> {
+        let len = index_file.metadata().map_err(io_err("stat"))?.len();
+        if len == 0 {
+            return Ok(true);
+        }
+        let mut head = vec![0u8; HEADER_BYTES.min(len as usize)];
+        index_file.read_exact_at(&mut head, 0).map_err(io_err("read"))?;
+        if is_blank(&head) {
+            return Ok(true); // creation was interrupted before the header was written
+        }
+        let found = parse_header(&head)?;
+        if let Some(field) = found.first_difference(expected) {
+            return if wipe { Ok(true) } else { Err(Error::Fingerprint { tier: Tier::G3, field }) };
+        }
+        if len < expected.index_file_bytes() {
+            return Err(Error::BadHeader { tier: Tier::G3, reason: "index file is shorter than its slot count" });
+        }
+        Ok(false)
+    }
+
+    fn slots_in_file(header: &Header, file: u64) -> u64 {
+        (header.slot_count - file * header.slots_per_file).min(header.slots_per_file)
+    }
+
+    /// Writes a new, empty directory: old slab files removed, index zeroed, slabs created, and
+    /// the header written last so that an interrupted creation leaves a blank (not a bad) index.
+    fn initialize(config: &DiskConfig, index_file: &File, header: &Header) -> Result<Vec<SlabFile>> {
+        for entry in std::fs::read_dir(&config.dir).map_err(io_err("readdir"))? {
+            let entry = entry.map_err(io_err("readdir"))?;
+            if entry.file_name().to_str().is_some_and(is_slab_name) {
+                std::fs::remove_file(entry.path()).map_err(io_err("unlink"))?;
+            }
+        }
+        index_file.set_len(0).map_err(io_err("truncate"))?;
+        index_file.set_len(header.index_file_bytes()).map_err(io_err("truncate"))?;
+        let mut slabs = Vec::with_capacity(header.slab_files() as usize);
+        for i in 0..header.slab_files() {
+            let len = Self::slots_in_file(header, i) * header.slot_bytes;
+            slabs.push(create_slab_file(&config.dir.join(slab_name(i)), len, config.io.direct)?);
+        }
+        index_file.write_all_at(&header.encode()?, 0).map_err(io_err("write"))?;
+        index_file.sync_all().map_err(io_err("fsync"))?;
+        Ok(slabs)
+    }
+
+    /// Opens the slab files of an existing directory; a missing or short one is recreated and its
+    /// index noted in `lost` (its slots' records are then ignored).
+    fn open_slabs(config: &DiskConfig, header: &Header, lost: &mut Vec<u64>) -> Result<Vec<SlabFile>> {
+        let mut slabs = Vec::with_capacity(header.slab_files() as usize);
+        for i in 0..header.slab_files() {
+            let path = config.dir.join(slab_name(i));
+            let len = Self::slots_in_file(header, i) * header.slot_bytes;
+            let intact = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() >= len);
+            if !intact {
+                lost.push(i);
+            }
+            slabs.push(create_slab_file(&path, len, config.io.direct)?);
+        }
+        Ok(slabs)
+    }
+
+    /// Bytes of one page.
+    pub fn page_bytes(&self) -> usize {
+        self.page_bytes
+    }
+    /// Bytes of one slot on disk (page bytes rounded up to 4096).
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+    /// Slots in the tier.
+    pub fn capacity(&self) -> usize {
+        self.header.slot_count as usize
+    }
+    /// The fingerprint the directory was opened with.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.header.fingerprint
+    }
+    /// The decoded directory header (fingerprint and geometry).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// The tier directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Name of the IO engine in use ("io_uring", "psync", ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+    /// Whether every slab file bypasses the page cache (O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.slabs.iter().all(SlabFile::is_direct)
+    }
+
+    /// Whether a valid page is stored under `hash`.
+    pub fn contains(&self, hash: BlockHash) -> bool {
+        lock(&self.inner).valid_slot(hash).is_some()
+    }
+
+    /// Number of leading `hashes` stored.
+    pub fn longest_prefix(&self, hashes: &[BlockHash]) -> usize {
+        let inner = lock(&self.inner);
+        hashes.iter().take_while(|h| inner.valid_slot(**h).is_some()).count()
+    }
+
+    /// Pins the page under `hash` so it is never evicted (for example a system prompt); pins
+    /// nest and do not survive a restart. Returns false if no valid page is stored.
+    pub fn pin(&self, hash: BlockHash) -> bool {
+        let mut inner = lock(&self.inner);
+        let Some(b) = inner.valid_slot(hash) else { return false };
+        if inner.pool.acquire_block(b).is_err() {
+            return false;
+        }
+        let slot = &mut inner.slots[b.index()];
+        slot.user_pins += 1;
+        if slot.user_pins == 1 {
+            inner.m.pinned_slots += 1;
+        }
+        true
+    }
+
+    /// Drops one pin taken by [`DiskTier::pin`]. Returns false if `hash` holds no pin.
+    pub fn unpin(&self, hash: BlockHash) -> bool {
+        let mut inner = lock(&self.inner);
+        let Some(b) = inner.pool.lookup(hash) else { return false };
+        let slot = &mut inner.slots[b.index()];
+        if slot.user_pins == 0 {
+            return false;
+        }
+        slot.user_pins -= 1;
+        if slot.user_pins == 0 {
+            inner.m.pinned_slots -= 1;
+        }
+        inner.pool.release(b).is_ok()
+    }
+
+    /// Drops the page under `hash` (its slot is reused first). Returns false if none is stored.
+    pub fn remove(&self, hash: BlockHash) -> bool {
+        let mut inner = lock(&self.inner);
+        let Some(b) = inner.pool.lookup(hash) else { return false };
+        if !matches!(inner.slots[b.index()].state, SlotState::Valid | SlotState::Writing) {
+            return false;
+        }
+        inner.drop_slot(b);
+        true
+    }
+
+    /// Counters and gauges.
+    pub fn metrics(&self) -> DiskMetrics {
+        let inner = lock(&self.inner);
+        let mut m = inner.m;
+        m.disk_full = inner.disk_full_until.is_some_and(|t| Instant::now() < t);
+        m
+    }
+
+    /// Flushes slab data and the index to stable storage (for power loss; a killed process
+    /// loses nothing that `write_pages` reported as stored even without it).
+    pub fn sync(&self) -> Result<()> {
+        for slab in &self.slabs {
+            slab.file().sync_data().map_err(io_err("fsync"))?;
+        }
+        lock(&self.inner).index.flush().map_err(io_err("msync"))
+    }
+
+    fn location(&self, b: BlockId) -> (&File, u64) {
+        let spf = self.header.slots_per_file as usize;
+        let file = self.slabs[b.index() / spf].file();
+        (file, (b.index() % spf) as u64 * self.slot_bytes as u64)
+    }
+
+    fn direct_ok(&self, buf: &[u8]) -> bool {
+        buf.len() == self.slot_bytes && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+    }
+
+    fn take_bounce(&self) -> Result<AlignedBuf> {
+        match lock(&self.bounce).pop() {
+            Some(buf) => Ok(buf),
+            None => AlignedBuf::new(self.slot_bytes),
+        }
+    }
+
+    fn return_bounce(&self, bufs: impl Iterator<Item = AlignedBuf>) {
+        let mut cache = lock(&self.bounce);
+        for buf in bufs {
+            if cache.len() >= MAX_CACHED_BOUNCE {
+                break;
+            }
+            cache.push(buf);
+        }
+    }
+
+    /// Stores pages. For each `(hash, page)`: `Ok(true)` when written now, `Ok(false)` when a page
+    /// with that hash is already stored or being written, or the write was refused (device
+    /// recently full, every slot pinned); an error when the page has the wrong length or its IO
+    /// failed ([`Error::DiskFull`] for `ENOSPC`), in which case the slot is released and nothing
+    /// is stored under the hash. All data IO of the batch goes in one `submit`.
+    pub fn write_pages(&self, pages: &[(BlockHash, &[u8])]) -> Vec<Result<bool>> {
+        let mut results: Vec<Result<bool>> = pages.iter().map(|_| Ok(false)).collect();
+        let mut planned: Vec<(usize, BlockId, u64)> = Vec::with_capacity(pages.len());
+        {
+            let mut inner = lock(&self.inner);
+            let refusing = inner.disk_full_until.is_some_and(|t| Instant::now() < t);
+            for (i, (hash, page)) in pages.iter().enumerate() {
+                if page.len() != self.page_bytes {
+                    results[i] = Err(Error::LayoutMismatch { expected: self.page_bytes, actual: page.len() });
+                } else if refusing {
+                    inner.m.enospc_refusals += 1;
+                } else if let Some((b, generation)) = inner.claim_slot(*hash) {
+                    planned.push((i, b, generation));
+                }
+            }
+        }
+        if planned.is_empty() {
+            return results;
+        }
+        // Outside the lock: checksums, bounce copies, data IO.
+        let checksums: Vec<u64> = planned.iter().map(|&(i, ..)| xxh3_64(pages[i].1)).collect();
+        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        let mut failed: Vec<Option<Error>> = Vec::with_capacity(planned.len());
+        for &(i, ..) in &planned {
+            let page = pages[i].1;
+            if self.direct_ok(page) {
+                bounces.push(None);
+                failed.push(None);
+                continue;
+            }
+            match self.take_bounce() {
+                Ok(mut buf) => {
+                    buf[..page.len()].copy_from_slice(page);
+                    buf[page.len()..].fill(0);
+                    bounces.push(Some(buf));
+                    failed.push(None);
+                }
+                Err(e) => {
+                    bounces.push(None);
+                    failed.push(Some(e));
+                }
+            }
+        }
+        let mut io_results = Vec::with_capacity(planned.len());
+        {
+            let mut ops = Vec::with_capacity(planned.len());
+            let mut op_of = Vec::with_capacity(planned.len());
+            for (k, &(i, b, _)) in planned.iter().enumerate() {
+                if failed[k].is_some() {
+                    continue;
+                }
+                let (file, offset) = self.location(b);
+                let buf: &[u8] = match &bounces[k] {
+                    Some(bounce) => bounce,
+                    None => pages[i].1,
+                };
+                ops.push(IoOp::write(file, offset, buf));
+                op_of.push(k);
+            }
+            self.backend.submit(&mut ops, &mut io_results);
+            for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
+                if let Err(e) = result {
+                    failed[k] = Some(e);
+                }
+            }
+        }
+        self.return_bounce(bounces.into_iter().flatten());
+        let mut inner = lock(&self.inner);
+        for (k, &(i, b, generation)) in planned.iter().enumerate() {
+            results[i] = match failed[k].take() {
+                None => Ok(inner.commit_write(b, pages[i].0, generation, checksums[k], self.page_bytes)),
+                Some(e) => {
+                    inner.m.write_errors += 1;
+                    inner.drop_slot(b);
+                    if is_enospc(&e) {
+                        inner.disk_full_until = Some(Instant::now() + self.enospc_backoff);
+                        Err(Error::DiskFull { tier: Tier::G3 })
+                    } else {
+                        Err(e)
+                    }
+                }
+            };
+            // The writer's pin; a failure here would mean the bookkeeping is already broken.
+            let _ = inner.pool.release(b);
+        }
+        results
+    }
+
+    /// Reads pages into the caller's buffers (each exactly `page_bytes` long). For each request:
+    /// `Ok(true)` when the buffer now holds the verified page, `Ok(false)` on a miss (absent,
+    /// checksum mismatch, short read or IO error: the slot is dropped and the buffer must not be
+    /// used); an error only for a buffer of the wrong length. Buffers that are 4 KiB aligned
+    /// with a 4 KiB-multiple length are read into directly, others through a bounce buffer.
+    pub fn read_pages(&self, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<Result<bool>> {
+        let mut results: Vec<Result<bool>> = reqs.iter().map(|_| Ok(false)).collect();
+        let mut planned: Vec<(usize, BlockId, u64, u64)> = Vec::with_capacity(reqs.len());
+        {
+            let mut inner = lock(&self.inner);
+            for (i, (hash, buf)) in reqs.iter().enumerate() {
+                if buf.len() != self.page_bytes {
+                    results[i] = Err(Error::LayoutMismatch { expected: self.page_bytes, actual: buf.len() });
+                    continue;
+                }
+                match inner.valid_slot(*hash) {
+                    Some(b) if inner.pool.acquire_block(b).is_ok() => {
+                        let slot = inner.slots[b.index()];
+                        planned.push((i, b, slot.generation, slot.checksum));
+                    }
+                    _ => inner.m.misses += 1,
+                }
+            }
+        }
+        if planned.is_empty() {
+            return results;
+        }
+        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        // None = verified; Some(true) = corrupt; Some(false) = IO error.
+        let mut failed: Vec<Option<bool>> = vec![None; planned.len()];
+        for &(i, ..) in &planned {
+            bounces.push(if self.direct_ok(reqs[i].1) { None } else { self.take_bounce().ok() });
+        }
+        let mut io_results = Vec::with_capacity(planned.len());
+        {
+            let mut ops = Vec::with_capacity(planned.len());
+            let mut op_of = Vec::with_capacity(planned.len());
+            let mut next = 0;
+            let mut bounce_iter = bounces.iter_mut();
+            for (i, (_, buf)) in reqs.iter_mut().enumerate() {
+                let Some(&(pi, b, ..)) = planned.get(next) else { break };
+                if pi != i {
+                    continue;
+                }
+                let k = next;
+                next += 1;
+                let Some(bounce) = bounce_iter.next() else { break };
+                let (file, offset) = self.location(b);
+                let direct = self.direct_ok(buf);
+                match bounce.as_mut() {
+                    Some(bounce) => ops.push(IoOp::read(file, offset, &mut bounce[..])),
+                    None if direct => ops.push(IoOp::read(file, offset, &mut buf[..])),
+                    None => {
+                        failed[k] = Some(false); // no bounce buffer could be mapped
+                        continue;
+                    }
+                }
+                op_of.push(k);
+            }
+            self.backend.submit(&mut ops, &mut io_results);
+            for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
+                if result.is_err() {
+                    failed[k] = Some(false);
+                }
+            }
+        }
+        for (k, &(i, _, _, checksum)) in planned.iter().enumerate() {
+            let buf = &mut *reqs[i].1;
+            if failed[k].is_none() {
+                let ok = match &bounces[k] {
+                    Some(bounce) => {
+                        let page = &bounce[..self.page_bytes];
+                        let ok = xxh3_64(page) == checksum;
+                        if ok {
+                            buf.copy_from_slice(page);
+                        }
+                        ok
+                    }
+                    None => xxh3_64(buf) == checksum,
+                };
+                if !ok {
+                    failed[k] = Some(true);
+                }
+            }
+            if failed[k].is_some() && bounces[k].is_none() {
+                buf.fill(0); // never leave unverified bytes in the caller's buffer
+            }
+        }
+        self.return_bounce(bounces.into_iter().flatten());
+        let mut inner = lock(&self.inner);
+        for (k, &(i, b, generation, _)) in planned.iter().enumerate() {
+            match failed[k] {
+                None => {
+                    inner.m.hits += 1;
+                    inner.m.pages_read += 1;
+                    inner.m.bytes_read += self.page_bytes as u64;
+                    results[i] = Ok(true);
+                }
+                Some(corrupt) => {
+                    inner.m.misses += 1;
+                    if corrupt {
+                        inner.m.corrupt += 1;
+                    } else {
+                        inner.m.read_errors += 1;
+                    }
+                    let slot = inner.slots[b.index()];
+                    if slot.state == SlotState::Valid && slot.generation == generation {
+                        inner.drop_slot(b);
+                    }
+                }
+            }
+            let _ = inner.pool.release(b); // the reader's pin
+        }
+        results
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        // Best effort: the page cache keeps the records anyway; this narrows the power-loss window.
+        let _ = lock(&self.inner).index.flush_async();
+    }
+}

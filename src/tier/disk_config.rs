@@ -1,0 +1,166 @@
+//! Configuration and metrics of the SSD tier (G3).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::disk_format::MAX_MODEL_ID_BYTES;
+use crate::error::{Error, Result};
+use crate::io::IoConfig;
+
+/// Largest number of slots of one directory.
+/// Largest number of slots of one directory.
+pub const MAX_SLOTS: usize = i32::MAX as usize;
+
+/// Configuration of the SSD tier.
+///
+/// ```
+/// use kvtier::tier::DiskConfig;
+/// let config = DiskConfig::new("/var/cache/kvtier/g3").with_capacity_slots(4096).with_model_id("llama-3.1-8b");
+/// assert!(config.validate().is_ok());
+/// assert!(DiskConfig::default().validate().is_err()); // no directory
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Directory of the index and slab files; created (0700) if missing.
+    pub dir: PathBuf,
+    /// Slots (pages) in the tier.
+    pub capacity_slots: usize,
+    /// Slots per slab file.
+    pub slots_per_file: usize,
+    /// IO engine settings.
+    pub io: IoConfig,
+    /// Model identifier recorded in the fingerprint (at most 256 bytes).
+    pub model_id: String,
+    /// Tensor-parallel rank of this process.
+    pub tp_rank: u32,
+    /// Tensor-parallel world size.
+    pub tp_size: u32,
+    /// Wipe a directory written under another fingerprint or geometry instead of failing.
+    pub wipe_on_mismatch: bool,
+    /// How long writes are refused after the device reported `ENOSPC`.
+    pub enospc_backoff: Duration,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            capacity_slots: 1024,
+            slots_per_file: 256,
+            io: IoConfig::default(),
+            model_id: String::new(),
+            tp_rank: 0,
+            tp_size: 1,
+            wipe_on_mismatch: false,
+            enospc_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl DiskConfig {
+    /// The default configuration for directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), ..Self::default() }
+    }
+    /// Sets the directory. Default: empty (must be set).
+    pub fn with_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+    /// Sets the capacity in slots. Default: 1024.
+    pub fn with_capacity_slots(mut self, slots: usize) -> Self {
+        self.capacity_slots = slots;
+        self
+    }
+    /// Sets the slots per slab file. Default: 256.
+    pub fn with_slots_per_file(mut self, slots: usize) -> Self {
+        self.slots_per_file = slots;
+        self
+    }
+    /// Sets the IO engine settings. Default: [`IoConfig::default`] (Auto backend, O_DIRECT).
+    pub fn with_io(mut self, io: IoConfig) -> Self {
+        self.io = io;
+        self
+    }
+    /// Sets the model id of the fingerprint. Default: empty.
+    pub fn with_model_id(mut self, model_id: impl Into<String>) -> Self {
+        self.model_id = model_id.into();
+        self
+    }
+    /// Sets the tensor-parallel rank and world size. Default: rank 0 of 1.
+    pub fn with_tp(mut self, rank: u32, size: u32) -> Self {
+        self.tp_rank = rank;
+        self.tp_size = size;
+        self
+    }
+    /// Wipes a mismatching directory instead of failing. Default: false.
+    pub fn with_wipe_on_mismatch(mut self, wipe: bool) -> Self {
+        self.wipe_on_mismatch = wipe;
+        self
+    }
+    /// Sets how long writes are refused after `ENOSPC`. Default: 1 s.
+    pub fn with_enospc_backoff(mut self, backoff: Duration) -> Self {
+        self.enospc_backoff = backoff;
+        self
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, reason| Err(Error::InvalidConfig { field, reason });
+        if self.dir.as_os_str().is_empty() {
+            return invalid("dir", "must be set");
+        }
+        if self.capacity_slots == 0 || self.capacity_slots > MAX_SLOTS {
+            return invalid("capacity_slots", "must be between 1 and 2^31 - 1");
+        }
+        if self.slots_per_file == 0 {
+            return invalid("slots_per_file", "must be non-zero");
+        }
+        if self.model_id.len() > MAX_MODEL_ID_BYTES {
+            return invalid("model_id", "longer than 256 bytes");
+        }
+        if self.tp_size == 0 || self.tp_rank >= self.tp_size {
+            return invalid("tp_rank", "must be below tp_size (which must be non-zero)");
+        }
+        self.io.validate()
+    }
+}
+
+/// Counters and gauges of the SSD tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskMetrics {
+    /// Pages read and verified.
+    pub hits: u64,
+    /// Reads that returned no page (absent, corrupt or failed).
+    pub misses: u64,
+    /// Reads whose checksum did not match (a subset of `misses`).
+    pub corrupt: u64,
+    /// Reads that failed with an IO error (a subset of `misses`).
+    pub read_errors: u64,
+    /// Pages written.
+    pub pages_written: u64,
+    /// Bytes of pages written.
+    pub bytes_written: u64,
+    /// Pages read and verified.
+    pub pages_read: u64,
+    /// Bytes of pages read and verified.
+    pub bytes_read: u64,
+    /// Writes that failed with an IO error (including `ENOSPC`).
+    pub write_errors: u64,
+    /// Writes refused without IO because the device was recently full.
+    pub enospc_refusals: u64,
+    /// Writes refused because every slot was pinned or in flight.
+    pub no_slot_refusals: u64,
+    /// Valid pages evicted to make room.
+    pub evictions: u64,
+    /// Valid pages recovered by the last [`DiskTier::open`].
+    pub recovered: u64,
+    /// Slots holding a valid page.
+    pub used_slots: u64,
+    /// Slots pinned by [`DiskTier::pin`].
+    pub pinned_slots: u64,
+    /// Slots in the tier.
+    pub capacity_slots: u64,
+    /// Whether writes are currently refused after `ENOSPC`.
+    pub disk_full: bool,
+}

@@ -45,6 +45,7 @@ mod cache;
 mod error;
 mod events;
 pub mod io;
+pub mod offload;
 mod layout;
 mod metrics;
 pub mod policy;

@@ -19,6 +19,9 @@ pub struct CacheMetrics {
     pub prefix_hits: u64,
     /// Cached blocks whose content was dropped to reuse the block.
     pub evictions: u64,
+    /// Of those, blocks whose content no lower tier held (lost to the hierarchy; always all
+    /// of them without an offload engine).
+    pub unbacked_evictions: u64,
     /// Blocks handed out.
     pub allocations: u64,
     /// Copy-on-write copies requested.

@@ -4,6 +4,10 @@
 //! lock so several runtime threads can share it. A scheduler that issues many calls per step
 //! takes the lock once with [`KvCache::lock`] and calls [`CacheCore`] methods on the guard.
 
+mod tiering;
+
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, KvEvent};
 use crate::layout::KvLayout;
@@ -125,16 +129,23 @@ pub struct CacheCore {
     watermark: usize,
     max_seq_len: usize,
     pool: BlockPool,
-    arena: Option<Arena>,
+    arena: Option<Arc<Arena>>,
     seqs: SeqTable,
     cow_copies: u64,
+    /// Blocks pinned for write-through, waiting for the engine (when it asked for them).
+    committed: Option<Vec<(BlockId, BlockHash)>>,
+    /// References held outside sequences (onboarding tickets, retention), per block.
+    engine_refs: std::collections::HashMap<BlockId, u32>,
 }
 
 impl CacheCore {
     /// Builds the pool (and its arena unless metadata-only).
     pub fn new(config: CacheConfig) -> Result<Self> {
         config.validate()?;
-        let arena = if config.arena { Some(Arena::new(config.num_blocks, config.layout.page_bytes())?) } else { None };
+        let arena = match config.arena {
+            true => Some(Arc::new(Arena::new(config.num_blocks, config.layout.page_bytes())?)),
+            false => None,
+        };
         let pool = BlockPool::with_policy(
             config.num_blocks,
             crate::policy::Lru::new(config.num_blocks),
@@ -149,6 +160,8 @@ impl CacheCore {
             arena,
             seqs: SeqTable::default(),
             cow_copies: 0,
+            committed: None,
+            engine_refs: std::collections::HashMap::new(),
         })
     }
 
@@ -160,44 +173,28 @@ impl CacheCore {
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
-    /// Page memory (error in metadata-only mode).
-    pub fn arena(&self) -> Result<&Arena> {
-        self.arena.as_ref().ok_or(Error::NoArena)
-    }
-    /// Page memory, writable.
-    pub fn arena_mut(&mut self) -> Result<&mut Arena> {
-        self.arena.as_mut().ok_or(Error::NoArena)
+    /// True unless the cache is metadata-only.
+    pub fn has_arena(&self) -> bool {
+        self.arena.is_some()
     }
 
-    /// Copies `data` (exactly one page) into the page of `block`, which must be in use: the
-    /// checked path for writers that do not use the raw arena pointer.
+    /// Copies `data` (exactly one page) into the page of `block`; see [`CacheCore::page_mut`].
     pub fn write_page(&mut self, block: BlockId, data: &[u8]) -> Result<()> {
-        self.check_page_access(block, data.len())?;
-        self.arena_mut()?.page_mut(block)?.copy_from_slice(data);
-        Ok(())
-    }
-
-    /// Copies the page of `block` (in use or cached) into `out` (exactly one page).
-    pub fn read_page(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
-        let page = self.arena()?.page(block)?;
-        if out.len() != page.len() {
-            return Err(Error::LayoutMismatch { expected: page.len(), actual: out.len() });
-        }
-        if self.pool.state(block)? == BlockState::Free {
-            return Err(Error::InvalidBlock { block, capacity: self.pool.capacity() });
-        }
-        out.copy_from_slice(page);
-        Ok(())
-    }
-
-    fn check_page_access(&self, block: BlockId, len: usize) -> Result<()> {
         let expected = self.layout.page_bytes();
-        if len != expected {
-            return Err(Error::LayoutMismatch { expected, actual: len });
+        if data.len() != expected {
+            return Err(Error::LayoutMismatch { expected, actual: data.len() });
         }
-        if self.pool.state(block)? != BlockState::InUse {
-            return Err(Error::InvalidBlock { block, capacity: self.pool.capacity() });
+        self.page_mut(block)?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Copies the page of `block` into `out` (exactly one page); see [`CacheCore::page`].
+    pub fn read_page(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
+        let expected = self.layout.page_bytes();
+        if out.len() != expected {
+            return Err(Error::LayoutMismatch { expected, actual: out.len() });
         }
+        out.copy_from_slice(self.page(block)?);
         Ok(())
     }
 
@@ -287,11 +284,9 @@ impl CacheCore {
             let last = st.blocks.len() - 1;
             let src = st.blocks[last];
             let dst = self.pool.allocate_one()?;
+            tiering::copy_page(self.arena.as_deref(), src, dst)?;
             self.pool.release(src)?;
             st.blocks[last] = dst;
-            if let Some(a) = self.arena.as_mut() {
-                a.copy_page(src, dst)?;
-            }
             self.cow_copies += 1;
             out.copy = Some(BlockCopy { src, dst, tokens: partial as u32 });
         }
@@ -322,7 +317,14 @@ impl CacheCore {
         let mut registered = 0;
         for i in st.committed_blocks..full {
             let parent = i.checked_sub(1).map(|p| st.hashes[p]);
-            registered += self.pool.register(st.blocks[i], st.hashes[i], parent, bs as u32)? as usize;
+            if self.pool.register(st.blocks[i], st.hashes[i], parent, bs as u32)? {
+                registered += 1;
+                if let Some(log) = self.committed.as_mut()
+                    && let Some(h) = self.pool.stage_block(st.blocks[i])?
+                {
+                    log.push((st.blocks[i], h));
+                }
+            }
         }
         st.committed_blocks = st.committed_blocks.max(full);
         st.num_computed = st.num_computed.max(num_tokens);
@@ -433,6 +435,7 @@ impl CacheCore {
             prefix_queries: c.prefix_queries,
             prefix_hits: c.prefix_hits,
             evictions: c.evictions,
+            unbacked_evictions: c.unbacked_evictions,
             allocations: c.allocations,
             cow_copies: self.cow_copies,
             events_dropped: self.pool.events_dropped(),
@@ -469,6 +472,12 @@ impl CacheCore {
             for (i, &b) in st.blocks.iter().enumerate() {
                 refs[b.index()] += 1;
                 if i < st.committed_blocks
+                    && self.pool.is_staged(b).unwrap_or(false)
+                    && self.pool.hash_of(b).ok().flatten().is_none()
+                {
+                    return Err(format!("{id:?}: block {i} is being onboarded while a sequence holds it"));
+                }
+                if i < st.committed_blocks
                     && let Ok(Some(h)) = self.pool.hash_of(b)
                     && h != st.hashes[i]
                 {
@@ -476,8 +485,14 @@ impl CacheCore {
                 }
             }
         }
-        for (i, &r) in refs.iter().enumerate() {
+        for (&b, &n) in &self.engine_refs {
+            refs[b.index()] += n;
+        }
+        for (i, r) in refs.iter_mut().enumerate() {
             let b = BlockId(i as u32);
+            // a staged block carries the reference of the copy in flight
+            *r += self.pool.is_staged(b).unwrap_or(false) as u32;
+            let r = *r;
             let rc = self.pool.refcount(b).map_err(|e| e.to_string())?;
             if rc != r {
                 return Err(format!("{b:?}: refcount {rc} but {r} references"));
@@ -507,6 +522,7 @@ impl std::ops::DerefMut for CacheGuard<'_> {
 /// an `Arc`.
 pub struct KvCache {
     core: Mutex<CacheCore>,
+    arena: Option<Arc<Arena>>,
     layout: KvLayout,
     arena_base: Option<usize>,
 }
@@ -515,8 +531,9 @@ impl KvCache {
     /// Builds the cache.
     pub fn new(config: CacheConfig) -> Result<Self> {
         let core = CacheCore::new(config)?;
-        let arena_base = core.arena.as_ref().map(|a| a.base_ptr() as usize);
-        Ok(Self { layout: core.layout, arena_base, core: Mutex::new(core) })
+        let arena = core.arena.clone();
+        let arena_base = arena.as_ref().map(|a| a.base_ptr() as usize);
+        Ok(Self { layout: core.layout, arena_base, arena, core: Mutex::new(core) })
     }
 
     /// Takes the lock for a batch of calls.

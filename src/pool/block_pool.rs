@@ -27,6 +27,8 @@ const HASHED: u8 = 1;
 const BACKED: u8 = 2;
 /// Pinned by an offload copy that reads the page outside the owner's lock.
 const STAGED: u8 = 4;
+/// A lower tier declined the content: evict it early, it is not worth keeping.
+const DECLINED: u8 = 8;
 /// Largest pool: ids must fit an `i32` block table.
 const MAX_BLOCKS: usize = i32::MAX as usize;
 
@@ -210,7 +212,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     fn forget_hash(&mut self, b: BlockId) {
         let m = &mut self.meta[b.index()];
-        m.flags &= !BACKED;
+        m.flags &= !(BACKED | DECLINED);
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
             let hash = m.hash;
@@ -303,6 +305,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             BlockState::Evictable => {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
+                m.flags &= !DECLINED;
                 self.in_use += 1;
                 if !self.ready.remove(b.0) {
                     self.policy.remove(b);
@@ -405,6 +408,24 @@ impl<P: EvictionPolicy> BlockPool<P> {
         Ok(())
     }
 
+    /// Ends a copy whose target declined the content (admission): the block is released to
+    /// the ready list without being backed, so it is evicted before the policy's victims.
+    pub fn decline_staged(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.flags & STAGED == 0 || m.state != BlockState::InUse {
+            return Err(Error::InvalidBlock { block: b, capacity });
+        }
+        m.flags = (m.flags & !STAGED) | DECLINED;
+        m.refcount -= 1;
+        if m.refcount == 0 {
+            self.in_use -= 1;
+            m.state = BlockState::Evictable;
+            self.ready.push_back(b.0);
+        }
+        Ok(())
+    }
+
     /// Marks a block's content as backed (or not) by a lower tier.
     pub fn set_backed(&mut self, b: BlockId, backed: bool) -> Result<()> {
         let capacity = self.meta.len();
@@ -414,6 +435,28 @@ impl<P: EvictionPolicy> BlockPool<P> {
         } else {
             m.flags &= !BACKED;
         }
+        Ok(())
+    }
+
+    /// Marks an in-use block as being filled by an IO outside the owner's lock.
+    pub fn begin_io(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.state != BlockState::InUse || m.flags & (STAGED | HASHED) != 0 {
+            return Err(Error::InvalidBlock { block: b, capacity });
+        }
+        m.flags |= STAGED;
+        Ok(())
+    }
+
+    /// Ends [`BlockPool::begin_io`] (the reference stays with the caller).
+    pub fn end_io(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.flags & STAGED == 0 || m.flags & HASHED != 0 {
+            return Err(Error::InvalidBlock { block: b, capacity });
+        }
+        m.flags &= !STAGED;
         Ok(())
     }
 
@@ -435,7 +478,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
         while let Some(b) = self.ready.pop_front().map(BlockId).or_else(|| self.policy.pop_victim()) {
             let m = &mut self.meta[b.index()];
-            m.flags &= !(HASHED | BACKED);
+            m.flags &= !(HASHED | BACKED | DECLINED);
             m.state = BlockState::Free;
             self.free.push_back(b.0);
         }
@@ -494,8 +537,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
                     if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & STAGED != 0 {
                         return Err(format!("{b:?} evictable but referenced, queued, staged or unhashed"));
                     }
-                    if self.ready.contains(i as u32) && m.flags & BACKED == 0 {
-                        return Err(format!("{b:?} ready for eviction but not backed"));
+                    if self.ready.contains(i as u32) && m.flags & (BACKED | DECLINED) == 0 {
+                        return Err(format!("{b:?} ready for eviction but neither backed nor declined"));
                     }
                 }
             }

@@ -269,6 +269,32 @@ impl HostTier {
         lock(&self.state).slots.finish_staged(slot, backed)
     }
 
+    /// Ends a spill that G3 declined (admission): the page is evicted early.
+    pub fn decline_spill(&self, slot: BlockId) -> Result<()> {
+        lock(&self.state).slots.decline_staged(slot)
+    }
+
+    /// Runs `f` over the pages of several staged slots at once (a batched write to G3).
+    pub fn with_staged_pages<R>(&self, slots: &[BlockId], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R> {
+        {
+            let st = lock(&self.state);
+            for &slot in slots {
+                if !st.slots.is_staged(slot)? {
+                    return Err(Error::InvalidBlock { block: slot, capacity: self.arena.pages() });
+                }
+            }
+        }
+        let mut pages = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            // SAFETY: every slot is staged (checked above): pinned and hashed, so immutable
+            // until `finish_spill`/`decline_spill`, which the caller calls after `f` returns.
+            pages.push(unsafe { self.arena.page_shared(slot)? });
+        }
+        let out = f(&pages);
+        lock(&self.state).m.bytes_out += (self.page_bytes * slots.len()) as u64;
+        Ok(out)
+    }
+
     /// Marks the page under `h` as backed (or not) by G3.
     pub fn set_backed(&self, h: BlockHash, backed: bool) {
         let mut st = lock(&self.state);

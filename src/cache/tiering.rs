@@ -1,0 +1,207 @@
+//! Page access and the hooks the offload engine uses to copy pages outside the cache's lock.
+//!
+//! Page memory is shared between the cache (under its lock) and the offload workers (outside
+//! it). Two marks in the pool keep every access exclusive where it must be:
+//! - a block **staged** for a copy down is pinned and hashed: its page is immutable, so the
+//!   worker reads it while the runtime may still share it;
+//! - a block **onboarding** is freshly allocated, unregistered and staged: only the worker
+//!   that fills it touches its page until it is finished.
+//!
+//! Safe page access ([`CacheCore::page`], [`CacheCore::page_mut`]) refuses whatever would
+//! break those rules.
+#![allow(unsafe_code)]
+
+use super::{CacheCore, KvCache};
+use crate::error::{Error, Result};
+use crate::pool::{Arena, BlockId, BlockState};
+use crate::prefix::BlockHash;
+
+impl CacheCore {
+    fn invalid(&self, block: BlockId) -> Error {
+        Error::InvalidBlock { block, capacity: self.pool.capacity() }
+    }
+
+    /// The page of a block that holds data (in use or cached). Refused while a worker fills it.
+    pub fn page(&self, block: BlockId) -> Result<&[u8]> {
+        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
+        let state = self.pool.state(block)?;
+        let onboarding = self.pool.is_staged(block)? && self.pool.hash_of(block)?.is_none();
+        if state == BlockState::Free || onboarding {
+            return Err(self.invalid(block));
+        }
+        // SAFETY: the only writers of a page are `page_mut` (needs `&mut self`, excluded by
+        // this `&self` borrow), copy-on-write (also `&mut self`) and onboarding workers, which
+        // only write blocks that are staged and unhashed, refused above.
+        unsafe { arena.page_shared(block) }
+    }
+
+    /// The page of a block for writing KV: the block must be held by exactly one sequence,
+    /// not yet registered (registered pages are immutable, shared by hash) and not being
+    /// copied.
+    pub fn page_mut(&mut self, block: BlockId) -> Result<&mut [u8]> {
+        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
+        let private = self.pool.state(block)? == BlockState::InUse && self.pool.refcount(block)? == 1;
+        if !private || self.pool.hash_of(block)?.is_some() || self.pool.is_staged(block)? {
+            return Err(self.invalid(block));
+        }
+        // SAFETY: `&mut self` excludes every other safe access through this cache; workers
+        // only touch staged blocks (refused above), and the block has a single owner.
+        unsafe { arena.page_exclusive(block) }
+    }
+
+    /// Starts (or stops) write-through: every block registered by a commit is pinned at once
+    /// (it cannot be evicted before its copy is done) and queued for the engine.
+    pub(crate) fn set_commit_log(&mut self, on: bool) {
+        self.committed = on.then(Vec::new);
+    }
+
+    /// Moves the blocks pinned for write-through since the last call into `out`.
+    pub(crate) fn stage_committed(&mut self, out: &mut Vec<(BlockId, BlockHash)>) {
+        if let Some(log) = self.committed.as_mut() {
+            out.append(log);
+        }
+    }
+
+    /// Pins up to `n` eviction victims that no lower tier holds yet (see
+    /// [`crate::BlockPool::stage_victims`]).
+    pub(crate) fn stage_victims(&mut self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
+        self.pool.stage_victims(n, out)
+    }
+
+    /// Ends a copy down of a staged block.
+    pub(crate) fn finish_staged(&mut self, block: BlockId, backed: bool) -> Result<()> {
+        self.pool.finish_staged(block, backed)
+    }
+
+    /// Free plus ready (loss-free) blocks.
+    pub(crate) fn free_or_ready(&self) -> usize {
+        self.pool.num_free() + self.pool.num_ready()
+    }
+
+    /// Allocates `n` blocks to be filled by an onboarding worker, all or nothing, with the
+    /// watermark reserve respected (onboarding serves requests not yet admitted).
+    pub(crate) fn begin_onboard(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
+        let available = self.pool.available().saturating_sub(self.watermark);
+        if n > available {
+            return Err(Error::OutOfBlocks { requested: n, available });
+        }
+        let start = out.len();
+        self.pool.allocate(n, out)?;
+        for &b in &out[start..] {
+            self.pool.begin_io(b)?;
+        }
+        Ok(())
+    }
+
+    /// Ends onboarding: the first `loaded` blocks hold `hashes[..loaded]` and are registered
+    /// (backed below); the rest are returned. The blocks kept for the caller (one reference
+    /// each, to release later) are pushed to `held`: the onboarded block, or the block that
+    /// already held the same hash if another path registered it meanwhile.
+    pub(crate) fn finish_onboard(
+        &mut self,
+        blocks: &[BlockId],
+        hashes: &[BlockHash],
+        parent: Option<BlockHash>,
+        loaded: usize,
+        held: &mut Vec<BlockId>,
+    ) -> Result<()> {
+        let mut parent = parent;
+        for (i, &b) in blocks.iter().enumerate() {
+            self.pool.end_io(b)?;
+            let h = hashes.get(i).copied();
+            match h {
+                Some(h) if i < loaded => {
+                    if self.pool.register(b, h, parent, self.block_size as u32)? {
+                        self.pool.set_backed(b, true)?;
+                        self.hold(b);
+                        held.push(b);
+                    } else {
+                        self.pool.release(b)?;
+                        if let Some(existing) = self.pool.acquire_cached(h)? {
+                            self.hold(existing);
+                            held.push(existing);
+                        }
+                    }
+                    parent = Some(h);
+                }
+                _ => self.pool.release(b)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, b: BlockId) {
+        *self.engine_refs.entry(b).or_insert(0) += 1;
+    }
+
+    /// Drops references taken by onboarding or retention (tail first).
+    pub(crate) fn release_blocks(&mut self, blocks: &[BlockId]) -> Result<()> {
+        for &b in blocks.iter().rev() {
+            match self.engine_refs.get_mut(&b) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    self.engine_refs.remove(&b);
+                }
+                None => return Err(Error::DoubleFree(b)),
+            }
+            self.pool.release(b)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a reference on the cached block of `h` (retention of a prefix, or a G1 hit an
+    /// onboarding ticket holds until the request is admitted).
+    pub(crate) fn hold_cached(&mut self, h: BlockHash) -> Result<Option<BlockId>> {
+        let b = self.pool.acquire_cached(h)?;
+        if let Some(b) = b {
+            self.hold(b);
+        }
+        Ok(b)
+    }
+
+    /// Whether `h` is cached in G1.
+    pub(crate) fn contains(&self, h: BlockHash) -> bool {
+        self.pool.lookup(h).is_some()
+    }
+}
+
+/// Copy-on-write of a shared partial block into a freshly allocated one.
+pub(super) fn copy_page(arena: Option<&Arena>, src: BlockId, dst: BlockId) -> Result<()> {
+    let Some(arena) = arena else { return Ok(()) };
+    if src == dst {
+        return Err(Error::InvalidBlock { block: dst, capacity: arena.pages() });
+    }
+    // SAFETY: called under the cache's `&mut self` with `dst` just allocated and referenced by
+    // nobody else; `src` is held by a sequence, and its other possible accessors only read it
+    // (workers read staged pages; nobody writes a shared page). The two pages are distinct.
+    let (s, d) = unsafe { (arena.page_shared(src)?, arena.page_exclusive(dst)?) };
+    d.copy_from_slice(s);
+    Ok(())
+}
+
+impl KvCache {
+    /// Page of a block staged for a copy down, read outside the lock.
+    ///
+    /// # Safety
+    /// `block` must have been staged by the caller (`stage_victims` / `stage_committed`) and
+    /// not finished yet; the slice must be dropped before `finish_staged`.
+    pub(crate) unsafe fn staged_page(&self, block: BlockId) -> Result<&[u8]> {
+        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
+        // SAFETY: a staged block is pinned and hashed, so nothing writes its page until the
+        // caller finishes the stage (caller's contract).
+        unsafe { arena.page_shared(block) }
+    }
+
+    /// Page of a block being onboarded, written outside the lock.
+    ///
+    /// # Safety
+    /// `block` must come from `begin_onboard` by the caller and not be finished yet; no other
+    /// slice of it may exist, and the slice must be dropped before `finish_onboard`.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn onboard_page(&self, block: BlockId) -> Result<&mut [u8]> {
+        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
+        // SAFETY: an onboarding block is referenced only by its onboarding job and refused by
+        // every safe page accessor (staged and unhashed), per the caller's contract.
+        unsafe { arena.page_exclusive(block) }
+    }
+}

@@ -1,0 +1,147 @@
+//! Engine counters and latency histograms.
+
+use std::time::Duration;
+
+/// Log-linear latency histogram: 8 sub-buckets per power of two of nanoseconds.
+#[derive(Clone)]
+pub(crate) struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+const SUB: u32 = 8;
+
+impl Histogram {
+    pub(crate) fn new() -> Self {
+        Self { buckets: vec![0; 64 * SUB as usize], count: 0 }
+    }
+
+    fn index(ns: u64) -> usize {
+        if ns < SUB as u64 {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros();
+        let sub = (ns >> (exp - 3)) & (SUB as u64 - 1);
+        (exp * SUB + sub as u32) as usize
+    }
+
+    fn lower_bound(i: usize) -> u64 {
+        let (exp, sub) = (i as u32 / SUB, i as u64 % SUB as u64);
+        if exp < 3 { i as u64 } else { (SUB as u64 + sub) << (exp - 3) }
+    }
+
+    pub(crate) fn record(&mut self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let i = Self::index(ns).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+        self.count += 1;
+    }
+
+    pub(crate) fn summary(&self) -> LatencySummary {
+        LatencySummary { count: self.count, p50: self.quantile(0.5), p99: self.quantile(0.99) }
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Duration::from_nanos(Self::lower_bound(i));
+            }
+        }
+        Duration::ZERO
+    }
+}
+
+/// Count and quantiles of one kind of operation (quantiles are bucket lower bounds, within
+/// 12.5 %).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Operations recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// Pages and bytes moved one way between two tiers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Pages moved.
+    pub pages: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+impl Traffic {
+    pub(crate) fn add(&mut self, pages: u64, page_bytes: usize) {
+        self.pages += pages;
+        self.bytes += pages * page_bytes as u64;
+    }
+}
+
+/// Counters of the offload engine (movement between tiers, lookups, admission).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMetrics {
+    /// Prefix lookups across tiers.
+    pub lookups: u64,
+    /// Blocks found in G1, G2 and G3 by those lookups, and blocks missed.
+    pub hit_blocks: [u64; 3],
+    /// Blocks looked up and found in no tier.
+    pub miss_blocks: u64,
+    /// G1 -> G2 offloads.
+    pub g1_to_g2: Traffic,
+    /// G2 -> G3 spills.
+    pub g2_to_g3: Traffic,
+    /// G2 -> G1 onboards.
+    pub g2_to_g1: Traffic,
+    /// G3 -> G1 onboards.
+    pub g3_to_g1: Traffic,
+    /// G3 -> G2 prefetches.
+    pub g3_to_g2: Traffic,
+    /// Offloads that could not be done (G2 full of pinned pages): the block stayed in G1.
+    pub offload_failed: u64,
+    /// Spills the admission filter declined.
+    pub admission_declined: u64,
+    /// Spills deferred because the write budget was spent.
+    pub budget_deferred: u64,
+    /// Spills that failed (IO error, disk full).
+    pub spill_failed: u64,
+    /// Pages asked for by onboarding that no tier could deliver (miss, corrupt, IO error).
+    pub onboard_failed: u64,
+    /// Jobs waiting for a worker.
+    pub queue_depth: u64,
+    /// G1 -> G2 copy latency per page.
+    pub offload_latency: LatencySummary,
+    /// G2 -> G3 write latency per batch.
+    pub spill_latency: LatencySummary,
+    /// Onboard latency per page from G2.
+    pub onboard_g2_latency: LatencySummary,
+    /// Onboard latency per batch from G3.
+    pub onboard_g3_latency: LatencySummary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_within_a_bucket() {
+        let mut h = Histogram::new();
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        let p50 = s.p50.as_nanos() as f64;
+        assert!((43_000.0..=50_000.0).contains(&p50), "{p50}");
+        let p99 = s.p99.as_nanos() as f64;
+        assert!((86_000.0..=99_000.0).contains(&p99), "{p99}");
+        assert_eq!(Histogram::new().summary().p99, Duration::ZERO);
+    }
+}

@@ -1,0 +1,524 @@
+//! The tiered offload engine: G1 pages that must be given up move down to host DRAM (G2) and
+//! SSD (G3) instead of being lost, and come back on a prefix hit.
+//!
+//! ## How it works
+//! 1. **Offload (write-back).** Background workers keep G1's *free + ready* blocks above a low
+//!    watermark: they take the eviction policy's next victims, pin them (still shareable by
+//!    prefix hits, but not evictable), copy their pages into G2 outside every lock, and put
+//!    them on G1's ready list, evicted first and at no loss. With write-through, every block
+//!    is copied as soon as it is committed, so eviction from G1 never waits.
+//! 2. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
+//!    G3 in batches, through the admission filter (seen-twice frequency sketch) and the write
+//!    budget. A page declined by admission is evicted early from G2 (counted).
+//! 3. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
+//! 4. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
+//!    prefix found only below, copies asynchronously, and returns a [`Ticket`]. When it
+//!    completes, the blocks are registered in G1 and held by the ticket until the runtime
+//!    admits the request with [`KvCache::add_sequence`] (which then hits them) and drops it.
+//! 5. **Backpressure.** A page is only ever dropped by eviction, and every eviction of a page
+//!    no lower tier holds is counted; a page being copied stays where it is until the copy
+//!    is done. Nothing is ever served that was not verified (G3 checksums every page).
+//!
+//! The runtime's thread never blocks on a disk: it only takes short locks on bookkeeping.
+
+mod admission;
+mod metrics;
+mod ticket;
+mod worker;
+
+pub use admission::Admission;
+pub use metrics::{EngineMetrics, LatencySummary, Traffic};
+pub use ticket::{OnboardOutcome, Ticket};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, unbounded};
+
+use crate::cache::{CacheConfig, KvCache};
+use crate::error::{Error, Result, Tier};
+use crate::metrics::CacheMetrics;
+use crate::pool::BlockId;
+use crate::prefix::BlockHash;
+use crate::tier::disk::{DiskConfig, DiskMetrics, DiskTier};
+use crate::tier::host::{HostConfig, HostMetrics, HostTier};
+
+use admission::{FrequencySketch, WriteBudget};
+use metrics::Histogram;
+
+/// Configuration of the offload engine.
+#[derive(Debug, Clone)]
+pub struct OffloadConfig {
+    /// The host tier. Default: [`HostConfig::default`].
+    pub host: HostConfig,
+    /// The SSD tier; `None` for G1 + G2 only. Default: none.
+    pub disk: Option<DiskConfig>,
+    /// G1 free + ready blocks below this fraction of the pool start offloading. Default 0.1.
+    pub g1_low_watermark: f64,
+    /// G2 free + ready slots below this fraction start spilling to G3. Default 0.1.
+    pub g2_low_watermark: f64,
+    /// Copy every committed G1 block to G2 at once. Default: false.
+    pub write_through_g2: bool,
+    /// Which pages G3 accepts. Default: [`Admission::SeenTwice`].
+    pub admission: Admission,
+    /// Cap on bytes written to G3 per second. Default: none.
+    pub write_budget_bytes_per_sec: Option<u64>,
+    /// Background workers; 0 runs everything on the caller's thread (tests). Default: 2.
+    pub workers: usize,
+    /// Pages moved per batch. Default: 32.
+    pub batch_pages: usize,
+    /// How often idle workers check the watermarks. Default: 1 ms.
+    pub tick: Duration,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        Self {
+            host: HostConfig::default(),
+            disk: None,
+            g1_low_watermark: 0.1,
+            g2_low_watermark: 0.1,
+            write_through_g2: false,
+            admission: Admission::SeenTwice,
+            write_budget_bytes_per_sec: None,
+            workers: 2,
+            batch_pages: 32,
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+impl OffloadConfig {
+    /// Sets the host tier (default [`HostConfig::default`]).
+    pub fn with_host(mut self, host: HostConfig) -> Self {
+        self.host = host;
+        self
+    }
+    /// Adds an SSD tier (default none).
+    pub fn with_disk(mut self, disk: DiskConfig) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+    /// Sets the G1 low watermark fraction (default 0.1).
+    pub fn with_g1_low_watermark(mut self, f: f64) -> Self {
+        self.g1_low_watermark = f;
+        self
+    }
+    /// Sets the G2 low watermark fraction (default 0.1).
+    pub fn with_g2_low_watermark(mut self, f: f64) -> Self {
+        self.g2_low_watermark = f;
+        self
+    }
+    /// Enables write-through from G1 to G2 (default off).
+    pub fn with_write_through_g2(mut self, on: bool) -> Self {
+        self.write_through_g2 = on;
+        self
+    }
+    /// Sets the G3 admission filter (default seen-twice).
+    pub fn with_admission(mut self, a: Admission) -> Self {
+        self.admission = a;
+        self
+    }
+    /// Caps G3 writes in bytes per second (default unlimited).
+    pub fn with_write_budget(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.write_budget_bytes_per_sec = bytes_per_sec;
+        self
+    }
+    /// Sets the number of background workers (default 2; 0 = caller's thread).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    /// Sets the batch size in pages (default 32).
+    pub fn with_batch_pages(mut self, n: usize) -> Self {
+        self.batch_pages = n;
+        self
+    }
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        self.host.validate()?;
+        if let Some(d) = &self.disk {
+            d.validate()?;
+        }
+        for (field, v) in [("g1_low_watermark", self.g1_low_watermark), ("g2_low_watermark", self.g2_low_watermark)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::InvalidConfig { field, reason: "must be in [0, 1)" });
+            }
+        }
+        if self.batch_pages == 0 {
+            return Err(Error::InvalidConfig { field: "batch_pages", reason: "must be non-zero" });
+        }
+        if self.workers > 64 {
+            return Err(Error::InvalidConfig { field: "workers", reason: "at most 64" });
+        }
+        Ok(())
+    }
+}
+
+/// Where a prefix was found: leading blocks per tier, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrefixHit {
+    /// Blocks found, counted from the start, in any tier.
+    pub total: usize,
+    /// Of those, in G1.
+    pub g1: usize,
+    /// Of those, only in G2.
+    pub g2: usize,
+    /// Of those, only in G3.
+    pub g3: usize,
+}
+
+/// Every tier's counters plus the engine's.
+#[derive(Debug, Clone)]
+pub struct TierMetrics {
+    /// G1 pool and prefix cache.
+    pub g1: CacheMetrics,
+    /// Host tier.
+    pub g2: HostMetrics,
+    /// SSD tier, if configured.
+    pub g3: Option<DiskMetrics>,
+    /// Movement between tiers.
+    pub engine: EngineMetrics,
+}
+
+/// Handle of a retained prefix ([`TieredCache::retain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RetentionId(u64);
+
+pub(crate) struct Retention {
+    id: u64,
+    g1_blocks: Vec<BlockId>,
+    g2: Vec<BlockHash>,
+    g3: Vec<BlockHash>,
+    pub(crate) expires: Option<Instant>,
+}
+
+pub(crate) enum Job {
+    Onboard(ticket::OnboardJob),
+    Prefetch(Vec<BlockHash>),
+}
+
+/// State shared by the handle, the tickets and the workers.
+pub(crate) struct Shared {
+    pub(crate) g1: KvCache,
+    pub(crate) g2: HostTier,
+    pub(crate) g3: Option<DiskTier>,
+    pub(crate) config: OffloadConfig,
+    pub(crate) g1_target: usize,
+    pub(crate) g2_target: usize,
+    pub(crate) page_bytes: usize,
+    pub(crate) sketch: StdMutex<FrequencySketch>,
+    pub(crate) budget: StdMutex<WriteBudget>,
+    pub(crate) stats: StdMutex<Stats>,
+    pub(crate) retained: StdMutex<Vec<Retention>>,
+    pub(crate) next_retention: AtomicU64,
+    pub(crate) queued: AtomicU64,
+    pub(crate) stop: AtomicBool,
+}
+
+#[derive(Clone)]
+pub(crate) struct Stats {
+    pub(crate) m: EngineMetrics,
+    pub(crate) offload: Histogram,
+    pub(crate) spill: Histogram,
+    pub(crate) onboard_g2: Histogram,
+    pub(crate) onboard_g3: Histogram,
+}
+
+/// G1 + G2 (+ G3) with background offload and onboarding. `Send + Sync`.
+pub struct TieredCache {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl TieredCache {
+    /// Builds every tier and starts the workers. G1 must have page memory.
+    pub fn new(cache: CacheConfig, config: OffloadConfig) -> Result<Self> {
+        cache.validate()?;
+        config.validate()?;
+        if !cache.arena {
+            return Err(Error::NoArena);
+        }
+        let page_bytes = cache.layout.page_bytes();
+        let g3 = match &config.disk {
+            Some(d) => Some(DiskTier::open(&cache.layout, d.clone())?),
+            None => None,
+        };
+        let g2 = HostTier::new(page_bytes, config.host.clone())?;
+        let g1_target = (cache.num_blocks as f64 * config.g1_low_watermark).ceil() as usize;
+        let g2_target = (config.host.capacity_pages as f64 * config.g2_low_watermark).ceil() as usize;
+        let g1 = KvCache::new(cache)?;
+        if config.write_through_g2 {
+            g1.lock().set_commit_log(true);
+        }
+        let sketch_size = config.host.capacity_pages;
+        let shared = Arc::new(Shared {
+            g1,
+            g2,
+            g3,
+            g1_target,
+            g2_target,
+            page_bytes,
+            sketch: StdMutex::new(FrequencySketch::new(sketch_size)),
+            budget: StdMutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
+            stats: StdMutex::new(Stats {
+                m: EngineMetrics::default(),
+                offload: Histogram::new(),
+                spill: Histogram::new(),
+                onboard_g2: Histogram::new(),
+                onboard_g3: Histogram::new(),
+            }),
+            retained: StdMutex::new(Vec::new()),
+            next_retention: AtomicU64::new(1),
+            queued: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            config,
+        });
+        let mut me = Self { shared, tx: None, workers: Vec::new() };
+        if me.shared.config.workers > 0 {
+            let (tx, rx) = unbounded();
+            for i in 0..me.shared.config.workers {
+                let shared = me.shared.clone();
+                let rx = rx.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("kvtier-offload-{i}"))
+                    .spawn(move || worker::run(&shared, &rx))
+                    .map_err(|source| Error::Io { tier: Tier::G2, op: "spawn worker", source })?;
+                me.workers.push(handle);
+            }
+            me.tx = Some(tx);
+        }
+        Ok(me)
+    }
+
+    /// The G1 page-table API (sequences, block tables, events).
+    pub fn g1(&self) -> &KvCache {
+        &self.shared.g1
+    }
+    /// The host tier.
+    pub fn g2(&self) -> &HostTier {
+        &self.shared.g2
+    }
+    /// The SSD tier, if configured.
+    pub fn g3(&self) -> Option<&DiskTier> {
+        self.shared.g3.as_ref()
+    }
+
+    /// How many leading `hashes` are cached, and in which tier each was found first.
+    pub fn longest_prefix(&self, hashes: &[BlockHash]) -> PrefixHit {
+        self.shared.longest_prefix(hashes)
+    }
+
+    /// Starts bringing the part of `hashes` that lives only in G2/G3 into G1. The leading G1
+    /// hits and the onboarded blocks are held by the returned [`Ticket`] until it is dropped;
+    /// admit the request (`g1().add_sequence`) once it is ready, then drop it. Fails with
+    /// [`Error::OutOfBlocks`] (nothing changed) if G1 cannot take the blocks now.
+    pub fn onboard(&self, hashes: &[BlockHash]) -> Result<Ticket> {
+        let (ticket, job) = ticket::start(&self.shared, hashes)?;
+        if let Some(job) = job {
+            match &self.tx {
+                Some(tx) => {
+                    self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = tx.send(Job::Onboard(job)) {
+                        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                        if let Job::Onboard(job) = e.into_inner() {
+                            worker::onboard(&self.shared, job);
+                        }
+                    }
+                }
+                None => worker::onboard(&self.shared, job),
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Pulls the G3-only part of a waiting request's prefix into G2 ahead of time.
+    pub fn prefetch(&self, hashes: &[BlockHash]) {
+        let hashes = hashes.to_vec();
+        match &self.tx {
+            Some(tx) => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                if tx.send(Job::Prefetch(hashes)).is_err() {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            None => worker::prefetch(&self.shared, &hashes),
+        }
+    }
+
+    /// Keeps a prefix (a system prompt, say) in every tier that holds it: its G1 blocks are
+    /// referenced and its G2/G3 pages pinned, until [`TieredCache::release`] or `ttl`.
+    pub fn retain(&self, hashes: &[BlockHash], ttl: Option<Duration>) -> Result<RetentionId> {
+        self.shared.retain(hashes, ttl)
+    }
+
+    /// Ends a retention; returns false if it already ended.
+    pub fn release(&self, id: RetentionId) -> Result<bool> {
+        self.shared.release(id.0)
+    }
+
+    /// Runs one maintenance pass on the caller's thread (offload, spill, expiry); workers
+    /// do this on their own every tick. Returns whether there was work.
+    pub fn run_maintenance(&self) -> Result<bool> {
+        worker::maintain(&self.shared)
+    }
+
+    /// Waits until queued jobs are done and one maintenance pass found nothing to do.
+    pub fn quiesce(&self) -> Result<()> {
+        while self.shared.queued.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        while worker::maintain(&self.shared)? {}
+        Ok(())
+    }
+
+    /// Every tier's counters.
+    pub fn metrics(&self) -> TierMetrics {
+        let stats = self.shared.stats_snapshot();
+        let mut engine = stats.m;
+        engine.queue_depth = self.shared.queued.load(Ordering::Relaxed);
+        engine.offload_latency = stats.offload.summary();
+        engine.spill_latency = stats.spill.summary();
+        engine.onboard_g2_latency = stats.onboard_g2.summary();
+        engine.onboard_g3_latency = stats.onboard_g3.summary();
+        TierMetrics {
+            g1: self.shared.g1.metrics(),
+            g2: self.shared.g2.metrics(),
+            g3: self.shared.g3.as_ref().map(|d| d.metrics()),
+            engine,
+        }
+    }
+
+    /// Checks the invariants of every tier.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.shared.g1.lock().check_invariants()?;
+        self.shared.g2.check_invariants()
+    }
+}
+
+impl Drop for TieredCache {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        match self.stats.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn stats_snapshot(&self) -> Stats {
+        self.stats().clone()
+    }
+
+    /// Whether G3 should take the page of `h`.
+    pub(crate) fn admits(&self, h: BlockHash) -> bool {
+        match self.config.admission {
+            Admission::All => true,
+            Admission::SeenTwice => self.sketch.lock().map(|s| s.estimate(h) >= 2).unwrap_or(true),
+        }
+    }
+
+    pub(crate) fn record_use(&self, h: BlockHash) {
+        if let Ok(mut s) = self.sketch.lock() {
+            s.record(h);
+        }
+    }
+
+    fn longest_prefix(&self, hashes: &[BlockHash]) -> PrefixHit {
+        let mut hit = PrefixHit::default();
+        {
+            let core = self.g1.lock();
+            hit.g1 = hashes.iter().take_while(|h| core.contains(**h)).count();
+        }
+        hit.total = hit.g1;
+        for &h in &hashes[hit.g1..] {
+            if self.g2.contains(h) {
+                hit.g2 += 1;
+            } else if self.g3.as_ref().is_some_and(|d| d.contains(h)) {
+                hit.g3 += 1;
+            } else {
+                break;
+            }
+            hit.total += 1;
+        }
+        for h in &hashes[..hit.total] {
+            self.record_use(*h);
+        }
+        let mut s = self.stats();
+        s.m.lookups += 1;
+        s.m.hit_blocks[0] += hit.g1 as u64;
+        s.m.hit_blocks[1] += hit.g2 as u64;
+        s.m.hit_blocks[2] += hit.g3 as u64;
+        s.m.miss_blocks += (hashes.len() - hit.total) as u64;
+        hit
+    }
+
+    fn retain(&self, hashes: &[BlockHash], ttl: Option<Duration>) -> Result<RetentionId> {
+        let id = self.next_retention.fetch_add(1, Ordering::Relaxed);
+        let mut r = Retention { id, g1_blocks: Vec::new(), g2: Vec::new(), g3: Vec::new(), expires: None };
+        r.expires = ttl.map(|t| Instant::now() + t);
+        {
+            let mut core = self.g1.lock();
+            for &h in hashes {
+                match core.hold_cached(h)? {
+                    Some(b) => r.g1_blocks.push(b),
+                    None => break,
+                }
+            }
+        }
+        for &h in hashes {
+            if self.g2.pin(h) {
+                r.g2.push(h);
+            }
+            if let Some(d) = &self.g3
+                && d.pin(h)
+            {
+                r.g3.push(h);
+            }
+        }
+        self.retained_lock().push(r);
+        Ok(RetentionId(id))
+    }
+
+    pub(crate) fn retained_lock(&self) -> std::sync::MutexGuard<'_, Vec<Retention>> {
+        match self.retained.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn release(&self, id: u64) -> Result<bool> {
+        let r = {
+            let mut list = self.retained_lock();
+            let Some(pos) = list.iter().position(|r| r.id == id) else { return Ok(false) };
+            list.swap_remove(pos)
+        };
+        self.drop_retention(r)?;
+        Ok(true)
+    }
+
+    pub(crate) fn drop_retention(&self, r: Retention) -> Result<()> {
+        self.g1.lock().release_blocks(&r.g1_blocks)?;
+        for h in r.g2 {
+            self.g2.unpin(h);
+        }
+        if let Some(d) = &self.g3 {
+            for h in r.g3 {
+                d.unpin(h);
+            }
+        }
+        Ok(())
+    }
+}

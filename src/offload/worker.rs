@@ -1,0 +1,281 @@
+//! What the background workers do: jobs (onboard, prefetch) and maintenance passes (offload,
+//! spill, retention expiry).
+#![allow(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::ticket::{self, OnboardJob};
+use super::{Job, Shared};
+use crate::error::{Error, Result, Tier};
+use crate::pool::BlockId;
+use crate::prefix::BlockHash;
+
+/// A worker's loop: jobs first, maintenance whenever a tick has passed.
+pub(crate) fn run(shared: &Shared, rx: &Receiver<Job>) {
+    let mut last = Instant::now();
+    loop {
+        match rx.recv_timeout(shared.config.tick) {
+            Ok(job) => {
+                match job {
+                    Job::Onboard(j) => onboard(shared, j),
+                    Job::Prefetch(h) => prefetch(shared, &h),
+                }
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                if last.elapsed() < shared.config.tick {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        // A failed pass is retried on the next tick; its pages stayed where they were.
+        let _ = maintain(shared);
+        last = Instant::now();
+    }
+}
+
+/// One maintenance pass. Returns whether it found work to do.
+pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
+    let batch = shared.config.batch_pages;
+    let mut did = false;
+    // Make room in G2 first, so that pages coming down from G1 do not push out pages G3 does
+    // not hold yet.
+    if let Some(disk) = &shared.g3 {
+        let have = shared.g2.free_or_ready();
+        if have < shared.g2_target {
+            let mut spill = Vec::new();
+            did |= shared.g2.stage_spill((shared.g2_target - have).min(batch), &mut spill) > 0;
+            write_g3(shared, disk, &spill)?;
+        }
+    }
+    let mut staged = Vec::new();
+    {
+        let mut core = shared.g1.lock();
+        if shared.config.write_through_g2 {
+            core.stage_committed(&mut staged);
+        }
+        let have = core.free_or_ready();
+        if have < shared.g1_target {
+            let mut n = (shared.g1_target - have).min(batch);
+            if shared.g3.is_some() {
+                // Backpressure: with G2 full of pages still owed to G3, a G1 victim stays in
+                // G1 rather than displacing one of them.
+                n = n.min(shared.g2.free_or_ready());
+            }
+            did |= core.stage_victims(n, &mut staged) > 0;
+        }
+    }
+    did |= !staged.is_empty();
+    copy_down(shared, &staged)?;
+    expire_retention(shared)?;
+    Ok(did)
+}
+
+/// G1 -> G2 for blocks staged in G1; each block is finished (backed or not) afterwards.
+fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<()> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let mut done = Vec::with_capacity(staged.len());
+    let mut latencies = Vec::with_capacity(staged.len());
+    for &(b, h) in staged {
+        let t = Instant::now();
+        let stored = shared.g2.store(h, |dst| {
+            // SAFETY: `b` was staged by this pass and is finished only below, after this
+            // closure returned and the slice is gone.
+            let src = unsafe { shared.g1.staged_page(b)? };
+            dst.copy_from_slice(src);
+            Ok(())
+        });
+        let backed = match stored {
+            Ok(true) => {
+                latencies.push(t.elapsed());
+                true
+            }
+            Ok(false) => shared.g2.contains(h),
+            Err(_) => false,
+        };
+        shared.record_use(h);
+        done.push((b, backed));
+    }
+    let mut failed = 0;
+    {
+        let mut core = shared.g1.lock();
+        for &(b, backed) in &done {
+            core.finish_staged(b, backed)?;
+            failed += !backed as u64;
+        }
+    }
+    let mut s = shared.stats();
+    s.m.g1_to_g2.add(latencies.len() as u64, shared.page_bytes);
+    s.m.offload_failed += failed;
+    for l in latencies {
+        s.offload.record(l);
+    }
+    Ok(())
+}
+
+/// G2 -> G3 for slots staged in G2, through admission and the write budget.
+fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(BlockId, BlockHash)]) -> Result<()> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let (mut admitted, mut declined, mut deferred) = (Vec::new(), 0u64, 0u64);
+    for &(slot, h) in staged {
+        if disk.contains(h) {
+            shared.g2.finish_spill(slot, true)?;
+        } else if !shared.admits(h) {
+            shared.g2.decline_spill(slot)?;
+            declined += 1;
+        } else if !shared.budget.lock().map(|mut b| b.try_take(shared.page_bytes as u64)).unwrap_or(false) {
+            shared.g2.finish_spill(slot, false)?;
+            deferred += 1;
+        } else {
+            admitted.push((slot, h));
+        }
+    }
+    let slots: Vec<BlockId> = admitted.iter().map(|a| a.0).collect();
+    let t = Instant::now();
+    let results = shared.g2.with_staged_pages(&slots, |pages| {
+        let batch: Vec<(BlockHash, &[u8])> = admitted.iter().zip(pages).map(|(a, p)| (a.1, *p)).collect();
+        disk.write_pages(&batch)
+    })?;
+    let elapsed = t.elapsed();
+    let (mut written, mut failed) = (0u64, 0u64);
+    for (&(slot, h), r) in admitted.iter().zip(results) {
+        let backed = match r {
+            Ok(true) => {
+                written += 1;
+                true
+            }
+            Ok(false) => disk.contains(h),
+            Err(_) => {
+                failed += 1;
+                false
+            }
+        };
+        shared.g2.finish_spill(slot, backed)?;
+    }
+    let mut s = shared.stats();
+    s.m.g2_to_g3.add(written, shared.page_bytes);
+    s.m.admission_declined += declined;
+    s.m.budget_deferred += deferred;
+    s.m.spill_failed += failed;
+    if !admitted.is_empty() {
+        s.spill.record(elapsed);
+    }
+    Ok(())
+}
+
+/// Copies an onboarding job's pages into its G1 blocks, G2 first, then G3 in one batch.
+pub(crate) fn onboard(shared: &Shared, job: OnboardJob) {
+    let n = job.blocks.len();
+    let mut ok = vec![false; n];
+    let mut from_g3 = Vec::new();
+    let mut g2_latencies = Vec::new();
+    for (i, done) in ok.iter_mut().enumerate() {
+        let t = Instant::now();
+        // SAFETY: the block comes from `begin_onboard` for this job, which alone touches it
+        // until `finish_onboard` below; the slice dies with this iteration.
+        let Ok(dst) = (unsafe { shared.g1.onboard_page(job.blocks[i]) }) else { continue };
+        if shared.g2.load(job.hashes[i], |src| dst.copy_from_slice(src)).is_some() {
+            *done = true;
+            g2_latencies.push(t.elapsed());
+        } else {
+            from_g3.push(i);
+        }
+    }
+    let mut g3_latency = None;
+    if let Some(disk) = &shared.g3
+        && !from_g3.is_empty()
+    {
+        let t = Instant::now();
+        let mut reqs = Vec::with_capacity(from_g3.len());
+        for &i in &from_g3 {
+            // SAFETY: as above; the blocks are distinct, so the slices do not overlap, and
+            // they are dropped with `reqs` before `finish_onboard`.
+            if let Ok(dst) = unsafe { shared.g1.onboard_page(job.blocks[i]) } {
+                reqs.push((i, job.hashes[i], dst));
+            }
+        }
+        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, h, d)| (*h, &mut **d)).collect();
+        let results = disk.read_pages(&mut io);
+        drop(io);
+        for ((i, _, _), r) in reqs.iter().zip(results) {
+            ok[*i] = matches!(r, Ok(true));
+        }
+        g3_latency = Some(t.elapsed());
+    }
+    let loaded = ok.iter().take_while(|x| **x).count();
+    let g3_loaded = from_g3.iter().filter(|&&i| i < loaded).count();
+    let mut outcome = job.outcome;
+    outcome.from_g2 = loaded - g3_loaded;
+    outcome.from_g3 = g3_loaded;
+    outcome.failed = n - loaded;
+    let mut held = Vec::with_capacity(loaded);
+    let finished = shared.g1.lock().finish_onboard(&job.blocks, &job.hashes, job.parent, loaded, &mut held);
+    if finished.is_err() {
+        outcome.failed = n;
+    }
+    {
+        let mut s = shared.stats();
+        s.m.g2_to_g1.add(outcome.from_g2 as u64, shared.page_bytes);
+        s.m.g3_to_g1.add(outcome.from_g3 as u64, shared.page_bytes);
+        s.m.onboard_failed += outcome.failed as u64;
+        for l in g2_latencies {
+            s.onboard_g2.record(l);
+        }
+        if let Some(l) = g3_latency {
+            s.onboard_g3.record(l);
+        }
+    }
+    let _ = ticket::complete(shared, &job, held, outcome);
+}
+
+/// G3 -> G2 for the hashes not already in G1 or G2.
+pub(crate) fn prefetch(shared: &Shared, hashes: &[BlockHash]) {
+    let Some(disk) = &shared.g3 else { return };
+    let mut moved = 0;
+    for &h in hashes {
+        if shared.g1.lock().contains(h) || shared.g2.contains(h) {
+            continue;
+        }
+        if !disk.contains(h) {
+            break;
+        }
+        let stored = shared.g2.store(h, |dst| match disk.read_pages(&mut [(h, dst)]).pop() {
+            Some(Ok(true)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            _ => Err(Error::Corrupt { tier: Tier::G3, slot: 0 }),
+        });
+        match stored {
+            Ok(true) => {
+                shared.g2.set_backed(h, true);
+                moved += 1;
+            }
+            Ok(false) => {}
+            Err(_) => break,
+        }
+    }
+    shared.stats().m.g3_to_g2.add(moved, shared.page_bytes);
+}
+
+fn expire_retention(shared: &Shared) -> Result<()> {
+    let now = Instant::now();
+    let expired: Vec<_> = {
+        let mut list = shared.retained_lock();
+        let (gone, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|r| r.expires.is_some_and(|e| e <= now));
+        *list = keep;
+        gone
+    };
+    for r in expired {
+        shared.drop_retention(r)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Behaviour of the tiered engine through the public API: pages move G1 -> G2 -> G3 and back
+//! with identical bytes, under both IO backends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kvtier::io::{BackendKind, IoConfig};
+use kvtier::offload::{Admission, OffloadConfig, TieredCache};
+use kvtier::tier::DiskConfig;
+use kvtier::tier::host::HostConfig;
+use kvtier::{BlockHash, CacheConfig, Dtype, ExtraKeys, KvLayout};
+
+const BS: usize = 16;
+
+fn layout() -> KvLayout {
+    // 2 layers x 2 heads x 32 dims x f16 x 16 tokens x K,V = 8 KiB pages
+    KvLayout::new(2, 2, 32, Dtype::F16, BS as u32).unwrap()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiers-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The KV a page must hold: derived from its hash, so every read can be checked.
+fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
+    let mut x = (h.0 as u64) ^ ((h.0 >> 64) as u64) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn prompt(i: u32, blocks: usize) -> Vec<u32> {
+    (0..(blocks * BS) as u32 + 1).map(|t| i * 100_000 + t).collect()
+}
+
+fn engine(name: &str, backend: BackendKind, g1: usize, g2: usize) -> (TieredCache, PathBuf) {
+    let d = dir(name);
+    let disk = DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(backend));
+    let config = OffloadConfig::default()
+        .with_host(HostConfig::default().with_capacity_pages(g2))
+        .with_disk(disk)
+        .with_admission(Admission::All)
+        .with_g1_low_watermark(0.5)
+        .with_g2_low_watermark(0.5)
+        .with_workers(0);
+    let cache = CacheConfig::new(layout(), g1).with_watermark(0.0);
+    (TieredCache::new(cache, config).unwrap(), d)
+}
+
+/// Runs a request: writes the KV of every block (pattern of its hash), commits, frees.
+fn serve(t: &TieredCache, tokens: &[u32]) -> Vec<BlockHash> {
+    let g1 = t.g1();
+    let mut hashes = Vec::new();
+    g1.lock().hash_tokens(tokens, &ExtraKeys::default(), &mut hashes);
+    // Blocks pinned by copies in flight are not allocatable: like a scheduler, wait and retry.
+    let mut tries = 0;
+    let (mut core, added) = loop {
+        let mut core = g1.lock();
+        match core.add_sequence(tokens, &ExtraKeys::default()) {
+            Ok(a) => break (core, a),
+            Err(kvtier::Error::OutOfBlocks { .. }) if tries < 2000 => {
+                drop(core);
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let table = core.block_table(added.seq).unwrap().to_vec();
+    let page = core.layout().page_bytes();
+    for (i, &b) in table.iter().enumerate().skip(added.cached_tokens / BS) {
+        let data = hashes.get(i).map_or_else(|| vec![0xAB; page], |h| pattern(*h, page));
+        core.write_page(b, &data).unwrap();
+    }
+    core.commit(added.seq).unwrap();
+    core.free(added.seq).unwrap();
+    hashes
+}
+
+/// Brings `hashes` into G1 and checks every page byte for byte.
+fn onboard_and_verify(t: &TieredCache, tokens: &[u32], hashes: &[BlockHash]) -> kvtier::offload::OnboardOutcome {
+    let ticket = t.onboard(hashes).unwrap();
+    let outcome = ticket.wait();
+    let g1 = t.g1();
+    let mut core = g1.lock();
+    let added = core.add_sequence(tokens, &ExtraKeys::default()).unwrap();
+    assert_eq!(added.cached_tokens / BS, outcome.cached_blocks().min((tokens.len() - 1) / BS));
+    let table = core.block_table(added.seq).unwrap().to_vec();
+    for (i, h) in hashes.iter().enumerate().take(added.cached_tokens / BS) {
+        let page = core.page(table[i]).unwrap();
+        assert!(page == pattern(*h, page.len()).as_slice(), "block {i} came back with wrong bytes");
+    }
+    core.free(added.seq).unwrap();
+    drop(core);
+    drop(ticket);
+    outcome
+}
+
+fn round_trip(backend: BackendKind, name: &str) {
+    let (t, d) = engine(name, backend, 16, 8);
+    let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 4)).collect();
+    let mut all = Vec::new();
+    for p in &prompts {
+        all.push(serve(&t, p));
+        t.quiesce().unwrap();
+        t.check_invariants().unwrap();
+    }
+    let m = t.metrics();
+    assert!(m.engine.g1_to_g2.pages > 0, "nothing offloaded: {m:?}");
+    assert!(m.engine.g2_to_g3.pages > 0, "nothing spilled: {m:?}");
+    // The first prompt left G1 and G2 long ago: it comes back from G3.
+    assert_eq!(m.g1.unbacked_evictions, 0, "the watermark keeps G1 ahead of a 5-block request");
+    let where_ = t.longest_prefix(&all[0]);
+    assert_eq!(where_.total, 4);
+    assert!(where_.g3 > 0, "{where_:?}");
+    let o = onboard_and_verify(&t, &prompts[0], &all[0]);
+    assert_eq!(o.cached_blocks(), 4);
+    assert!(o.from_g3 > 0);
+    // A recent prompt comes back from G2 (or is still in G1).
+    let o = onboard_and_verify(&t, &prompts[11], &all[11]);
+    assert_eq!(o.cached_blocks(), 4);
+    t.check_invariants().unwrap();
+    let m = t.metrics();
+    assert!(m.engine.g3_to_g1.pages > 0);
+    assert_eq!(m.g3.unwrap().corrupt, 0);
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn round_trip_psync() {
+    round_trip(BackendKind::Psync, "psync");
+}
+
+#[test]
+fn round_trip_uring_or_fallback() {
+    // Auto picks io_uring where the kernel allows it and falls back to psync otherwise.
+    round_trip(BackendKind::Auto, "auto");
+}
+
+#[test]
+fn restart_recovers_pages_from_ssd() {
+    let (t, d) = engine("restart", BackendKind::Auto, 16, 8);
+    let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 4)).collect();
+    let all: Vec<_> = prompts.iter().map(|p| serve(&t, p)).inspect(|_| t.quiesce().unwrap()).collect();
+    let in_g3: Vec<usize> = (0..12).filter(|&i| t.g3().unwrap().longest_prefix(&all[i]) == 4).collect();
+    assert!(!in_g3.is_empty());
+    drop(t);
+    // a new process: empty G1 and G2, the same SSD directory
+    let disk = DiskConfig::new(&d).with_capacity_slots(64);
+    let config = OffloadConfig::default().with_disk(disk).with_workers(1);
+    let t = TieredCache::new(CacheConfig::new(layout(), 16).with_watermark(0.0), config).unwrap();
+    for &i in &in_g3 {
+        let o = onboard_and_verify(&t, &prompts[i], &all[i]);
+        assert_eq!(o.from_g3, 4, "prompt {i} not recovered");
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn flipped_byte_on_ssd_is_a_miss_not_wrong_data() {
+    let (t, d) = engine("flip", BackendKind::Psync, 16, 8);
+    let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 4)).collect();
+    let all: Vec<_> = prompts.iter().map(|p| serve(&t, p)).inspect(|_| t.quiesce().unwrap()).collect();
+    let victim = (0..12).find(|&i| t.longest_prefix(&all[i]).g3 == 4).expect("a prompt only on SSD");
+    drop(t);
+    // Flip one byte in every slot of every slab file: whatever slot holds the prompt is hit.
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(&d).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "kvt") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let slot = layout().page_bytes().next_multiple_of(4096);
+            for off in (100..bytes.len()).step_by(slot) {
+                bytes[off] ^= 0x40;
+                flipped += 1;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    assert!(flipped > 0);
+    let disk =
+        DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync));
+    let t = TieredCache::new(
+        CacheConfig::new(layout(), 16).with_watermark(0.0),
+        OffloadConfig::default().with_disk(disk).with_workers(0),
+    )
+    .unwrap();
+    let ticket = t.onboard(&all[victim]).unwrap();
+    let o = ticket.wait();
+    assert_eq!(o.cached_blocks(), 0, "a corrupt page was onboarded: {o:?}");
+    assert_eq!(o.failed, 4);
+    drop(ticket);
+    assert!(t.metrics().g3.unwrap().corrupt > 0);
+    // the corrupt slots are dropped: a second look finds nothing
+    assert_eq!(t.longest_prefix(&all[victim]).total, 0);
+    t.check_invariants().unwrap();
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn retained_prefix_survives_pressure_in_every_tier() {
+    let (t, d) = engine("retain", BackendKind::Psync, 16, 8);
+    let system = prompt(99, 2);
+    let sys_hashes = serve(&t, &system);
+    t.quiesce().unwrap();
+    let id = t.retain(&sys_hashes, None).unwrap();
+    for i in 0..12 {
+        serve(&t, &prompt(i, 4));
+        t.quiesce().unwrap();
+    }
+    assert_eq!(t.longest_prefix(&sys_hashes).g1, 2, "retained blocks left G1");
+    assert!(t.release(id).unwrap());
+    assert!(!t.release(id).unwrap());
+    t.check_invariants().unwrap();
+    // a time-limited retention ends by itself
+    let id = t.retain(&sys_hashes, Some(Duration::from_millis(1))).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    t.run_maintenance().unwrap();
+    assert!(!t.release(id).unwrap(), "expired retention still held");
+    t.check_invariants().unwrap();
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn background_workers_offload_and_onboard() {
+    let d = dir("workers");
+    let config = OffloadConfig::default()
+        .with_host(HostConfig::default().with_capacity_pages(64))
+        .with_disk(DiskConfig::new(&d).with_capacity_slots(64))
+        .with_write_through_g2(true)
+        .with_workers(2);
+    let t = TieredCache::new(CacheConfig::new(layout(), 16).with_watermark(0.0), config).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..10).map(|i| prompt(i, 3)).collect();
+    let mut all = Vec::new();
+    for p in &prompts {
+        all.push(serve(&t, p));
+    }
+    t.quiesce().unwrap();
+    for (p, h) in prompts.iter().zip(&all) {
+        let o = onboard_and_verify(&t, p, h);
+        assert_eq!(o.cached_blocks(), 3, "{o:?}");
+    }
+    let m = t.metrics();
+    assert!(m.engine.g1_to_g2.pages >= 10);
+    assert!(m.g1.evictions > 0);
+    t.check_invariants().unwrap();
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn metadata_only_cache_cannot_offload() {
+    let r = TieredCache::new(CacheConfig::new(layout(), 16).with_arena(false), OffloadConfig::default());
+    assert!(matches!(r, Err(kvtier::Error::NoArena)));
+}

@@ -478,8 +478,7 @@ impl DiskTier {
             return results;
         }
         let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
-        // None = verified; Some(true) = corrupt; Some(false) = IO error.
-        let mut failed: Vec<Option<bool>> = vec![None; planned.len()];
+        let mut failed: Vec<Option<ReadFailure>> = vec![None; planned.len()];
         for &(i, ..) in &planned {
             bounces.push(if self.direct_ok(reqs[i].1) { None } else { self.take_bounce().ok() });
         }
@@ -503,7 +502,7 @@ impl DiskTier {
                     Some(bounce) => ops.push(IoOp::read(file, offset, &mut bounce[..])),
                     None if direct => ops.push(IoOp::read(file, offset, &mut buf[..])),
                     None => {
-                        failed[k] = Some(false); // no bounce buffer could be mapped
+                        failed[k] = Some(ReadFailure::NoBuffer);
                         continue;
                     }
                 }
@@ -512,7 +511,7 @@ impl DiskTier {
             self.backend.submit(&mut ops, &mut io_results);
             for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
                 if result.is_err() {
-                    failed[k] = Some(false);
+                    failed[k] = Some(ReadFailure::Io);
                 }
             }
         }
@@ -531,7 +530,7 @@ impl DiskTier {
                     None => xxh3_64(buf) == checksum,
                 };
                 if !ok {
-                    failed[k] = Some(true);
+                    failed[k] = Some(ReadFailure::Corrupt);
                 }
             }
             if failed[k].is_some() && bounces[k].is_none() {
@@ -548,15 +547,16 @@ impl DiskTier {
                     inner.m.bytes_read += self.page_bytes as u64;
                     results[i] = Ok(true);
                 }
-                Some(corrupt) => {
+                Some(failure) => {
                     inner.m.misses += 1;
-                    if corrupt {
-                        inner.m.corrupt += 1;
-                    } else {
-                        inner.m.read_errors += 1;
+                    match failure {
+                        ReadFailure::Corrupt => inner.m.corrupt += 1,
+                        ReadFailure::Io => inner.m.read_errors += 1,
+                        ReadFailure::NoBuffer => {}
                     }
                     let slot = inner.slots[b.index()];
-                    if slot.state == SlotState::Valid && slot.generation == generation {
+                    let suspect = failure != ReadFailure::NoBuffer;
+                    if suspect && slot.state == SlotState::Valid && slot.generation == generation {
                         inner.drop_slot(b);
                     }
                 }
@@ -565,6 +565,17 @@ impl DiskTier {
         }
         results
     }
+}
+
+/// Why a read of a stored page returned a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFailure {
+    /// The IO failed or was short: the slot is dropped.
+    Io,
+    /// The checksum did not match: the slot is dropped.
+    Corrupt,
+    /// No bounce buffer could be mapped: the slot is kept.
+    NoBuffer,
 }
 
 impl Drop for DiskTier {

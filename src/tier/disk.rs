@@ -5,7 +5,7 @@
 //!
 //! Layout of the directory (see [`crate::tier::disk_format`] for the bytes):
 //! - `g3.index`: a header with the model [`Fingerprint`] and geometry, then one checked 64-byte
-//!   [`SlotRecord`] per slot (hash, length, xxh3 checksum, generation, state), mapped with
+//!   [`SlotRecord`](super::SlotRecord) per slot (hash, length, xxh3 checksum, generation, state), mapped with
 //!   memmap2; it is locked (advisory, exclusive) while a tier has it open.
 //! - `slab-00000.kvt`, ...: `slots_per_file` slots of `slot_bytes` each, read and written with
 //!   O_DIRECT through an [`IoBackend`] (io_uring or psync), one `submit` per batch of pages.

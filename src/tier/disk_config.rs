@@ -153,11 +153,11 @@ pub struct DiskMetrics {
     pub no_slot_refusals: u64,
     /// Valid pages evicted to make room.
     pub evictions: u64,
-    /// Valid pages recovered by the last [`DiskTier::open`].
+    /// Valid pages recovered by the last [`DiskTier::open`](super::DiskTier::open).
     pub recovered: u64,
     /// Slots holding a valid page.
     pub used_slots: u64,
-    /// Slots pinned by [`DiskTier::pin`].
+    /// Slots pinned by [`DiskTier::pin`](super::DiskTier::pin).
     pub pinned_slots: u64,
     /// Slots in the tier.
     pub capacity_slots: u64,

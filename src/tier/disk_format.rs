@@ -2,7 +2,7 @@
 //! per-slot records of the index file.
 //!
 //! The index file `g3.index` is:
-//! 1. one [`HEADER_BYTES`] block: [`RawHeader`] (magic, format version, fingerprint, geometry,
+//! 1. one [`HEADER_BYTES`] block: `RawHeader` (magic, format version, fingerprint, geometry,
 //!    xxh3 check of everything before the check), zero padded;
 //! 2. `slot_count` records of [`RECORD_BYTES`], one per slot, each with its own check value
 //!    (seeded with the slot index, so a record copied to the wrong place is rejected too).

@@ -629,3 +629,82 @@ fn sigkill_mid_write_never_serves_wrong_bytes() {
         assert_eq!(tier.metrics().corrupt, 0);
     }
 }
+
+/// Random operation sequences checked against a model of what must hold: hits return the bytes
+/// written, pinned pages stay, removed pages are gone, and a reopen preserves exactly the stored
+/// set (and forgets pins).
+#[test]
+fn random_operations_against_a_model() {
+    use std::collections::{BTreeSet, HashMap};
+    let layout = small_layout();
+    for seed in 1..=4u64 {
+        let dir = TestDir::new("model");
+        let cfg = || config(&dir, 8, if seed % 2 == 0 { BackendKind::Psync } else { BackendKind::Auto });
+        let mut tier = DiskTier::open(&layout, cfg()).unwrap();
+        let mut pins: HashMap<u128, u32> = HashMap::new();
+        let mut x = seed;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..400 {
+            let h = u128::from(rand(16));
+            match rand(10) {
+                0..=3 => {
+                    let n = 1 + rand(4) as u128;
+                    let pages: Vec<Vec<u8>> = (h..h + n).map(|k| page(&layout, k as u64)).collect();
+                    let batch: Vec<(BlockHash, &[u8])> =
+                        (h..h + n).zip(&pages).map(|(k, p)| (BlockHash(k), &p[..])).collect();
+                    for (k, r) in (h..h + n).zip(tier.write_pages(&batch)) {
+                        if r.unwrap() {
+                            assert!(tier.contains(BlockHash(k)));
+                        }
+                    }
+                }
+                4..=5 => {
+                    let present = tier.contains(BlockHash(h));
+                    let got = read(&tier, h);
+                    assert_eq!(got.is_some(), present);
+                    if let Some(data) = got {
+                        assert_eq!(data, page(&layout, h as u64));
+                    }
+                }
+                6 if pins.get(&h).copied().unwrap_or(0) == 0 => {
+                    let present = tier.contains(BlockHash(h));
+                    assert_eq!(tier.remove(BlockHash(h)), present);
+                    assert!(!tier.contains(BlockHash(h)));
+                    assert!(read(&tier, h).is_none());
+                }
+                7 => {
+                    if pins.values().sum::<u32>() < 6 && tier.pin(BlockHash(h)) {
+                        *pins.entry(h).or_default() += 1;
+                    }
+                }
+                8 => {
+                    let pinned = pins.get(&h).copied().unwrap_or(0);
+                    assert_eq!(tier.unpin(BlockHash(h)), pinned > 0);
+                    if pinned > 0 {
+                        pins.insert(h, pinned - 1);
+                    }
+                }
+                _ => {
+                    let before: BTreeSet<u128> = (0..20).filter(|k| tier.contains(BlockHash(*k))).collect();
+                    drop(tier);
+                    tier = DiskTier::open(&layout, cfg()).unwrap();
+                    let after: BTreeSet<u128> = (0..20).filter(|k| tier.contains(BlockHash(*k))).collect();
+                    assert_eq!(before, after);
+                    assert_eq!(tier.metrics().recovered, after.len() as u64);
+                    pins.clear();
+                }
+            }
+            for (k, n) in &pins {
+                assert!(*n == 0 || tier.contains(BlockHash(*k)), "pinned page {k} was evicted");
+            }
+            let m = tier.metrics();
+            assert!(m.used_slots <= m.capacity_slots);
+            assert_eq!(m.corrupt + m.read_errors, 0);
+        }
+    }
+}

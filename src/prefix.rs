@@ -29,6 +29,7 @@ const TAG_SALT: u8 = 0x01;
 const TAG_LORA: u8 = 0x02;
 const TAG_MM: u8 = 0x03;
 const STACK_BYTES: usize = 512;
+const SMALL_STACK_BYTES: usize = 128;
 
 /// 128-bit chained hash of a full block (see the module docs for the definition).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -94,12 +95,12 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]);
 }
 
-struct StackSink {
-    buf: [u8; STACK_BYTES],
+struct StackSink<const N: usize> {
+    buf: [u8; N],
     len: usize,
 }
 
-impl Sink for StackSink {
+impl<const N: usize> Sink for StackSink<N> {
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
@@ -120,8 +121,14 @@ impl BlockHash {
     pub fn chain(parent: Option<BlockHash>, tokens: &[u32], start: usize, keys: &ExtraKeys) -> Self {
         let extra = Self::extra_len(parent.is_none(), tokens.len(), start, keys);
         let total = 20 + 4 * tokens.len() + extra;
-        if total <= STACK_BYTES {
-            let mut s = StackSink { buf: [0; STACK_BYTES], len: 0 };
+        if total <= SMALL_STACK_BYTES {
+            // The common block (16 tokens, few extra keys): zeroing a 128-byte buffer instead
+            // of 512 bytes takes a third of the time of hashing.
+            let mut s = StackSink::<SMALL_STACK_BYTES> { buf: [0; SMALL_STACK_BYTES], len: 0 };
+            Self::encode(&mut s, parent, tokens, start, keys);
+            BlockHash(xxh3_128_with_seed(&s.buf[..s.len], HASH_SEED))
+        } else if total <= STACK_BYTES {
+            let mut s = StackSink::<STACK_BYTES> { buf: [0; STACK_BYTES], len: 0 };
             Self::encode(&mut s, parent, tokens, start, keys);
             BlockHash(xxh3_128_with_seed(&s.buf[..s.len], HASH_SEED))
         } else {

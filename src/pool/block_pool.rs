@@ -1,14 +1,14 @@
 //! Block states, refcounts, the free queue, the evictable set and the prefix index of G1.
 //!
-//! All per-block state lives in flat arrays indexed by [`BlockId`]: a 32-byte [`Meta`], 8 bytes
-//! of free-queue links, the eviction policy's entry and a 4-byte slot (at load <= 1/2) of the
-//! hash index. Nothing here allocates after construction, and every operation is O(1).
+//! All per-block state lives in flat arrays indexed by [`BlockId`]: a 32-byte [`Meta`], a 4-byte
+//! slot of the free-queue ring, the eviction policy's entry and a 4-byte slot (at load <= 1/2) of
+//! the hash index. Nothing here allocates after construction, and every operation is O(1).
 
 use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexList, MAX_INDEX};
+use crate::pool::list::{IndexList, IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 /// The state a block is in. Every block is in exactly one.
@@ -67,7 +67,7 @@ pub(crate) struct PoolCounters {
 /// ```
 pub struct BlockPool<P: EvictionPolicy = Lru> {
     meta: Vec<Meta>,
-    free: IndexList,
+    free: IndexRing,
     policy: P,
     /// Evictable blocks already backed below, evicted before the policy's victims (FIFO).
     ready: IndexList,
@@ -97,7 +97,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let meta = vec![Meta { hash: BlockHash(0), refcount: 0, state: BlockState::Free, flags: 0 }; capacity];
         Ok(Self {
             meta,
-            free: IndexList::full(capacity),
+            free: IndexRing::full(capacity),
             policy,
             ready: IndexList::new(capacity),
             index: HashIndex::new(capacity),
@@ -508,7 +508,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     /// Bytes of bookkeeping per block: metadata, free-queue links, policy entry, index slots.
     pub fn metadata_bytes_per_block(&self) -> f64 {
-        (std::mem::size_of::<Meta>() + 2 * IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
+        (std::mem::size_of::<Meta>() + IndexRing::bytes_per_element() + IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
             + self.index.bytes_per_entry(self.capacity())
     }
 
@@ -516,9 +516,16 @@ impl<P: EvictionPolicy> BlockPool<P> {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let (mut free, mut used, mut evictable, mut hashed) = (0, 0, 0, 0);
+        let mut queued = vec![false; self.meta.len()];
+        for i in self.free.iter() {
+            match queued.get_mut(i as usize) {
+                Some(q) if !*q => *q = true,
+                _ => return Err(format!("BlockId({i}) queued twice or out of range in the free queue")),
+            }
+        }
         for (i, m) in self.meta.iter().enumerate() {
             let b = BlockId(i as u32);
-            let in_free = self.free.contains(i as u32);
+            let in_free = queued[i];
             match m.state {
                 BlockState::Free => {
                     free += 1;

@@ -147,6 +147,70 @@ impl IndexList {
     }
 }
 
+/// FIFO of indices `0..capacity` in one flat ring buffer (4 bytes per element). Unlike
+/// [`IndexList`] it cannot remove from the middle, but popping a run of elements reads
+/// consecutive memory instead of chasing links, which matters when the order is random and
+/// the universe is far larger than the CPU caches. The caller guarantees an index is queued
+/// at most once.
+pub struct IndexRing {
+    slots: Vec<u32>,
+    head: usize,
+    len: usize,
+}
+
+impl IndexRing {
+    /// A ring holding `0..capacity` in ascending order.
+    pub fn full(capacity: usize) -> Self {
+        debug_assert!(capacity <= MAX_INDEX);
+        Self { slots: (0..capacity as u32).collect(), head: 0, len: capacity }
+    }
+
+    /// Number of queued elements.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Removes and returns the oldest element.
+    #[inline]
+    pub fn pop_front(&mut self) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let i = self.slots[self.head];
+        self.head = if self.head + 1 == self.slots.len() { 0 } else { self.head + 1 };
+        self.len -= 1;
+        Some(i)
+    }
+
+    /// Appends `i` (not already queued) at the back. Returns false if the ring is full.
+    #[inline]
+    pub fn push_back(&mut self, i: u32) -> bool {
+        let cap = self.slots.len();
+        if self.len == cap {
+            return false;
+        }
+        let mut at = self.head + self.len;
+        if at >= cap {
+            at -= cap;
+        }
+        self.slots[at] = i;
+        self.len += 1;
+        true
+    }
+
+    /// Queued elements, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let (a, b) = self.slots.split_at(self.head);
+        b.iter().chain(a).take(self.len).copied()
+    }
+
+    /// Bytes of storage per element.
+    pub const fn bytes_per_element() -> usize {
+        std::mem::size_of::<u32>()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +241,18 @@ mod tests {
         assert_eq!(l.pop_front(), Some(5));
         assert_eq!(l.pop_front(), None);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn ring_is_fifo_and_wraps() {
+        let mut r = IndexRing::full(3);
+        assert_eq!(r.pop_front(), Some(0));
+        assert!(r.push_back(0));
+        assert!(!r.push_back(1));
+        assert_eq!(r.iter().collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!((r.pop_front(), r.pop_front(), r.pop_front(), r.pop_front()), (Some(1), Some(2), Some(0), None));
+        assert!(r.push_back(2));
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

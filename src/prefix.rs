@@ -207,7 +207,7 @@ impl BlockHash {
     }
 }
 
-const EMPTY: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 
 /// Outcome of [`HashIndex::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,21 +222,33 @@ pub enum Insert {
 
 /// Open-addressing hash index from [`BlockHash`] to an entry index (block id or slot id).
 ///
-/// It stores only 4-byte entry indices; the key of an entry is read back from the owner's own
-/// metadata through the `key_of` closure, so the index costs 8-16 bytes per entry. Linear
-/// probing at a load factor of at most 1/2, deletion by backward shift (no tombstones), so
-/// every operation is O(1) expected and nothing allocates after construction.
+/// Each 8-byte slot holds an entry index and a 32-bit tag (the hash's low bits, which also
+/// give its home bucket). A probe compares tags and reads the owner's stored key (through
+/// `key_of`) only on a tag match, and deletion never reads keys at all. Linear probing at a
+/// load factor of at most 3/4, deletion by backward shift (no tombstones): every operation is
+/// O(1) expected and nothing allocates after construction. 10.7 to 21.3 bytes per entry.
 pub struct HashIndex {
-    slots: Vec<u32>,
+    slots: Vec<u64>,
     mask: usize,
     len: usize,
+    max_len: usize,
+}
+
+#[inline(always)]
+fn tag(h: BlockHash) -> u32 {
+    h.0 as u32
+}
+
+#[inline(always)]
+fn pack(tag: u32, entry: u32) -> u64 {
+    (tag as u64) << 32 | entry as u64
 }
 
 impl HashIndex {
     /// An index able to hold `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        let n = (capacity.max(1) * 2).next_power_of_two();
-        Self { slots: vec![EMPTY; n], mask: n - 1, len: 0 }
+        let n = (capacity.max(1) * 4).div_ceil(3).next_power_of_two();
+        Self { slots: vec![EMPTY; n], mask: n - 1, len: 0, max_len: capacity.max(1) }
     }
 
     /// Number of entries.
@@ -251,26 +263,27 @@ impl HashIndex {
 
     /// Bytes of index storage per entry of capacity `capacity`.
     pub fn bytes_per_entry(&self, capacity: usize) -> f64 {
-        (self.slots.len() * 4) as f64 / capacity.max(1) as f64
+        (self.slots.len() * 8) as f64 / capacity.max(1) as f64
     }
 
     #[inline(always)]
-    fn home(&self, h: BlockHash) -> usize {
+    fn home_of_tag(&self, t: u32) -> usize {
         // The hash is uniformly distributed already: its low bits are a fine bucket index.
-        (h.0 as u64 as usize) & self.mask
+        t as usize & self.mask
     }
 
     /// Entry stored under `h`.
     #[inline]
     pub fn get(&self, h: BlockHash, key_of: impl Fn(u32) -> BlockHash) -> Option<u32> {
-        let mut i = self.home(h);
+        let t = tag(h);
+        let mut i = self.home_of_tag(t);
         loop {
-            let e = self.slots[i];
-            if e == EMPTY {
+            let s = self.slots[i];
+            if s == EMPTY {
                 return None;
             }
-            if key_of(e) == h {
-                return Some(e);
+            if (s >> 32) as u32 == t && key_of(s as u32) == h {
+                return Some(s as u32);
             }
             i = (i + 1) & self.mask;
         }
@@ -279,19 +292,20 @@ impl HashIndex {
     /// Inserts `entry` under `h` unless `h` is present.
     #[inline]
     pub fn insert(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> Insert {
-        let mut i = self.home(h);
+        let t = tag(h);
+        let mut i = self.home_of_tag(t);
         loop {
-            let e = self.slots[i];
-            if e == EMPTY {
-                if (self.len + 1) * 2 > self.slots.len() {
+            let s = self.slots[i];
+            if s == EMPTY {
+                if self.len >= self.max_len {
                     return Insert::Full;
                 }
-                self.slots[i] = entry;
+                self.slots[i] = pack(t, entry);
                 self.len += 1;
                 return Insert::Inserted;
             }
-            if key_of(e) == h {
-                return Insert::Present(e);
+            if (s >> 32) as u32 == t && key_of(s as u32) == h {
+                return Insert::Present(s as u32);
             }
             i = (i + 1) & self.mask;
         }
@@ -299,14 +313,15 @@ impl HashIndex {
 
     /// Removes the entry `entry` stored under `h`; returns whether it was there.
     #[inline]
-    pub fn remove(&mut self, h: BlockHash, entry: u32, key_of: impl Fn(u32) -> BlockHash) -> bool {
-        let mut i = self.home(h);
+    pub fn remove(&mut self, h: BlockHash, entry: u32) -> bool {
+        let target = pack(tag(h), entry);
+        let mut i = self.home_of_tag(tag(h));
         loop {
-            let e = self.slots[i];
-            if e == EMPTY {
+            let s = self.slots[i];
+            if s == EMPTY {
                 return false;
             }
-            if e == entry {
+            if s == target {
                 break;
             }
             i = (i + 1) & self.mask;
@@ -317,14 +332,14 @@ impl HashIndex {
         let mut j = i;
         loop {
             j = (j + 1) & self.mask;
-            let e = self.slots[j];
-            if e == EMPTY {
+            let s = self.slots[j];
+            if s == EMPTY {
                 break;
             }
-            let home = self.home(key_of(e));
+            let home = self.home_of_tag((s >> 32) as u32);
             let in_between = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !in_between {
-                self.slots[hole] = e;
+                self.slots[hole] = s;
                 hole = j;
             }
         }
@@ -419,8 +434,7 @@ mod tests {
             // few distinct low bits force long probe runs and wrap-around
             let h = BlockHash(((x >> 8) % 97) as u128 | ((x as u128) << 64));
             if let Some((&oh, _)) = model.iter().find(|(_, v)| **v == e) {
-                let k = keys.clone();
-                assert!(idx.remove(oh, e, |i| k[i as usize]));
+                assert!(idx.remove(oh, e));
                 model.remove(&oh);
             } else if let std::collections::hash_map::Entry::Vacant(v) = model.entry(h) {
                 keys[e as usize] = h;

@@ -32,6 +32,9 @@ pub(crate) struct SeqState {
     /// Leading full blocks already offered to the prefix index.
     pub committed_blocks: usize,
     pub keys: ExtraKeys,
+    /// The last block was allocated by this sequence and nobody else can reach it (not
+    /// forked, not registered): appends into it need no copy-on-write check.
+    pub tail_private: bool,
 }
 
 impl SeqState {
@@ -42,6 +45,7 @@ impl SeqState {
         self.num_computed = 0;
         self.committed_blocks = 0;
         self.keys = ExtraKeys::default();
+        self.tail_private = false;
     }
 }
 

@@ -252,6 +252,7 @@ impl CacheCore {
             self.pool.acquire_block(b)?;
         }
         self.pool.allocate(need, &mut st.blocks)?;
+        st.tail_private = need > 0;
         st.num_computed = hits * bs;
         st.committed_blocks = hits;
         Ok(AddOutcome { seq, cached_tokens: hits * bs, new_blocks: need })
@@ -270,7 +271,7 @@ impl CacheCore {
         let need = new_len.div_ceil(bs) - st.blocks.len();
         let partial = old_len % bs;
         let shared_tail = match st.blocks.last() {
-            Some(&last) if partial != 0 && !tokens.is_empty() => {
+            Some(&last) if partial != 0 && !tokens.is_empty() && !st.tail_private => {
                 self.pool.refcount(last)? > 1 || self.pool.hash_of(last)?.is_some()
             }
             _ => false,
@@ -285,12 +286,19 @@ impl CacheCore {
             let src = st.blocks[last];
             let dst = self.pool.allocate_one()?;
             tiering::copy_page(self.arena.as_deref(), src, dst)?;
+            // The new blocks are taken before `src` is released, so that `src` (which may
+            // become evictable) cannot be handed back in this same call, before a runtime
+            // with its own page memory has performed the reported copy.
+            self.pool.allocate(need, &mut st.blocks)?;
             self.pool.release(src)?;
             st.blocks[last] = dst;
             self.cow_copies += 1;
             out.copy = Some(BlockCopy { src, dst, tokens: partial as u32 });
+            st.tail_private = true;
+        } else if need > 0 {
+            self.pool.allocate(need, &mut st.blocks)?;
+            st.tail_private = true;
         }
-        self.pool.allocate(need, &mut st.blocks)?;
         st.tokens.extend_from_slice(tokens);
         Ok(out)
     }
@@ -334,13 +342,14 @@ impl CacheCore {
     /// Forks a sequence (parallel sampling, beam search): the child shares every block; the
     /// partial last block is copied on the first write by either side.
     pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
-        let p = self.seqs.take(parent)?;
-        let result = self.fork_from(&p);
+        let mut p = self.seqs.take(parent)?;
+        let result = self.fork_from(&mut p);
         self.seqs.put_back(parent, p);
         result
     }
 
-    fn fork_from(&mut self, p: &SeqState) -> Result<SeqId> {
+    fn fork_from(&mut self, p: &mut SeqState) -> Result<SeqId> {
+        p.tail_private = false;
         for &b in &p.blocks {
             self.pool.retain(b)?;
         }
@@ -351,6 +360,7 @@ impl CacheCore {
         c.keys.clone_from(&p.keys);
         c.num_computed = p.num_computed;
         c.committed_blocks = p.committed_blocks;
+        c.tail_private = false;
         Ok(child)
     }
 
@@ -364,6 +374,7 @@ impl CacheCore {
         let keep = len.div_ceil(bs);
         self.pool.release_all(st.blocks[keep..].iter().rev().copied())?;
         st.blocks.truncate(keep);
+        st.tail_private = false;
         st.tokens.truncate(len);
         st.hashes.truncate(len / bs);
         st.committed_blocks = st.committed_blocks.min(len / bs);
@@ -401,24 +412,19 @@ impl CacheCore {
             width = width.max(self.seqs.get(s)?.blocks.len());
         }
         out.row_width = width;
-        out.block_table.resize(seqs.len() * width, BatchTables::PAD);
+        out.block_table.reserve(seqs.len() * width);
         let bs = self.block_size;
-        for (row, &s) in out.block_table.chunks_exact_mut(width.max(1)).zip(seqs) {
+        for &s in seqs {
             let st = self.seqs.get(s)?;
-            row[..st.blocks.len()].copy_from_slice(bytemuck::cast_slice(&st.blocks));
+            // rows are written once: the ids, then the padding (no pre-fill of the table)
+            out.block_table.extend_from_slice(bytemuck::cast_slice(&st.blocks));
+            out.block_table.resize(out.block_table.len() + width - st.blocks.len(), BatchTables::PAD);
             for pos in st.num_computed..st.tokens.len() {
                 let b = st.blocks[pos / bs].0 as i64;
                 out.slot_mapping.push(b * bs as i64 + (pos % bs) as i64);
             }
             out.seq_lens.push(st.tokens.len() as i32);
             out.query_start.push(out.slot_mapping.len() as i32);
-        }
-        if width == 0 {
-            for &s in seqs {
-                let st = self.seqs.get(s)?;
-                out.seq_lens.push(st.tokens.len() as i32);
-                out.query_start.push(0);
-            }
         }
         Ok(())
     }
@@ -452,7 +458,7 @@ impl CacheCore {
         self.pool.snapshot()
     }
 
-    /// Drops every cached block if no sequence is live; false otherwise.
+    /// Drops every cached block if no block is in use; false otherwise.
     pub fn reset_prefix_cache(&mut self) -> bool {
         self.pool.reset_prefix_cache()
     }

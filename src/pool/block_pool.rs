@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexList, IndexRing, MAX_INDEX};
+use crate::pool::list::{IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 /// The state a block is in. Every block is in exactly one.
@@ -29,15 +29,31 @@ const BACKED: u8 = 2;
 const STAGED: u8 = 4;
 /// A lower tier declined the content: evict it early, it is not worth keeping.
 const DECLINED: u8 = 8;
+/// Logically in the ready queue.
+const READY: u8 = 16;
+/// Physically in the ready ring (possibly removed logically since: skipped when popped).
+const QUEUED: u8 = 32;
 /// Largest pool: ids must fit an `i32` block table.
 const MAX_BLOCKS: usize = i32::MAX as usize;
 
+/// 24 bytes: the hash is kept as two `u64` so that the struct needs 8-byte alignment only.
 #[derive(Clone, Copy)]
 struct Meta {
-    hash: BlockHash,
+    hash: [u64; 2],
     refcount: u32,
     state: BlockState,
     flags: u8,
+}
+
+impl Meta {
+    #[inline(always)]
+    fn hash(&self) -> BlockHash {
+        BlockHash(self.hash[0] as u128 | (self.hash[1] as u128) << 64)
+    }
+    #[inline(always)]
+    fn set_hash(&mut self, h: BlockHash) {
+        self.hash = [h.0 as u64, (h.0 >> 64) as u64];
+    }
 }
 
 /// Counters kept by the pool.
@@ -69,8 +85,11 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     meta: Vec<Meta>,
     free: IndexRing,
     policy: P,
-    /// Evictable blocks already backed below, evicted before the policy's victims (FIFO).
-    ready: IndexList,
+    /// Evictable blocks already backed below (or declined by it), evicted before the policy's
+    /// victims, FIFO. Removal from the middle (a revival) is lazy: the `READY` flag is cleared
+    /// and the ring entry skipped when popped, so the queue costs 4 bytes per block.
+    ready: IndexRing,
+    ready_len: usize,
     index: HashIndex,
     events: EventLog,
     in_use: usize,
@@ -94,12 +113,13 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if capacity > MAX_BLOCKS.min(MAX_INDEX) {
             return Err(Error::InvalidConfig { field: "num_blocks", reason: "exceeds 2^31 - 1" });
         }
-        let meta = vec![Meta { hash: BlockHash(0), refcount: 0, state: BlockState::Free, flags: 0 }; capacity];
+        let meta = vec![Meta { hash: [0; 2], refcount: 0, state: BlockState::Free, flags: 0 }; capacity];
         Ok(Self {
             meta,
             free: IndexRing::full(capacity),
             policy,
-            ready: IndexList::new(capacity),
+            ready: IndexRing::new(capacity),
+            ready_len: 0,
             index: HashIndex::new(capacity),
             events: EventLog::new(event_capacity),
             in_use: 0,
@@ -120,12 +140,12 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Cached blocks without a reference.
     #[inline]
     pub fn num_evictable(&self) -> usize {
-        self.policy.len() + self.ready.len()
+        self.policy.len() + self.ready_len
     }
     /// Evictable blocks already backed by a lower tier (evicted first, at no loss).
     #[inline]
     pub fn num_ready(&self) -> usize {
-        self.ready.len()
+        self.ready_len
     }
     /// Blocks with at least one reference.
     #[inline]
@@ -135,7 +155,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Blocks an allocation could get: free plus evictable.
     #[inline]
     pub fn available(&self) -> usize {
-        self.free.len() + self.ready.len() + self.policy.len()
+        self.free.len() + self.ready_len + self.policy.len()
     }
     /// True when `n` blocks can be allocated now.
     #[inline]
@@ -163,7 +183,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// The hash a block is registered under, if any.
     pub fn hash_of(&self, b: BlockId) -> Result<Option<BlockHash>> {
         let m = self.meta(b)?;
-        Ok((m.flags & HASHED != 0).then_some(m.hash))
+        Ok((m.flags & HASHED != 0).then_some(m.hash()))
     }
 
     /// Takes one block for exclusive use (refcount 1): from the free queue, or else by evicting
@@ -173,8 +193,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let b = match self.free.pop_front() {
             Some(i) => BlockId(i),
             None => {
-                let victim = match self.ready.pop_front() {
-                    Some(i) => Some(BlockId(i)),
+                let victim = match self.ready_pop() {
+                    Some(b) => Some(b),
                     None => self.policy.pop_victim(),
                 };
                 let Some(b) = victim else {
@@ -215,9 +235,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
         m.flags &= !(BACKED | DECLINED);
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
-            let hash = m.hash;
-            let meta = &self.meta;
-            self.index.remove(hash, b.0, |e| meta[e as usize].hash);
+            let hash = m.hash();
+            self.index.remove(hash, b.0);
             self.events.push(KvEventKind::Removed { hash });
         }
     }
@@ -272,7 +291,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     #[inline]
     pub fn lookup(&self, h: BlockHash) -> Option<BlockId> {
         let meta = &self.meta;
-        self.index.get(h, |e| meta[e as usize].hash).map(BlockId)
+        self.index.get(h, |e| meta[e as usize].hash()).map(BlockId)
     }
 
     /// Number of leading `hashes` cached in G1 (counted as prefix queries and hits).
@@ -307,7 +326,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 m.refcount = 1;
                 m.flags &= !DECLINED;
                 self.in_use += 1;
-                if !self.ready.remove(b.0) {
+                if !self.ready_remove(b) {
                     self.policy.remove(b);
                 }
             }
@@ -328,9 +347,9 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if m.state != BlockState::InUse || m.flags & HASHED != 0 {
             return Ok(false);
         }
-        self.meta[b.index()].hash = h;
+        self.meta[b.index()].set_hash(h);
         let meta = &self.meta;
-        match self.index.insert(h, b.0, |e| meta[e as usize].hash) {
+        match self.index.insert(h, b.0, |e| meta[e as usize].hash()) {
             Insert::Inserted => {
                 let m = &mut self.meta[b.index()];
                 m.flags |= HASHED;
@@ -340,7 +359,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             // Already cached elsewhere, or (impossible at load <= 1/2 with one entry per block)
             // a full index: either way the block simply stays unshared.
             Insert::Present(_) | Insert::Full => {
-                self.meta[b.index()].hash = BlockHash(0);
+                self.meta[b.index()].set_hash(BlockHash(0));
                 Ok(false)
             }
         }
@@ -358,13 +377,13 @@ impl<P: EvictionPolicy> BlockPool<P> {
             seen += 1;
             let m = &mut self.meta[b.index()];
             if m.flags & BACKED != 0 {
-                self.ready.push_back(b.0);
+                self.ready_push(b);
             } else {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
                 m.flags |= STAGED;
                 self.in_use += 1;
-                out.push((b, m.hash));
+                out.push((b, m.hash()));
             }
         }
         seen
@@ -379,7 +398,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
         self.acquire_block(b)?;
         self.meta[b.index()].flags |= STAGED;
-        Ok(Some(m.hash))
+        Ok(Some(m.hash()))
     }
 
     /// Ends a copy started by [`BlockPool::stage_victims`] or [`BlockPool::stage_block`]:
@@ -400,7 +419,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             self.in_use -= 1;
             m.state = BlockState::Evictable;
             if backed {
-                self.ready.push_back(b.0);
+                self.ready_push(b);
             } else {
                 self.policy.insert(b);
             }
@@ -421,7 +440,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if m.refcount == 0 {
             self.in_use -= 1;
             m.state = BlockState::Evictable;
-            self.ready.push_back(b.0);
+            self.ready_push(b);
         }
         Ok(())
     }
@@ -476,7 +495,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if self.in_use != 0 {
             return false;
         }
-        while let Some(b) = self.ready.pop_front().map(BlockId).or_else(|| self.policy.pop_victim()) {
+        while let Some(b) = self.ready_pop().or_else(|| self.policy.pop_victim()) {
             let m = &mut self.meta[b.index()];
             m.flags &= !(HASHED | BACKED | DECLINED);
             m.state = BlockState::Free;
@@ -494,7 +513,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     /// Every cached hash, consistent with the event stream up to `last_seq_no`.
     pub fn snapshot(&self) -> CacheSnapshot {
-        let hashes = self.meta.iter().filter(|m| m.flags & HASHED != 0).map(|m| m.hash).collect();
+        let hashes = self.meta.iter().filter(|m| m.flags & HASHED != 0).map(|m| m.hash()).collect();
         CacheSnapshot { last_seq_no: self.events.last_seq_no(), hashes }
     }
 
@@ -508,8 +527,49 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     /// Bytes of bookkeeping per block: metadata, free-queue links, policy entry, index slots.
     pub fn metadata_bytes_per_block(&self) -> f64 {
-        (std::mem::size_of::<Meta>() + IndexRing::bytes_per_element() + IndexList::bytes_per_element() + self.policy.bytes_per_entry()) as f64
+        (std::mem::size_of::<Meta>() + 2 * IndexRing::bytes_per_element() + self.policy.bytes_per_entry()) as f64
             + self.index.bytes_per_entry(self.capacity())
+    }
+
+    #[inline]
+    fn ready_push(&mut self, b: BlockId) {
+        let m = &mut self.meta[b.index()];
+        if m.flags & READY != 0 {
+            return;
+        }
+        m.flags |= READY;
+        self.ready_len += 1;
+        if m.flags & QUEUED == 0 {
+            m.flags |= QUEUED;
+            // Cannot fail: every block is physically queued at most once (QUEUED).
+            self.ready.push_back(b.0);
+        }
+    }
+
+    #[inline]
+    fn ready_remove(&mut self, b: BlockId) -> bool {
+        let m = &mut self.meta[b.index()];
+        if m.flags & READY == 0 {
+            return false;
+        }
+        m.flags &= !READY;
+        self.ready_len -= 1;
+        true
+    }
+
+    #[inline]
+    fn ready_pop(&mut self) -> Option<BlockId> {
+        while self.ready_len > 0 {
+            let i = self.ready.pop_front()?;
+            let m = &mut self.meta[i as usize];
+            m.flags &= !QUEUED;
+            if m.flags & READY != 0 {
+                m.flags &= !READY;
+                self.ready_len -= 1;
+                return Some(BlockId(i));
+            }
+        }
+        None
     }
 
     /// Checks every pool invariant; returns a description of the first one broken.
@@ -544,23 +604,23 @@ impl<P: EvictionPolicy> BlockPool<P> {
                     if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & STAGED != 0 {
                         return Err(format!("{b:?} evictable but referenced, queued, staged or unhashed"));
                     }
-                    if self.ready.contains(i as u32) && m.flags & (BACKED | DECLINED) == 0 {
+                    if m.flags & READY != 0 && m.flags & (BACKED | DECLINED) == 0 {
                         return Err(format!("{b:?} ready for eviction but neither backed nor declined"));
                     }
                 }
             }
             if m.flags & HASHED != 0 {
                 hashed += 1;
-                if self.lookup(m.hash) != Some(b) {
+                if self.lookup(m.hash()) != Some(b) {
                     return Err(format!("{b:?} hashed but the index points elsewhere"));
                 }
             }
         }
-        if free != self.free.len() || evictable != self.policy.len() + self.ready.len() || used != self.in_use {
+        if free != self.free.len() || evictable != self.policy.len() + self.ready_len || used != self.in_use {
             return Err(format!(
                 "counts: free {free}/{} evictable {evictable}/{} used {used}/{}",
                 self.free.len(),
-                self.policy.len() + self.ready.len(),
+                self.policy.len() + self.ready_len,
                 self.in_use
             ));
         }

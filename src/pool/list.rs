@@ -160,6 +160,12 @@ pub struct IndexRing {
 }
 
 impl IndexRing {
+    /// An empty ring for up to `capacity` elements.
+    pub fn new(capacity: usize) -> Self {
+        debug_assert!(capacity <= MAX_INDEX);
+        Self { slots: vec![0; capacity], head: 0, len: 0 }
+    }
+
     /// A ring holding `0..capacity` in ascending order.
     pub fn full(capacity: usize) -> Self {
         debug_assert!(capacity <= MAX_INDEX);

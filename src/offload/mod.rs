@@ -67,8 +67,13 @@ pub struct OffloadConfig {
     pub write_budget_bytes_per_sec: Option<u64>,
     /// Background workers; 0 runs everything on the caller's thread (tests). Default: 2.
     pub workers: usize,
-    /// Pages moved per batch. Default: 32.
+    /// Most pages moved per batch. Default: 1024.
     pub batch_pages: usize,
+    /// Bytes moved per batch: a batch takes `batch_bytes / page_bytes` pages (at least one, at
+    /// most `batch_pages`), so small pages travel in as many bytes per disk submission as big
+    /// ones and the drain at the end of each submission stays a small share of it.
+    /// Default: 64 MiB (32 pages of 2 MiB, 1024 of 64 KiB).
+    pub batch_bytes: usize,
     /// How often idle workers check the watermarks. Default: 1 ms.
     pub tick: Duration,
 }
@@ -84,7 +89,8 @@ impl Default for OffloadConfig {
             admission: Admission::SeenTwice,
             write_budget_bytes_per_sec: None,
             workers: 2,
-            batch_pages: 32,
+            batch_pages: 1024,
+            batch_bytes: 64 << 20,
             tick: Duration::from_millis(1),
         }
     }
@@ -131,10 +137,19 @@ impl OffloadConfig {
         self.workers = n;
         self
     }
-    /// Sets the batch size in pages (default 32).
+    /// Sets the most pages per batch (default 1024).
     pub fn with_batch_pages(mut self, n: usize) -> Self {
         self.batch_pages = n;
         self
+    }
+    /// Sets the bytes per batch (default 64 MiB).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+    /// Pages per batch for pages of `page_bytes`.
+    pub fn pages_per_batch(&self, page_bytes: usize) -> usize {
+        (self.batch_bytes / page_bytes.max(1)).clamp(1, self.batch_pages.max(1))
     }
     /// Checks the configuration.
     pub fn validate(&self) -> Result<()> {
@@ -149,6 +164,9 @@ impl OffloadConfig {
         }
         if self.batch_pages == 0 {
             return Err(Error::InvalidConfig { field: "batch_pages", reason: "must be non-zero" });
+        }
+        if self.batch_bytes == 0 {
+            return Err(Error::InvalidConfig { field: "batch_bytes", reason: "must be non-zero" });
         }
         if self.workers > 64 {
             return Err(Error::InvalidConfig { field: "workers", reason: "at most 64" });
@@ -209,6 +227,8 @@ pub(crate) struct Shared {
     pub(crate) g1_target: usize,
     pub(crate) g2_target: usize,
     pub(crate) page_bytes: usize,
+    /// Pages per maintenance batch ([`OffloadConfig::pages_per_batch`]).
+    pub(crate) batch: usize,
     pub(crate) sketch: StdMutex<FrequencySketch>,
     pub(crate) budget: StdMutex<WriteBudget>,
     pub(crate) stats: StdMutex<Stats>,
@@ -262,6 +282,7 @@ impl TieredCache {
             g1_target,
             g2_target,
             page_bytes,
+            batch: config.pages_per_batch(page_bytes),
             sketch: StdMutex::new(FrequencySketch::new(sketch_size)),
             budget: StdMutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
             stats: StdMutex::new(Stats {

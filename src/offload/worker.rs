@@ -3,7 +3,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -19,11 +19,7 @@ pub(crate) fn run(shared: &Shared, rx: &Receiver<Job>) {
     loop {
         match rx.recv_timeout(shared.config.tick) {
             Ok(job) => {
-                match job {
-                    Job::Onboard(j) => onboard(shared, j),
-                    Job::Prefetch(h) => prefetch(shared, &h),
-                }
-                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                run_jobs(shared, rx, job);
                 if last.elapsed() < shared.config.tick {
                     continue;
                 }
@@ -40,9 +36,40 @@ pub(crate) fn run(shared: &Shared, rx: &Receiver<Job>) {
     }
 }
 
+/// Runs `first` and the onboarding jobs queued behind it, up to a batch of pages, as one: their
+/// G3 reads go to the disk in one submission, which keeps the queue full instead of draining
+/// it after every (often short) prefix.
+fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
+    let mut onboards = Vec::new();
+    let mut pages = 0;
+    let mut next = Some(first);
+    let mut prefetch_after = None;
+    while let Some(job) = next.take() {
+        match job {
+            Job::Onboard(j) => {
+                pages += j.blocks.len();
+                onboards.push(j);
+                if pages < shared.batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            Job::Prefetch(h) => prefetch_after = Some(h),
+        }
+    }
+    let jobs = onboards.len() as u64;
+    if jobs > 0 {
+        onboard_batch(shared, onboards);
+        shared.queued.fetch_sub(jobs, Ordering::AcqRel);
+    }
+    if let Some(h) = prefetch_after {
+        prefetch(shared, &h);
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One maintenance pass. Returns whether it found work to do.
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
-    let batch = shared.config.batch_pages;
+    let batch = shared.batch;
     let mut did = false;
     // Make room in G2 first, so that pages coming down from G1 do not push out pages G3 does
     // not hold yet.
@@ -175,20 +202,27 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(Bloc
 
 /// Copies an onboarding job's pages into its G1 blocks, G2 first, then G3 in one batch.
 pub(crate) fn onboard(shared: &Shared, job: OnboardJob) {
-    let n = job.blocks.len();
-    let mut ok = vec![false; n];
-    let mut from_g3 = Vec::new();
+    onboard_batch(shared, vec![job]);
+}
+
+/// Onboards several jobs: each page from G2 if it is there, all the rest from G3 in one batch;
+/// then each job is finished and its ticket completed on its own.
+fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
+    let mut ok: Vec<Vec<bool>> = jobs.iter().map(|j| vec![false; j.blocks.len()]).collect();
+    let mut from_g3: Vec<(usize, usize)> = Vec::new();
     let mut g2_latencies = Vec::new();
-    for (i, done) in ok.iter_mut().enumerate() {
-        let t = Instant::now();
-        // SAFETY: the block comes from `begin_onboard` for this job, which alone touches it
-        // until `finish_onboard` below; the slice dies with this iteration.
-        let Ok(dst) = (unsafe { shared.g1.onboard_page(job.blocks[i]) }) else { continue };
-        if shared.g2.load(job.hashes[i], |src| dst.copy_from_slice(src)).is_some() {
-            *done = true;
-            g2_latencies.push(t.elapsed());
-        } else {
-            from_g3.push(i);
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, done) in ok[j].iter_mut().enumerate() {
+            let t = Instant::now();
+            // SAFETY: the block comes from `begin_onboard` for this job, which alone touches it
+            // until `finish_onboard` below; the slice dies with this iteration.
+            let Ok(dst) = (unsafe { shared.g1.onboard_page(job.blocks[i]) }) else { continue };
+            if shared.g2.load(job.hashes[i], |src| dst.copy_from_slice(src)).is_some() {
+                *done = true;
+                g2_latencies.push(t.elapsed());
+            } else {
+                from_g3.push((j, i));
+            }
         }
     }
     let mut g3_latency = None;
@@ -197,21 +231,36 @@ pub(crate) fn onboard(shared: &Shared, job: OnboardJob) {
     {
         let t = Instant::now();
         let mut reqs = Vec::with_capacity(from_g3.len());
-        for &i in &from_g3 {
+        for &(j, i) in &from_g3 {
             // SAFETY: as above; the blocks are distinct, so the slices do not overlap, and
             // they are dropped with `reqs` before `finish_onboard`.
-            if let Ok(dst) = unsafe { shared.g1.onboard_page(job.blocks[i]) } {
-                reqs.push((i, job.hashes[i], dst));
+            if let Ok(dst) = unsafe { shared.g1.onboard_page(jobs[j].blocks[i]) } {
+                reqs.push((j, i, jobs[j].hashes[i], dst));
             }
         }
-        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, h, d)| (*h, &mut **d)).collect();
+        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, _, h, d)| (*h, &mut **d)).collect();
         let results = disk.read_pages(&mut io);
         drop(io);
-        for ((i, _, _), r) in reqs.iter().zip(results) {
-            ok[*i] = matches!(r, Ok(true));
+        for ((j, i, _, _), r) in reqs.iter().zip(results) {
+            ok[*j][*i] = matches!(r, Ok(true));
         }
         g3_latency = Some(t.elapsed());
     }
+    {
+        let mut s = shared.stats();
+        for l in g2_latencies {
+            s.onboard_g2.record(l);
+        }
+    }
+    for (j, job) in jobs.into_iter().enumerate() {
+        let g3_pages: Vec<usize> = from_g3.iter().filter(|&&(jj, _)| jj == j).map(|&(_, i)| i).collect();
+        finish_job(shared, job, &ok[j], &g3_pages, g3_latency);
+    }
+}
+
+/// Registers the loaded leading blocks of a job in G1 and completes its ticket.
+fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], g3_latency: Option<Duration>) {
+    let n = job.blocks.len();
     let loaded = ok.iter().take_while(|x| **x).count();
     let g3_loaded = from_g3.iter().filter(|&&i| i < loaded).count();
     let mut outcome = job.outcome;
@@ -228,10 +277,7 @@ pub(crate) fn onboard(shared: &Shared, job: OnboardJob) {
         s.m.g2_to_g1.add(outcome.from_g2 as u64, shared.page_bytes);
         s.m.g3_to_g1.add(outcome.from_g3 as u64, shared.page_bytes);
         s.m.onboard_failed += outcome.failed as u64;
-        for l in g2_latencies {
-            s.onboard_g2.record(l);
-        }
-        if let Some(l) = g3_latency {
+        if let Some(l) = g3_latency.filter(|_| !from_g3.is_empty()) {
             s.onboard_g3.record(l);
         }
     }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, types};
-use kvtier::io::{AlignedBuf, IoConfig, create_slab_file};
+use kvtier::io::{IoConfig, create_slab_file};
 use kvtier::offload::{OffloadConfig, TieredCache};
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
@@ -117,7 +117,7 @@ fn run_case(plan: &Plan, case: &Case, qd: usize, failures: &mut Vec<String>) -> 
     report("1. G1->G2 offload", "memcpy", &offload, case, failures);
 
     let raw_file = create_slab_file(&dir.join("raw.bin"), (case.pages * page) as u64, true)?;
-    let mut raw_buf = AlignedBuf::new(case.pages * page)?;
+    let mut raw_buf = huge_buffer(case.pages * page)?;
     raw_buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
     raw_uring(raw_file.file(), Dir::Write, &mut raw_buf, page, qd)?; // allocate the extents once
 
@@ -194,9 +194,22 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Distinct block hashes for round `round` of an experiment.
+/// Distinct block hashes for round `round` of an experiment. Real block hashes are xxh3
+/// outputs, so these are mixed (splitmix64) to look as random: the hash indexes take their
+/// buckets from the low bits.
 fn hashes(tag: u64, round: usize, n: usize) -> Vec<BlockHash> {
-    (0..n).map(|i| BlockHash(((tag as u128) << 96) | ((round as u128) << 48) | i as u128)).collect()
+    let mix = |mut x: u64| {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    (0..n)
+        .map(|i| {
+            let id = (tag << 56) ^ ((round as u64) << 32) ^ i as u64;
+            BlockHash(((mix(id) as u128) << 64) | mix(!id) as u128)
+        })
+        .collect()
 }
 
 /// Fills G1 with `pages` committed, freed blocks of fresh prompts (`round` makes them new).
@@ -255,8 +268,8 @@ fn offload_vs_memcpy(plan: &Plan, case: &Case) -> Result<Rates> {
     Ok(rates)
 }
 
-/// Anonymous memory with transparent huge pages requested, as G2 has: the memcpy reference gets
-/// the same (or better) TLB behaviour as the engine.
+/// Anonymous memory with transparent huge pages requested, as G2 has: the memcpy and raw IO
+/// references get the same (or better) TLB and page-pinning cost as the engine.
 fn huge_buffer(bytes: usize) -> Result<memmap2::MmapMut> {
     let map = memmap2::MmapMut::map_anon(bytes)?;
     let _ = map.advise(memmap2::Advice::HugePage);
@@ -279,7 +292,7 @@ fn spill_vs_raw(
     case: &Case,
     g3_dir: &Path,
     raw: &kvtier::io::SlabFile,
-    raw_buf: &mut AlignedBuf,
+    raw_buf: &mut [u8],
     qd: usize,
 ) -> Result<SpillResult> {
     let page = case.layout.page_bytes();
@@ -337,7 +350,7 @@ fn onboard_vs_raw(
     case: &Case,
     g3_dir: &Path,
     raw: &kvtier::io::SlabFile,
-    raw_buf: &mut AlignedBuf,
+    raw_buf: &mut [u8],
     qd: usize,
 ) -> Result<OnboardResult> {
     let page = case.layout.page_bytes();
@@ -352,9 +365,12 @@ fn onboard_vs_raw(
     // The last three spill rounds are in G3; alternate between the two oldest so that each
     // round reads pages that G1 gave up.
     let last = plan.rounds + 2;
-    let sets = [hashes(1, last - 2, n), hashes(1, last - 1, n)];
-    if sets.iter().any(|s| t.longest_prefix(s).g3 != n) {
-        return Err("the spilled pages are not all in G3 after the restart".into());
+    // (The few pages the admission filter declined are not there.)
+    let g3 = t.g3().ok_or("no G3")?;
+    let in_g3 = |round| hashes(1, round, n).into_iter().filter(|h| g3.contains(*h)).collect::<Vec<_>>();
+    let sets = [in_g3(last - 2), in_g3(last - 1)];
+    if sets.iter().any(|s| s.len() < n * 9 / 10) {
+        return Err("the spilled pages are not in G3 after the restart".into());
     }
     let mut rates = Rates::default();
     for round in 0..plan.rounds + 1 {
@@ -375,7 +391,7 @@ fn onboard_vs_raw(
 
     // Single pages from G3: the last spill round, never onboarded.
     let mut g3_latency = Vec::with_capacity(samples);
-    for &h in hashes(1, last, n).iter().take(samples) {
+    for &h in in_g3(last).iter().take(samples) {
         let start = Instant::now();
         let ticket = t.onboard(&[h])?;
         let outcome = ticket.wait();
@@ -417,7 +433,7 @@ enum Dir {
 /// The raw reference: `buf.len() / page` O_DIRECT transfers of `page` bytes at consecutive
 /// offsets of `file`, straight through one io_uring with `qd` operations kept in flight (a new
 /// one is queued as soon as one completes). Returns the wall time.
-fn raw_uring(file: &File, dir: Dir, buf: &mut AlignedBuf, page: usize, qd: usize) -> Result<Duration> {
+fn raw_uring(file: &File, dir: Dir, buf: &mut [u8], page: usize, qd: usize) -> Result<Duration> {
     let n = buf.len() / page;
     let mut ring = IoUring::new(qd as u32)?;
     let fd = types::Fd(file.as_raw_fd());

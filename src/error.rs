@@ -80,6 +80,14 @@ pub enum Error {
         /// Current length.
         len: usize,
     },
+    /// A batch call got lists of different lengths.
+    #[error("batch mismatch: {sequences} sequences but {items} items")]
+    BatchMismatch {
+        /// Sequences given.
+        sequences: usize,
+        /// Items (tokens, ...) given.
+        items: usize,
+    },
     /// Data built for one layout was given to a cache or tier with another.
     #[error("layout mismatch: expected {expected} bytes per page, got {actual}")]
     LayoutMismatch {

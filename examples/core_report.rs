@@ -13,7 +13,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use kvtier::{Arena, BatchTables, BlockHash, BlockId, BlockPool, CacheConfig, Dtype, ExtraKeys, KvCache, KvLayout, SeqId};
+use kvtier::policy::Lru;
+use kvtier::{
+    Arena, BatchTables, BlockHash, BlockId, BlockPool, CacheConfig, Dtype, ExtraKeys, KvCache, KvLayout, SeqId,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -32,7 +35,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
     fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
@@ -81,8 +84,8 @@ fn tiny_layout() -> Result<KvLayout> {
 }
 
 /// A pool whose free queue holds every block in a random order.
-fn churned_pool(n: usize, rng: &mut Rng) -> Result<BlockPool> {
-    let mut pool = BlockPool::new(n)?;
+fn churned_pool(n: usize, rng: &mut Rng, events: usize) -> Result<BlockPool> {
+    let mut pool = BlockPool::with_policy(n, Lru::new(n), events)?;
     let mut all = Vec::with_capacity(n);
     pool.allocate(n, &mut all)?;
     rng.shuffle(&mut all);
@@ -107,7 +110,12 @@ fn alloc_free(pool: &mut BlockPool, batch: usize, total_blocks: usize) -> Result
 /// (random) free queue and become evictable in a random prefix order (tail first, as a
 /// finishing sequence releases them). Returns the pool and every prefix's hashes.
 fn cached_pool(n: usize, rng: &mut Rng) -> Result<(BlockPool, Vec<BlockHash>)> {
-    let mut pool = churned_pool(n, rng)?;
+    cached_pool_with_events(n, rng, 1 << 16)
+}
+
+/// [`cached_pool`] with a given KV event buffer (0: events off).
+fn cached_pool_with_events(n: usize, rng: &mut Rng, events: usize) -> Result<(BlockPool, Vec<BlockHash>)> {
+    let mut pool = churned_pool(n, rng, events)?;
     let prefixes = n / PREFIX_BLOCKS;
     let keys = ExtraKeys::default();
     let mut hashes = Vec::with_capacity(prefixes * PREFIX_BLOCKS);
@@ -172,7 +180,14 @@ fn acquire_release(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, r
 /// One block's life in steady state (the pool is full of cached blocks, so every allocation
 /// evicts the LRU victim): allocate, write 16 tokens of K/V into its page, chain-hash,
 /// register, release to evictable. ns per block.
-fn lifecycle(pool: &mut BlockPool, arena: &mut Arena, stream: &[u32], blocks: usize, cursor: &mut usize, parent: &mut Option<BlockHash>) -> Result<f64> {
+fn lifecycle(
+    pool: &mut BlockPool,
+    arena: &mut Arena,
+    stream: &[u32],
+    blocks: usize,
+    cursor: &mut usize,
+    parent: &mut Option<BlockHash>,
+) -> Result<f64> {
     let keys = ExtraKeys::default();
     let token_kv = [0x5au8; 64];
     let start = Instant::now();
@@ -210,7 +225,8 @@ fn hashing(tokens: &[u32], out: &mut Vec<BlockHash>) -> f64 {
 fn decode_cache(n: usize, ctx: (usize, usize), rng: &mut Rng) -> Result<(KvCache, Vec<SeqId>, Vec<usize>)> {
     let seq_blocks = DECODE_SEQS * ctx.1.div_ceil(BLOCK_TOKENS);
     let gap = (n * 9 / 10).saturating_sub(2 * seq_blocks) / DECODE_SEQS;
-    let config = CacheConfig::new(tiny_layout()?, n).with_arena(false).with_max_seq_len((gap * BLOCK_TOKENS + 1).max(1 << 20));
+    let config =
+        CacheConfig::new(tiny_layout()?, n).with_arena(false).with_max_seq_len((gap * BLOCK_TOKENS + 1).max(1 << 20));
     let cache = KvCache::new(config)?;
     let keys = ExtraKeys::default();
     let mut g = cache.lock();
@@ -234,22 +250,21 @@ fn decode_cache(n: usize, ctx: (usize, usize), rng: &mut Rng) -> Result<(KvCache
     Ok((cache, seqs, lens))
 }
 
-/// `steps` decode steps, each: take the lock once, append one token to every sequence, export
-/// the batch tables (timed); then commit every sequence (timed separately, as the runtime does
-/// it after the forward pass). Sequences are truncated back afterwards. Returns µs per step
+/// `steps` decode steps, each: take the lock once and run `decode_step` (append one token to
+/// every sequence and export the batch tables in one pass; timed); then commit every sequence
+/// (timed separately, as the runtime does it after the forward pass). Sequences are truncated back afterwards. Returns µs per step
 /// for (append + export, commit).
 fn decode(cache: &KvCache, seqs: &[SeqId], lens: &[usize], steps: usize, token: &mut u32) -> Result<(f64, f64)> {
     let mut tables = BatchTables::new();
+    let mut copies = Vec::new();
     let (mut step_ns, mut commit_ns) = (0u128, 0u128);
     for _ in 0..steps {
         *token = token.wrapping_add(1);
+        let step_tokens = vec![*token; seqs.len()];
         let start = Instant::now();
         {
             let mut g = cache.lock();
-            for &s in seqs {
-                g.append_tokens(s, &[*token])?;
-            }
-            g.export_batch(seqs, &mut tables)?;
+            g.decode_step(seqs, &step_tokens, &mut tables, &mut copies)?;
         }
         step_ns += start.elapsed().as_nanos();
         black_box(&tables);
@@ -283,7 +298,7 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
     let t0 = Instant::now();
 
     // 1. alloc + free on a churned free queue.
-    let mut pool = churned_pool(n, &mut rng)?;
+    let mut pool = churned_pool(n, &mut rng, 1 << 16)?;
     meta_bytes.push(pool.metadata_bytes_per_block());
     for (i, batch) in [1usize, 16, 256].into_iter().enumerate() {
         let total = ops(plan, 200_000);
@@ -310,8 +325,18 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
     }
     let (mut cursor, mut parent) = (0, None);
     let blocks = ops(plan, 100_000);
-    let c = measure(plan.repeats, || lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN));
+    let c = measure(plan.repeats, || {
+        lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
+    });
     col(rows, 6, Some(c));
+    drop(pool);
+    // the same without KV events (a pool whose owner has no router to feed)
+    let (mut pool, hashes) = cached_pool_with_events(n, &mut rng, 0)?;
+    drop(hashes);
+    let c = measure(plan.repeats, || {
+        lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
+    });
+    col(rows, 11, Some(c));
     drop((pool, arena));
 
     // 4. decode steps of 256 sequences, short and (where the pool holds them) long contexts.
@@ -352,7 +377,11 @@ fn size_name(n: usize) -> String {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -365,7 +394,12 @@ fn main() -> Result<()> {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("kvtier core report{}", if quick { " (--quick: smoke run, numbers are rough)" } else { "" });
-    println!("machine: {} | {} cores | {} build", cpu_model(), cores, if cfg!(debug_assertions) { "DEBUG" } else { "release" });
+    println!(
+        "machine: {} | {} cores | {} build",
+        cpu_model(),
+        cores,
+        if cfg!(debug_assertions) { "DEBUG" } else { "release" }
+    );
     let t0 = Instant::now();
     let row = |name, unit, target| Row { name, unit, target, cells: Vec::new() };
     let mut rows = vec![
@@ -380,6 +414,7 @@ fn main() -> Result<()> {
         row("  + commit after the step", "us/step", None),
         row("decode 256 seqs, ctx 512-1536 tok", "us/step", Some(5.0)),
         row("  + commit after the step", "us/step", None),
+        row("lifecycle, KV events off", "ns/block", Some(60.0)),
     ];
     let mut meta_bytes = Vec::new();
     for &n in &plan.sizes {

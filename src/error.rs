@@ -5,6 +5,7 @@
 
 use crate::pool::BlockId;
 use crate::seq::SeqId;
+use crate::trace::TraceReason;
 
 /// Result alias used throughout kvtier.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -152,5 +153,20 @@ pub enum Error {
         tier: Tier,
         /// Slot index.
         slot: u64,
+    },
+    /// A line of a request trace is malformed; nothing of the trace was used.
+    #[error("trace line {line}: {reason}")]
+    Trace {
+        /// 1-based line number in the trace file.
+        line: usize,
+        /// What is wrong with the line.
+        reason: TraceReason,
+    },
+    /// Reading a request trace failed.
+    #[error("cannot read trace: {source}")]
+    TraceIo {
+        /// OS error.
+        #[source]
+        source: std::io::Error,
     },
 }

@@ -55,6 +55,7 @@ mod seq;
 mod sync;
 mod table;
 pub mod tier;
+pub mod trace;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
 pub use error::{Error, Result, Tier};

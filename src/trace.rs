@@ -1,0 +1,398 @@
+//! Request traces in the Mooncake JSONL format.
+//!
+//! Public LLM serving traces (Mooncake / Kimi FAST'25 release and traces converted to its format)
+//! describe one request per line: `{"timestamp": ms, "input_length": tokens, "output_length":
+//! tokens, "hash_ids": [id, ...]}`. Each hash id stands for one [`TRACE_BLOCK_TOKENS`]-token block
+//! of the prompt, and equal ids mean equal prefix content, so a trace carries the prefix structure
+//! a KV cache can exploit without carrying any token.
+//!
+//! ## How a trace is read
+//! 1. The text is split into lines; blank lines are ignored, line numbers count every line from 1.
+//! 2. Each line is decoded into a [`TraceRecord`] and validated: all four fields present, lengths
+//!    and ids non-negative integers, and `len(hash_ids) == ceil(input_length / 512)`.
+//! 3. The first bad line fails the whole read with [`Error::Trace`] (line number and a
+//!    [`TraceReason`]), so no partial trace is ever replayed as if it were the whole one; with
+//!    [`TraceOptions::with_skip_bad_lines`] bad lines are counted and skipped instead.
+//!
+//! ```
+//! use kvtier::trace::{Trace, TraceOptions};
+//! let text = "{\"timestamp\": 0, \"input_length\": 600, \"output_length\": 9, \"hash_ids\": [7, 8]}\n";
+//! let trace = Trace::parse_str(text, &TraceOptions::default())?;
+//! assert_eq!(trace.records()[0].hash_ids, [7, 8]);
+//! assert_eq!(trace.records()[0].block_tokens(1), 88); // the partial last block
+//! # Ok::<(), kvtier::Error>(())
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Tokens stood for by one hash id of a Mooncake-format trace.
+pub const TRACE_BLOCK_TOKENS: u32 = 512;
+
+/// One request of a trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// Arrival time in milliseconds from the start of the trace (fractions are dropped).
+    pub timestamp_ms: u64,
+    /// Prompt length in tokens.
+    pub input_length: u32,
+    /// Generated tokens.
+    pub output_length: u32,
+    /// One id per [`TRACE_BLOCK_TOKENS`]-token block of the prompt; the last block may be partial.
+    pub hash_ids: Vec<u64>,
+}
+
+impl TraceRecord {
+    /// Tokens in block `index` of the prompt: [`TRACE_BLOCK_TOKENS`], except for a partial last
+    /// block (at least 1, like kvcache-simulator counts it).
+    ///
+    /// ```
+    /// # use kvtier::trace::TraceRecord;
+    /// let r = TraceRecord { timestamp_ms: 0, input_length: 1030, output_length: 1, hash_ids: vec![1, 2, 3] };
+    /// assert_eq!((r.block_tokens(0), r.block_tokens(2)), (512, 6));
+    /// ```
+    pub fn block_tokens(&self, index: usize) -> u32 {
+        let start = index as u64 * TRACE_BLOCK_TOKENS as u64;
+        (self.input_length as u64).saturating_sub(start).clamp(1, TRACE_BLOCK_TOKENS as u64) as u32
+    }
+
+    /// Decodes and validates one line (without its line number).
+    ///
+    /// ```
+    /// # use kvtier::trace::{TraceReason, TraceRecord};
+    /// let bad = TraceRecord::parse_line(r#"{"timestamp": 0, "input_length": -1, "output_length": 1, "hash_ids": []}"#);
+    /// assert_eq!(bad, Err(TraceReason::Negative("input_length")));
+    /// ```
+    pub fn parse_line(line: &str) -> std::result::Result<Self, TraceReason> {
+        // A serde struct also accepts a JSON array of its fields; a record must be an object.
+        if !line.trim_start().starts_with('{') {
+            return Err(if serde_json::from_str::<serde_json::Value>(line).is_ok() {
+                TraceReason::NotAnObject
+            } else {
+                TraceReason::BadJson
+            });
+        }
+        let raw: RawRecord = serde_json::from_str(line).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => classify_data_error(line),
+            _ => TraceReason::BadJson,
+        })?;
+        let timestamp = raw.timestamp.ok_or(TraceReason::MissingField("timestamp"))?;
+        let input_length = raw.input_length.ok_or(TraceReason::MissingField("input_length"))?;
+        let output_length = raw.output_length.ok_or(TraceReason::MissingField("output_length"))?;
+        let hash_ids = raw.hash_ids.ok_or(TraceReason::MissingField("hash_ids"))?;
+        let timestamp_ms = timestamp_ms(&timestamp)?;
+        let input_length = length("input_length", input_length)?;
+        let output_length = length("output_length", output_length)?;
+        let expected = input_length.div_ceil(TRACE_BLOCK_TOKENS) as usize;
+        if hash_ids.len() != expected {
+            return Err(TraceReason::BlockCount { hash_ids: hash_ids.len(), expected });
+        }
+        Ok(Self { timestamp_ms, input_length, output_length, hash_ids })
+    }
+}
+
+/// Why a trace line was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TraceReason {
+    /// The line is not valid JSON.
+    BadJson,
+    /// The line is valid JSON but not an object.
+    NotAnObject,
+    /// A required field is absent (or `null`).
+    MissingField(&'static str),
+    /// A field has the wrong JSON type (e.g. a string or fraction where an integer belongs).
+    WrongType(&'static str),
+    /// A length, timestamp or hash id is negative.
+    Negative(&'static str),
+    /// A length does not fit in 32 bits.
+    TooLarge(&'static str),
+    /// `hash_ids` does not hold one id per 512-token block of `input_length`.
+    BlockCount {
+        /// Ids found.
+        hash_ids: usize,
+        /// `ceil(input_length / 512)`.
+        expected: usize,
+    },
+}
+
+impl std::fmt::Display for TraceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TraceReason::BadJson => f.write_str("not valid JSON"),
+            TraceReason::NotAnObject => f.write_str("not a JSON object"),
+            TraceReason::MissingField(field) => write!(f, "missing field `{field}`"),
+            TraceReason::WrongType(field) => write!(f, "field `{field}` has the wrong type"),
+            TraceReason::Negative(field) => write!(f, "field `{field}` is negative"),
+            TraceReason::TooLarge(field) => write!(f, "field `{field}` is too large"),
+            TraceReason::BlockCount { hash_ids, expected } => {
+                write!(f, "{hash_ids} hash_ids but input_length needs {expected} ({TRACE_BLOCK_TOKENS}-token blocks)")
+            }
+        }
+    }
+}
+
+/// How a trace is read. `Default` rejects the whole trace at its first bad line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceOptions {
+    skip_bad_lines: bool,
+}
+
+impl TraceOptions {
+    /// Skip (and count) malformed lines instead of failing. Default: `false`.
+    ///
+    /// ```
+    /// # use kvtier::trace::{Trace, TraceOptions};
+    /// let opts = TraceOptions::default().with_skip_bad_lines(true);
+    /// let trace = Trace::parse_str("oops\n", &opts)?;
+    /// assert_eq!((trace.len(), trace.skipped_lines()), (0, 1));
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn with_skip_bad_lines(mut self, skip: bool) -> Self {
+        self.skip_bad_lines = skip;
+        self
+    }
+
+    /// Whether malformed lines are skipped.
+    pub fn skip_bad_lines(&self) -> bool {
+        self.skip_bad_lines
+    }
+}
+
+/// A whole trace, in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    records: Vec<TraceRecord>,
+    skipped_lines: usize,
+    first_skipped: Option<(usize, TraceReason)>,
+}
+
+impl Trace {
+    /// Parses JSONL text (see the module docs for the rules).
+    ///
+    /// ```
+    /// # use kvtier::trace::{Trace, TraceOptions, TraceReason};
+    /// let text = "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [1]}\n{\"timestamp\": 1}\n";
+    /// match Trace::parse_str(text, &TraceOptions::default()) {
+    ///     Err(kvtier::Error::Trace { line, reason }) => {
+    ///         assert_eq!((line, reason), (2, TraceReason::MissingField("input_length")))
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn parse_str(text: &str, options: &TraceOptions) -> Result<Self> {
+        let mut trace = Trace::default();
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match TraceRecord::parse_line(line) {
+                Ok(record) => trace.records.push(record),
+                Err(reason) if options.skip_bad_lines => {
+                    trace.skipped_lines += 1;
+                    trace.first_skipped.get_or_insert((index + 1, reason));
+                }
+                Err(reason) => return Err(Error::Trace { line: index + 1, reason }),
+            }
+        }
+        Ok(trace)
+    }
+
+    /// Reads and parses a JSONL file.
+    pub fn read_path(path: impl AsRef<Path>, options: &TraceOptions) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::TraceIo { source })?;
+        Self::parse_str(&text, options)
+    }
+
+    /// A trace made of already valid records (tests, generated workloads).
+    ///
+    /// ```
+    /// # use kvtier::trace::{Trace, TraceRecord};
+    /// let r = TraceRecord { timestamp_ms: 0, input_length: 512, output_length: 1, hash_ids: vec![1] };
+    /// assert_eq!(Trace::from_records(vec![r]).prompt_tokens(), 512);
+    /// ```
+    pub fn from_records(records: Vec<TraceRecord>) -> Self {
+        Self { records, skipped_lines: 0, first_skipped: None }
+    }
+
+    /// The requests, in file order.
+    pub fn records(&self) -> &[TraceRecord] {
+        &self.records
+    }
+
+    /// Number of requests.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the trace holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Malformed lines skipped (only with [`TraceOptions::with_skip_bad_lines`]).
+    pub fn skipped_lines(&self) -> usize {
+        self.skipped_lines
+    }
+
+    /// Line number and reason of the first skipped line.
+    pub fn first_skipped(&self) -> Option<(usize, TraceReason)> {
+        self.first_skipped
+    }
+
+    /// Sum of `input_length` over all requests.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.records.iter().map(|r| r.input_length as u64).sum()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    timestamp: Option<serde_json::Number>,
+    input_length: Option<i64>,
+    output_length: Option<i64>,
+    hash_ids: Option<Vec<u64>>,
+}
+
+fn timestamp_ms(n: &serde_json::Number) -> std::result::Result<u64, TraceReason> {
+    if let Some(ms) = n.as_u64() {
+        return Ok(ms);
+    }
+    match n.as_f64() {
+        Some(ms) if ms < 0.0 => Err(TraceReason::Negative("timestamp")),
+        Some(ms) if ms.is_finite() && ms < u64::MAX as f64 => Ok(ms as u64),
+        _ => Err(TraceReason::TooLarge("timestamp")),
+    }
+}
+
+fn length(field: &'static str, value: i64) -> std::result::Result<u32, TraceReason> {
+    if value < 0 {
+        return Err(TraceReason::Negative(field));
+    }
+    u32::try_from(value).map_err(|_| TraceReason::TooLarge(field))
+}
+
+/// Finds which field made typed decoding fail; only runs on a bad line.
+fn classify_data_error(line: &str) -> TraceReason {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else {
+        return TraceReason::BadJson;
+    };
+    if map.get("timestamp").is_some_and(|v| !(v.is_null() || v.is_number())) {
+        return TraceReason::WrongType("timestamp");
+    }
+    for field in ["input_length", "output_length"] {
+        match map.get(field) {
+            Some(v) if v.is_u64() && v.as_i64().is_none() => return TraceReason::TooLarge(field),
+            Some(v) if !(v.is_null() || v.is_i64()) => return TraceReason::WrongType(field),
+            _ => {}
+        }
+    }
+    match map.get("hash_ids") {
+        Some(serde_json::Value::Array(ids)) => {
+            if ids.iter().any(|id| id.as_i64().is_some_and(|id| id < 0)) {
+                TraceReason::Negative("hash_ids")
+            } else {
+                TraceReason::WrongType("hash_ids")
+            }
+        }
+        Some(serde_json::Value::Null) | None => TraceReason::BadJson, // e.g. a duplicate key
+        Some(_) => TraceReason::WrongType("hash_ids"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(line: &str) -> TraceReason {
+        TraceRecord::parse_line(line).unwrap_err()
+    }
+
+    #[test]
+    fn good_line() {
+        let r = TraceRecord::parse_line(
+            r#"{"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [46, 47, 2353, 2354, 2355, 2356, 2357, 2358, 2359, 2360, 2361, 2362, 2363, 2364]}"#,
+        )
+        .unwrap();
+        assert_eq!((r.timestamp_ms, r.input_length, r.output_length, r.hash_ids.len()), (27482, 6955, 52, 14));
+        assert_eq!(r.block_tokens(12), 512);
+        assert_eq!(r.block_tokens(13), 6955 - 13 * 512);
+    }
+
+    #[test]
+    fn extra_fields_float_timestamp_and_empty_prompt_are_accepted() {
+        let r = TraceRecord::parse_line(
+            r#"{"hash_ids": [], "output_length": 3, "input_length": 0, "timestamp": 12.7, "block_size": 512}"#,
+        )
+        .unwrap();
+        assert_eq!((r.timestamp_ms, r.input_length, r.hash_ids.len()), (12, 0, 0));
+        let exact = r#"{"timestamp": 1, "input_length": 1024, "output_length": 1, "hash_ids": [1, 2]}"#;
+        assert_eq!(TraceRecord::parse_line(exact).unwrap().block_tokens(1), 512);
+    }
+
+    #[test]
+    fn bad_lines() {
+        assert_eq!(reason(r#"{"timestamp": 1, "input_length": 5"#), TraceReason::BadJson);
+        assert_eq!(reason("not json"), TraceReason::BadJson);
+        assert_eq!(reason("[1, 5, 1, [1]]"), TraceReason::NotAnObject);
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5, "hash_ids": [1]}"#),
+            TraceReason::MissingField("output_length")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": null}"#),
+            TraceReason::MissingField("hash_ids")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5, "output_length": -2, "hash_ids": [1]}"#),
+            TraceReason::Negative("output_length")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": -1, "input_length": 5, "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::Negative("timestamp")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": [-1]}"#),
+            TraceReason::Negative("hash_ids")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": "5", "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::WrongType("input_length")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": ["a"]}"#),
+            TraceReason::WrongType("hash_ids")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": "x", "input_length": 5, "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::WrongType("timestamp")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5000000000, "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::TooLarge("input_length")
+        );
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 513, "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::BlockCount { hash_ids: 1, expected: 2 }
+        );
+    }
+
+    #[test]
+    fn first_bad_line_fails_with_its_number_unless_skipping() {
+        let good = r#"{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}"#;
+        let text = format!("{good}\n\n{good}\r\n{{\"timestamp\": 2}}\n{good}\nxx\n");
+        match Trace::parse_str(&text, &TraceOptions::default()) {
+            Err(Error::Trace { line, reason }) => {
+                assert_eq!((line, reason), (4, TraceReason::MissingField("input_length")))
+            }
+            other => panic!("{other:?}"),
+        }
+        let trace = Trace::parse_str(&text, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
+        assert_eq!((trace.len(), trace.skipped_lines()), (3, 2));
+        assert_eq!(trace.first_skipped(), Some((4, TraceReason::MissingField("input_length"))));
+        assert_eq!(trace.prompt_tokens(), 15);
+    }
+}

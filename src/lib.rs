@@ -51,6 +51,7 @@ pub mod offload;
 pub mod policy;
 pub mod pool;
 mod prefix;
+pub mod replay;
 mod seq;
 mod sync;
 mod table;

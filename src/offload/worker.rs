@@ -67,7 +67,9 @@ fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
     }
 }
 
-/// One maintenance pass. Returns whether it found work to do.
+/// One maintenance pass. Returns whether it made progress: a page moved down, declined, or a
+/// victim found already backed. Deferred (write budget) or failed copies are not progress, so
+/// a caller looping until no progress does not spin on a budget or a full tier.
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
     let batch = shared.batch;
     let mut did = false;
@@ -77,8 +79,9 @@ pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
         let have = shared.g2.free_or_ready();
         if have < shared.g2_target {
             let mut spill = Vec::new();
-            did |= shared.g2.stage_spill((shared.g2_target - have).min(batch), &mut spill) > 0;
-            write_g3(shared, disk, &spill)?;
+            let examined = shared.g2.stage_spill((shared.g2_target - have).min(batch), &mut spill);
+            did |= examined > spill.len();
+            did |= write_g3(shared, disk, &spill)? > 0;
         }
     }
     let mut staged = Vec::new();
@@ -95,19 +98,21 @@ pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
                 // G1 rather than displacing one of them.
                 n = n.min(shared.g2.free_or_ready());
             }
-            did |= core.stage_victims(n, &mut staged) > 0;
+            let before = staged.len();
+            let examined = core.stage_victims(n, &mut staged);
+            did |= examined > staged.len() - before;
         }
     }
-    did |= !staged.is_empty();
-    copy_down(shared, &staged)?;
+    did |= copy_down(shared, &staged)? > 0;
     expire_retention(shared)?;
     Ok(did)
 }
 
 /// G1 -> G2 for blocks staged in G1; each block is finished (backed or not) afterwards.
-fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<()> {
+/// Returns how many are now backed by G2.
+fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<usize> {
     if staged.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut done = Vec::with_capacity(staged.len());
     let mut latencies = Vec::with_capacity(staged.len());
@@ -145,18 +150,20 @@ fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<()> {
     for l in latencies {
         s.offload.record(l);
     }
-    Ok(())
+    Ok(done.len() - failed as usize)
 }
 
 /// G2 -> G3 for slots staged in G2, through admission and the write budget.
-fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(BlockId, BlockHash)]) -> Result<()> {
+/// Returns how many staged pages were settled: written, already there, or declined.
+fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(BlockId, BlockHash)]) -> Result<usize> {
     if staged.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    let (mut admitted, mut declined, mut deferred) = (Vec::new(), 0u64, 0u64);
+    let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, 0usize);
     for &(slot, h) in staged {
         if disk.contains(h) {
             shared.g2.finish_spill(slot, true)?;
+            present += 1;
         } else if !shared.admits(h) {
             shared.g2.decline_spill(slot)?;
             declined += 1;
@@ -174,7 +181,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(Bloc
         disk.write_pages(&batch)
     })?;
     let elapsed = t.elapsed();
-    let (mut written, mut failed) = (0u64, 0u64);
+    let (mut written, mut failed, mut settled) = (0u64, 0u64, present + declined as usize);
     for (&(slot, h), r) in admitted.iter().zip(results) {
         let backed = match r {
             Ok(true) => {
@@ -188,6 +195,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(Bloc
             }
         };
         shared.g2.finish_spill(slot, backed)?;
+        settled += backed as usize;
     }
     let mut s = shared.stats();
     s.m.g2_to_g3.add(written, shared.page_bytes);
@@ -197,7 +205,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(Bloc
     if !admitted.is_empty() {
         s.spill.record(elapsed);
     }
-    Ok(())
+    Ok(settled)
 }
 
 /// Copies an onboarding job's pages into its G1 blocks, G2 first, then G3 in one batch.

@@ -163,8 +163,10 @@ pub enum Error {
         reason: TraceReason,
     },
     /// Reading a request trace failed.
-    #[error("cannot read trace: {source}")]
+    #[error("cannot read trace {}: {source}", path.display())]
     TraceIo {
+        /// The trace file.
+        path: std::path::PathBuf,
         /// OS error.
         #[source]
         source: std::io::Error,

@@ -203,7 +203,9 @@ impl Trace {
 
     /// Reads and parses a JSONL file.
     pub fn read_path(path: impl AsRef<Path>, options: &TraceOptions) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::TraceIo { source })?;
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::TraceIo { path: path.to_path_buf(), source })?;
         Self::parse_str(&text, options)
     }
 

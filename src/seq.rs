@@ -34,6 +34,9 @@ pub(crate) struct SeqState {
     /// The last block was allocated by this sequence and nobody else can reach it (not
     /// forked, not registered): appends into it need no copy-on-write check.
     pub tail_private: bool,
+    /// Bumped whenever `blocks` changes other than by appending (copy-on-write of the last
+    /// block, truncation), so an exported table row knows whether it is still a prefix.
+    pub blocks_version: u32,
     /// Hashes of the leading full blocks (may run ahead of `committed_blocks`).
     pub hashes: Vec<BlockHash>,
     /// Leading full blocks already offered to the prefix index.
@@ -50,6 +53,7 @@ impl SeqState {
         self.committed_blocks = 0;
         self.keys = ExtraKeys::default();
         self.tail_private = false;
+        self.blocks_version = self.blocks_version.wrapping_add(1);
     }
 }
 

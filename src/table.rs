@@ -9,11 +9,22 @@
 /// exposed as a typed slice and as raw bytes (no copy) for handing to a device.
 #[derive(Debug, Default, Clone)]
 pub struct BatchTables {
+    /// What each row of `block_table` holds, so that a decode step over the same batch only
+    /// writes the entries that changed (vLLM's persistent batch does the same on the device).
+    pub(crate) rows: Vec<RowState>,
     pub(crate) block_table: Vec<i32>,
     pub(crate) row_width: usize,
     pub(crate) slot_mapping: Vec<i64>,
     pub(crate) seq_lens: Vec<i32>,
     pub(crate) query_start: Vec<i32>,
+}
+
+/// The sequence a row was written for, its block-list version and the entries written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowState {
+    pub seq: crate::seq::SeqId,
+    pub version: u32,
+    pub len: u32,
 }
 
 impl BatchTables {
@@ -68,6 +79,7 @@ impl BatchTables {
     }
 
     pub(crate) fn clear(&mut self) {
+        self.rows.clear();
         self.block_table.clear();
         self.slot_mapping.clear();
         self.seq_lens.clear();

@@ -322,6 +322,7 @@ impl CacheCore {
             self.pool.allocate(need, &mut st.blocks)?;
             self.pool.release(src)?;
             st.blocks[last] = dst;
+            st.blocks_version = st.blocks_version.wrapping_add(1);
             self.cow_copies += 1;
             out.copy = Some(BlockCopy { src, dst, tokens: partial as u32 });
             st.tail_private = true;
@@ -404,6 +405,7 @@ impl CacheCore {
         let keep = len.div_ceil(bs);
         self.pool.release_all(st.blocks[keep..].iter().rev().copied())?;
         st.blocks.truncate(keep);
+        st.blocks_version = st.blocks_version.wrapping_add(1);
         st.tail_private = false;
         st.tokens.truncate(len);
         st.hashes.truncate(len / bs);

@@ -33,6 +33,8 @@ const DECLINED: u8 = 8;
 const READY: u8 = 16;
 /// Physically in the ready ring (possibly removed logically since: skipped when popped).
 const QUEUED: u8 = 32;
+/// How far ahead in the free ring [`BlockPool::allocate_one`] touches metadata.
+const PREFETCH_AHEAD: usize = 4;
 /// Largest pool: ids must fit an `i32` block table.
 const MAX_BLOCKS: usize = i32::MAX as usize;
 
@@ -191,7 +193,15 @@ impl<P: EvictionPolicy> BlockPool<P> {
     #[inline]
     pub fn allocate_one(&mut self) -> Result<BlockId> {
         let b = match self.free.pop_front() {
-            Some(i) => BlockId(i),
+            Some(i) => {
+                // Touch the metadata of a block a few allocations ahead: its cache miss then
+                // overlaps with this allocation instead of stalling a later one (the free
+                // ring's order is random after churn, so the hardware prefetcher cannot help).
+                if let Some(next) = self.free.peek(PREFETCH_AHEAD) {
+                    std::hint::black_box(self.meta[next as usize].state);
+                }
+                BlockId(i)
+            }
             None => {
                 let victim = match self.ready_pop() {
                     Some(b) => Some(b),

@@ -178,6 +178,19 @@ impl IndexRing {
         self.len
     }
 
+    /// The element `ahead` places behind the front, if queued.
+    #[inline]
+    pub fn peek(&self, ahead: usize) -> Option<u32> {
+        if ahead >= self.len {
+            return None;
+        }
+        let mut at = self.head + ahead;
+        if at >= self.slots.len() {
+            at -= self.slots.len();
+        }
+        Some(self.slots[at])
+    }
+
     /// Removes and returns the oldest element.
     #[inline]
     pub fn pop_front(&mut self) -> Option<u32> {

@@ -7,8 +7,10 @@
 //! 2. Build the prefix tree once, then replay every capacity x policy point with a progress bar.
 //! 3. Print the report and write the same as JSON into `--out` (default `out/`).
 //!
-//! `--mode sim` (the default and, for now, the only mode) uses the hit-rate definition of the
-//! public kvcache-simulator (see `kvtier::replay`), so its numbers compare with published tables.
+//! `--mode sim` uses the hit-rate definition of the public kvcache-simulator (see
+//! `kvtier::replay`), so its numbers compare with published tables. `--mode engine` replays the
+//! trace through the real G1 + G2 + G3 engine with simulated request lifetimes
+//! (`kvtier::replay::engine`) and also writes a chart. `--mode both` (the default) runs the two.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,13 +18,17 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kvtier::replay::{PrefixPlan, SimConfig, SimPolicy, SimReport};
+use kvtier::KvLayout;
+use kvtier::io::BackendKind;
+use kvtier::replay::{EngineConfig, EngineRun, PrefixPlan, SimConfig, SimPolicy, SimReport, chart, engine};
 use kvtier::trace::{Trace, TraceOptions};
 
 /// First 3,000 requests of Mooncake's conversation_trace.jsonl (Apache-2.0, see data/README.md).
 const SAMPLE: &str = include_str!("../../data/conversation_sample.jsonl");
 const SAMPLE_NAME: &str = "bundled sample (first 3,000 requests of Mooncake conversation_trace.jsonl)";
 const REPORT_FILE: &str = "replay_sim.json";
+const ENGINE_REPORT_FILE: &str = "replay_engine.json";
+const ENGINE_CHART_FILE: &str = "replay_engine.svg";
 
 #[derive(Parser)]
 #[command(
@@ -54,9 +60,38 @@ struct ReplayArgs {
     /// Default: 1,5,10,25,50 % of the trace's unique blocks.
     #[arg(long, value_name = "BLOCKS", value_delimiter = ',')]
     capacity: Vec<u32>,
-    /// Replay mode: `sim` is the kvcache-simulator-compatible hit-rate model.
-    #[arg(long, value_enum, default_value_t = Mode::Sim)]
+    /// Replay mode: `sim` is the kvcache-simulator-compatible hit-rate model, `engine` the real
+    /// tiered engine with simulated request lifetimes, `both` runs the two.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
+    /// Engine mode: G1 capacity, in blocks (`16384`) or bytes at the model layout (`32GiB`).
+    #[arg(long, value_name = "SIZE", default_value = "16384")]
+    g1: Size,
+    /// Engine mode: G2 capacity, in blocks or bytes (`128GiB`).
+    #[arg(long, value_name = "SIZE", default_value = "65536")]
+    g2: Size,
+    /// Engine mode: G3 capacity, in blocks or bytes (`256GiB`); 0 for no SSD tier.
+    #[arg(long, value_name = "SIZE", default_value = "131072")]
+    g3: Size,
+    /// Engine mode: model layout preset (llama-3.1-8b, llama-3.1-70b, qwen2.5-7b, mistral-7b).
+    #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b")]
+    layout: String,
+    /// Engine mode: tokens per block (must divide 512).
+    #[arg(long, value_name = "TOKENS", default_value_t = 16)]
+    block_size: u32,
+    /// Engine mode: G3 IO engine.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    io_backend: IoBackend,
+    /// Engine mode: simulated duration of one decode step, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 20.0)]
+    decode_step_ms: f64,
+    /// Engine mode: simulated prefill speed, computed tokens per second.
+    #[arg(long, value_name = "TOKENS", default_value_t = 50_000.0)]
+    prefill_tokens_per_sec: f64,
+    /// Engine mode: directory for the G3 files (a fresh subdirectory, removed afterwards).
+    /// Default: the --out directory.
+    #[arg(long, value_name = "DIR")]
+    ssd_dir: Option<PathBuf>,
     /// Eviction policies to replay at each capacity, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Opt])]
     policy: Vec<Policy>,
@@ -68,10 +103,72 @@ struct ReplayArgs {
     skip_bad_lines: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// kvcache-simulator-compatible: one request at a time, first half warms, longest cached prefix.
     Sim,
+    /// The real G1 + G2 + G3 engine, simulated request lifetimes.
+    Engine,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IoBackend {
+    Auto,
+    Uring,
+    Psync,
+}
+
+/// A capacity: blocks, or bytes at the model layout (`4GiB`, `512MiB`, `1TB`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Size {
+    Blocks(u64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (number, unit) = (&s[..split], s[split..].trim().to_ascii_lowercase());
+        let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a size (e.g. 2048 or 4GiB)"))?;
+        let scale: u64 = match unit.as_str() {
+            "" | "blocks" => {
+                return number.parse().map(Size::Blocks).map_err(|_| format!("`{s}`: blocks are a whole number"));
+            }
+            "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(format!("`{s}`: unknown unit (use blocks, B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        };
+        Ok(Size::Bytes((value * scale as f64) as u64))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Blocks(n) => write!(f, "{n}"),
+            Size::Bytes(n) => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl Size {
+    fn blocks(self, page_bytes: usize) -> usize {
+        match self {
+            Size::Blocks(n) => n as usize,
+            Size::Bytes(n) => (n / page_bytes as u64) as usize,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,7 +204,6 @@ fn main() -> ExitCode {
 }
 
 fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let Mode::Sim = args.mode;
     let started = Instant::now();
     let options = TraceOptions::default().with_skip_bad_lines(args.skip_bad_lines);
     let (trace, source) = match &args.trace {
@@ -115,9 +211,46 @@ fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
     let parse_time = started.elapsed();
+    // Both modes' configurations are checked before either runs or writes anything.
+    let engine_config = engine_config(args)?;
+    if args.mode != Mode::Engine {
+        replay_sim(args, &trace, &source, started, parse_time)?;
+    }
+    if args.mode != Mode::Sim {
+        if args.mode == Mode::Both {
+            println!();
+        }
+        replay_engine(args, &trace, &source, &engine_config)?;
+    }
+    Ok(())
+}
 
+fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::Error>> {
+    let layout = KvLayout::preset(&args.layout, args.block_size)?;
+    let page = layout.page_bytes();
+    let config = EngineConfig::default()
+        .with_layout(layout)
+        .with_capacities(args.g1.blocks(page), args.g2.blocks(page), args.g3.blocks(page))
+        .with_speeds(Duration::from_secs_f64(args.decode_step_ms.max(0.0) / 1e3), args.prefill_tokens_per_sec)
+        .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
+        .with_io_backend(match args.io_backend {
+            IoBackend::Auto => BackendKind::Auto,
+            IoBackend::Uring => BackendKind::Uring,
+            IoBackend::Psync => BackendKind::Psync,
+        });
+    config.validate()?;
+    Ok(config)
+}
+
+fn replay_sim(
+    args: &ReplayArgs,
+    trace: &Trace,
+    source: &str,
+    started: Instant,
+    parse_time: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
     let plan_started = Instant::now();
-    let plan = PrefixPlan::build(&trace);
+    let plan = PrefixPlan::build(trace);
     let plan_time = plan_started.elapsed();
 
     let policies: Vec<SimPolicy> = args.policy.iter().map(|&p| p.into()).collect();
@@ -138,10 +271,170 @@ fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
     bar.finish_and_clear();
     let total_time = started.elapsed();
 
-    print_report(&report, &trace, &source, &config, [parse_time, plan_time, total_time], &point_times);
-    let path = write_json(&args.out, &report, &trace, &source, [parse_time, plan_time, total_time], &point_times)?;
+    print_report(&report, trace, source, &config, [parse_time, plan_time, total_time], &point_times);
+    let path = write_json(&args.out, &report, trace, source, [parse_time, plan_time, total_time], &point_times)?;
     println!("report       {}", path.display());
     Ok(())
+}
+
+fn replay_engine(
+    args: &ReplayArgs,
+    trace: &Trace,
+    source: &str,
+    config: &EngineConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bar = ProgressBar::new(trace.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} engine replay [{bar:30}] {pos}/{len} requests {elapsed}")?
+            .progress_chars("=> "),
+    );
+    let run = engine::run(trace, config, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    print_engine(&run, source, &args.layout);
+    let json = serde_json::json!({
+        "kvtier_version": env!("CARGO_PKG_VERSION"),
+        "mode": "engine",
+        "definition": "prompt tokens served from G1/G2/G3 at each request's first admission / all prompt tokens; \
+                       requests hold their blocks from arrival through prefill and output_length decode steps",
+        "trace": { "source": source, "skipped_lines": trace.skipped_lines() },
+        "layout": args.layout,
+        "report": run.report,
+        "timing": run.timing,
+    });
+    std::fs::create_dir_all(&args.out)?;
+    let path = write_atomic(&args.out, ENGINE_REPORT_FILE, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+    let svg = args.out.join(format!("{ENGINE_CHART_FILE}.tmp"));
+    chart::write_svg(&run.report, &svg)?;
+    let chart = args.out.join(ENGINE_CHART_FILE);
+    std::fs::rename(&svg, &chart)?;
+    println!("report       {}", path.display());
+    println!("chart        {}", chart.display());
+    Ok(())
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn us(ns: u64) -> String {
+    if ns >= 10_000 { format!("{:.1} us", ns as f64 / 1e3) } else { format!("{ns} ns") }
+}
+
+fn print_engine(run: &EngineRun, source: &str, layout: &str) {
+    let r = &run.report;
+    let t = &run.timing;
+    let model = |blocks: usize| gib(blocks as u64 * r.model_page_bytes as u64);
+    println!("kvtier replay --mode engine (G1 + G2 + G3 engine, simulated request lifetimes)");
+    println!("trace        {source}");
+    println!(
+        "layout       {layout}, {}-token blocks: {} per block at the model, {} B moved per block (payload)",
+        r.block_size,
+        format_bytes(r.model_page_bytes as u64),
+        r.payload_page_bytes
+    );
+    println!(
+        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {} ({}; {} slots of {} B on disk, {})",
+        r.g1_blocks,
+        model(r.g1_blocks),
+        r.g2_blocks,
+        model(r.g2_blocks),
+        r.g3_blocks,
+        model(r.g3_blocks),
+        r.g3_blocks,
+        r.g3_slot_bytes,
+        r.g3_backend.as_deref().unwrap_or("none")
+    );
+    println!(
+        "requests     {} ({} finished, {} rejected: larger than G1, {} cut short), {} preemptions, peak {} running",
+        r.requests, r.finished, r.rejected, r.truncated, r.preemptions, r.peaks.running
+    );
+    println!(
+        "tokens       {} prompt, {} decoded; {} scheduler steps over {:.0} s simulated ({} ms/step + prefill at {:.0} tok/s)",
+        r.prompt_tokens, r.decode_tokens, r.steps, r.simulated_seconds, r.decode_step_ms, r.prefill_tokens_per_sec
+    );
+    let h = &r.hit_rate;
+    println!(
+        "hit rate     {:.4} overall = G1 {:.4} + G2 {:.4} + G3 {:.4}; second half {:.4}",
+        h.overall, h.g1, h.g2, h.g3, h.second_half
+    );
+    println!(
+        "prefill      {} tokens saved (G1 {}, G2 {}, G3 {}), {} computed (recomputation included)",
+        r.prefill_tokens_saved, r.hit_tokens.g1, r.hit_tokens.g2, r.hit_tokens.g3, r.prefill_tokens_computed
+    );
+    println!("traffic      {:>8} {:>12} {:>14} {:>14}", "", "pages", "bytes moved", "at the model");
+    for row in &r.traffic {
+        println!(
+            "             {:>8} {:>12} {:>14} {:>14}  ({}/s simulated)",
+            format!("{}->{}", row.from, row.to),
+            row.pages,
+            format_bytes(row.bytes_moved),
+            format_bytes(row.bytes_at_model),
+            format_bytes(row.model_bytes_per_sim_sec as u64)
+        );
+    }
+    println!(
+        "throughput   offload {}/s over {:.3} s of maintenance, onboard {}/s over {:.3} s (actual payload bytes)",
+        format_bytes(t.offload_bytes_per_sec as u64),
+        t.maintenance_seconds,
+        format_bytes(t.onboard_bytes_per_sec as u64),
+        t.onboard_seconds
+    );
+    println!(
+        "evictions    G1 {} ({} unbacked), G2 {} ({} unbacked), G3 {}; G3 admission declined {}, onboard failed {}",
+        r.g1_evictions,
+        r.g1_unbacked_evictions,
+        r.g2_evictions,
+        r.g2_unbacked_evictions,
+        r.g3_evictions,
+        r.admission_declined,
+        r.onboard_failed
+    );
+    let p = &r.peaks;
+    println!(
+        "peak usage   G1 {} blocks held ({:.1} %), {} holding data ({:.1} %); G2 {} ({:.1} %); G3 {} ({:.1} %)",
+        p.g1_in_use,
+        pct(p.g1_in_use, r.g1_blocks),
+        p.g1_resident,
+        pct(p.g1_resident, r.g1_blocks),
+        p.g2_used,
+        pct(p.g2_used, r.g2_blocks),
+        p.g3_used,
+        pct(p.g3_used, r.g3_blocks)
+    );
+    for (name, l) in [("add_sequence", t.add_sequence), ("decode_step", t.decode_step), ("free", t.free)] {
+        println!("latency      {name:<13} p50 {:>9}  p99 {:>9}  ({} calls)", us(l.p50_ns), us(l.p99_ns), l.count);
+    }
+    for (name, l) in [
+        ("offload/page", t.offload_page_latency),
+        ("spill/batch", t.spill_batch_latency),
+        ("onboard G2/pg", t.onboard_g2_page_latency),
+        ("onboard G3/bt", t.onboard_g3_batch_latency),
+    ] {
+        println!("engine       {name:<13} p50 {:>9}  p99 {:>9}  ({} ops)", us(l.p50_ns), us(l.p99_ns), l.count);
+    }
+    println!("elapsed      {:.3} s", t.wall_seconds);
+}
+
+fn pct(n: usize, of: usize) -> f64 {
+    100.0 * n as f64 / of.max(1) as f64
+}
+
+fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn print_report(

@@ -10,8 +10,10 @@
 //!   cache; hit rate = tokens in the longest continuously cached prefix / all prompt tokens, over
 //!   the second half; capacity counts 512-token blocks (prefix-tree nodes); LRU and OPT evict
 //!   only leaves of the prefix tree. See [`sim`] for the step-by-step rules.
-//! - **Engine (planned)**: requests run through the real G1+G2+G3 engine with simulated
-//!   lifetimes, and the hit rate is split per tier.
+//! - **Engine (`engine` mode, [`engine`])**: requests run through the real G1+G2+G3 engine
+//!   with simulated lifetimes (arrival, prefill, decode steps, preemption under G1 pressure);
+//!   hit rate = prompt tokens served from any tier at admission / all prompt tokens, over every
+//!   request (and over the second half, for comparison), split per tier.
 //!
 //! ## How a compatible replay runs
 //! 1. [`PrefixPlan::build`] turns the trace into a prefix tree once.
@@ -32,8 +34,13 @@
 //! # Ok::<(), kvtier::Error>(())
 //! ```
 
+pub mod chart;
+pub mod engine;
+pub mod engine_report;
 pub mod sim;
 
+pub use engine::{EngineConfig, EngineRun};
+pub use engine_report::{EngineReport, EngineTiming};
 pub use sim::{PrefixPlan, SimPolicy, SimResult};
 
 use crate::error::{Error, Result};

@@ -1,0 +1,61 @@
+//! The engine replay's chart: hit rate over time (top) and tier occupancy (bottom), as SVG.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::engine_report::{EngineReport, Sample};
+
+type Series<'a> = (&'a str, RGBColor, fn(&Sample) -> f64);
+
+/// Draws the report's time series into an SVG file at `path`.
+pub fn write_svg(report: &EngineReport, path: &Path) -> std::io::Result<()> {
+    draw(report, path).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn draw(report: &EngineReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(360);
+    let end = report.samples.last().map_or(1.0, |s| s.t_s).max(1.0);
+    let hit: [Series; 4] = [
+        ("all tiers", BLACK, |s| s.hit_rate),
+        ("G1", BLUE, |s| s.g1_hit_rate),
+        ("G2", GREEN, |s| s.g2_hit_rate),
+        ("G3", RED, |s| s.g3_hit_rate),
+    ];
+    panel(&top, "prefix hit rate of requests admitted (per interval)", end, &report.samples, &hit)?;
+    let used: [Series; 4] = [
+        ("G1 holding data", BLUE, |s| s.g1_used),
+        ("G1 held by running requests", CYAN, |s| s.g1_in_use),
+        ("G2", GREEN, |s| s.g2_used),
+        ("G3", RED, |s| s.g3_used),
+    ];
+    panel(&bottom, "tier occupancy (fraction of capacity)", end, &report.samples, &used)?;
+    root.present()?;
+    Ok(())
+}
+
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    end: f64,
+    samples: &[Sample],
+    series: &[Series],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..end, 0.0..1.0)?;
+    chart.configure_mesh().x_desc("simulated time (s)").draw()?;
+    for &(name, color, value) in series {
+        chart
+            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t_s, value(s))), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! What an engine replay reports: deterministic results ([`EngineReport`]) apart from the
+//! wall-clock measurements ([`EngineTiming`]).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::engine::EngineConfig;
+use crate::offload::{Admission, LatencySummary, TieredCache, Traffic};
+
+/// Prompt tokens served from the cache, by the tier they were found in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TierTokens {
+    /// Found in G1 (shared at once).
+    pub g1: u64,
+    /// Onboarded from G2.
+    pub g2: u64,
+    /// Onboarded from G3.
+    pub g3: u64,
+}
+
+impl TierTokens {
+    /// All tiers.
+    pub fn total(&self) -> u64 {
+        self.g1 + self.g2 + self.g3
+    }
+    pub(crate) fn add(&mut self, o: &TierTokens) {
+        self.g1 += o.g1;
+        self.g2 += o.g2;
+        self.g3 += o.g3;
+    }
+}
+
+/// Prefix hit rates (token-weighted; see the module docs of [`super::engine`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct HitRates {
+    /// All tiers, all requests.
+    pub overall: f64,
+    /// Served from G1.
+    pub g1: f64,
+    /// Onboarded from G2.
+    pub g2: f64,
+    /// Onboarded from G3.
+    pub g3: f64,
+    /// All tiers, second half of the requests (compare with the `sim` mode's measured half).
+    pub second_half: f64,
+}
+
+/// Pages moved one way between two tiers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrafficRow {
+    /// Source tier.
+    pub from: &'static str,
+    /// Destination tier.
+    pub to: &'static str,
+    /// Pages moved.
+    pub pages: u64,
+    /// Bytes actually moved (small payload pages).
+    pub bytes_moved: u64,
+    /// The same pages at the model layout.
+    pub bytes_at_model: u64,
+    /// `bytes_at_model` per simulated second: the bandwidth the workload asks of that link.
+    pub model_bytes_per_sim_sec: f64,
+}
+
+impl TrafficRow {
+    pub(crate) fn new(from: &'static str, to: &'static str, t: Traffic, model_page: u64, sim_secs: f64) -> Self {
+        let at_model = t.pages * model_page;
+        let rate = if sim_secs > 0.0 { at_model as f64 / sim_secs } else { 0.0 };
+        Self { from, to, pages: t.pages, bytes_moved: t.bytes, bytes_at_model: at_model, model_bytes_per_sim_sec: rate }
+    }
+}
+
+/// Highest occupancy seen, in blocks, checked after every step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Peaks {
+    /// G1 blocks held by sequences.
+    pub g1_in_use: usize,
+    /// G1 blocks holding data (in use or cached-evictable).
+    pub g1_resident: usize,
+    /// G2 slots holding a page.
+    pub g2_used: usize,
+    /// G3 slots holding a page.
+    pub g3_used: usize,
+    /// Requests running at once.
+    pub running: usize,
+}
+
+/// One point of the time series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Simulated time, seconds.
+    pub t_s: f64,
+    /// Hit rate of the requests admitted during the interval, all tiers.
+    pub hit_rate: f64,
+    /// Of which G1.
+    pub g1_hit_rate: f64,
+    /// Of which G2.
+    pub g2_hit_rate: f64,
+    /// Of which G3.
+    pub g3_hit_rate: f64,
+    /// G1 blocks holding data / capacity.
+    pub g1_used: f64,
+    /// G1 blocks held by sequences / capacity.
+    pub g1_in_use: f64,
+    /// G2 slots used / capacity.
+    pub g2_used: f64,
+    /// G3 slots used / capacity.
+    pub g3_used: f64,
+    /// Requests running.
+    pub running: usize,
+}
+
+/// Tokens of the current sampling interval.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    pub(crate) prompt_tokens: u64,
+    pub(crate) hit: TierTokens,
+}
+
+/// Results of an engine replay; equal inputs give an equal report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineReport {
+    /// Bytes of one page at the model layout.
+    pub model_page_bytes: usize,
+    /// Bytes of one page as moved (the small payload).
+    pub payload_page_bytes: usize,
+    /// Tokens per block.
+    pub block_size: u32,
+    /// Capacities in blocks.
+    pub g1_blocks: usize,
+    /// G2 capacity in blocks.
+    pub g2_blocks: usize,
+    /// G3 capacity in blocks (0: no SSD tier).
+    pub g3_blocks: usize,
+    /// Bytes of a G3 slot on disk.
+    pub g3_slot_bytes: usize,
+    /// IO engine of G3 (`io_uring` or `psync`), if any.
+    pub g3_backend: Option<String>,
+    /// G3 admission filter.
+    pub admission: &'static str,
+    /// Simulated decode step, milliseconds.
+    pub decode_step_ms: f64,
+    /// Simulated prefill speed, tokens per second.
+    pub prefill_tokens_per_sec: f64,
+    /// Requests in the trace.
+    pub requests: usize,
+    /// Requests that ran to the end.
+    pub finished: usize,
+    /// Requests whose prompt does not fit in G1.
+    pub rejected: usize,
+    /// Requests ended early because G1 could not hold their next token even alone.
+    pub truncated: usize,
+    /// Preemptions (a running request freed to let the others decode, recomputed later).
+    pub preemptions: u64,
+    /// Scheduler steps that ran prefill or decode.
+    pub steps: u64,
+    /// Simulated duration, seconds.
+    pub simulated_seconds: f64,
+    /// Prompt tokens of every request.
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from the cache at first admission, per tier.
+    pub hit_tokens: TierTokens,
+    /// Prefill tokens saved (`hit_tokens`, all tiers).
+    pub prefill_tokens_saved: u64,
+    /// Prefill tokens computed, recomputation after preemption included.
+    pub prefill_tokens_computed: u64,
+    /// Tokens decoded.
+    pub decode_tokens: u64,
+    /// Prompt tokens of the second half of the requests.
+    pub second_half_prompt_tokens: u64,
+    /// Of those, served from the cache.
+    pub second_half_hit_tokens: u64,
+    /// Hit rates.
+    pub hit_rate: HitRates,
+    /// Pages moved between tiers.
+    pub traffic: Vec<TrafficRow>,
+    /// Peak occupancy.
+    pub peaks: Peaks,
+    /// Blocks evicted from G1 (reused for other data).
+    pub g1_evictions: u64,
+    /// Of those, not backed by G2 (their content left the hierarchy).
+    pub g1_unbacked_evictions: u64,
+    /// Pages evicted from G2.
+    pub g2_evictions: u64,
+    /// Of those, not backed by G3.
+    pub g2_unbacked_evictions: u64,
+    /// Pages evicted from G3.
+    pub g3_evictions: u64,
+    /// Spills to G3 the admission filter declined.
+    pub admission_declined: u64,
+    /// Pages onboarding could not deliver.
+    pub onboard_failed: u64,
+    /// Hit rate and occupancy over simulated time.
+    pub samples: Vec<Sample>,
+}
+
+impl EngineReport {
+    pub(crate) fn new(config: &EngineConfig, tiers: &TieredCache) -> Self {
+        Self {
+            model_page_bytes: config.layout.page_bytes(),
+            payload_page_bytes: tiers.g1().layout().page_bytes(),
+            block_size: config.layout.block_size(),
+            g1_blocks: config.g1_blocks,
+            g2_blocks: config.g2_blocks,
+            g3_blocks: config.g3_blocks,
+            g3_slot_bytes: tiers.g3().map_or(0, |d| d.slot_bytes()),
+            g3_backend: None,
+            admission: match config.admission {
+                Admission::All => "all",
+                Admission::SeenTwice => "seen-twice",
+            },
+            decode_step_ms: config.decode_step.as_secs_f64() * 1e3,
+            prefill_tokens_per_sec: config.prefill_tokens_per_sec,
+            requests: 0,
+            finished: 0,
+            rejected: 0,
+            truncated: 0,
+            preemptions: 0,
+            steps: 0,
+            simulated_seconds: 0.0,
+            prompt_tokens: 0,
+            hit_tokens: TierTokens::default(),
+            prefill_tokens_saved: 0,
+            prefill_tokens_computed: 0,
+            decode_tokens: 0,
+            second_half_prompt_tokens: 0,
+            second_half_hit_tokens: 0,
+            hit_rate: HitRates::default(),
+            traffic: Vec::new(),
+            peaks: Peaks::default(),
+            g1_evictions: 0,
+            g1_unbacked_evictions: 0,
+            g2_evictions: 0,
+            g2_unbacked_evictions: 0,
+            g3_evictions: 0,
+            admission_declined: 0,
+            onboard_failed: 0,
+            samples: Vec::new(),
+        }
+    }
+
+    pub(crate) fn finalize(&mut self) {
+        let rate = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        let h = self.hit_tokens;
+        self.prefill_tokens_saved = h.total();
+        self.hit_rate = HitRates {
+            overall: rate(h.total(), self.prompt_tokens),
+            g1: rate(h.g1, self.prompt_tokens),
+            g2: rate(h.g2, self.prompt_tokens),
+            g3: rate(h.g3, self.prompt_tokens),
+            second_half: rate(self.second_half_hit_tokens, self.second_half_prompt_tokens),
+        };
+    }
+
+    /// The traffic row of one direction, if any pages moved that way.
+    pub fn traffic(&self, from: &str, to: &str) -> Option<&TrafficRow> {
+        self.traffic.iter().find(|t| t.from == from && t.to == to)
+    }
+}
+
+/// Count and quantiles of one operation, in nanoseconds (bucket lower bounds, within 12.5 %).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OpLatency {
+    /// Operations timed.
+    pub count: u64,
+    /// Median, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+}
+
+impl From<LatencySummary> for OpLatency {
+    fn from(s: LatencySummary) -> Self {
+        Self { count: s.count, p50_ns: s.p50.as_nanos() as u64, p99_ns: s.p99.as_nanos() as u64 }
+    }
+}
+
+/// Wall-clock measurements of an engine replay (they vary from run to run).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineTiming {
+    /// The whole replay, seconds.
+    pub wall_seconds: f64,
+    /// `add_sequence` calls (admissions, including refused ones).
+    pub add_sequence: OpLatency,
+    /// `decode_step` calls (one per batch).
+    pub decode_step: OpLatency,
+    /// `free` calls.
+    pub free: OpLatency,
+    /// Time in the engine's maintenance (offload and spill), seconds.
+    pub maintenance_seconds: f64,
+    /// Time in onboarding calls, seconds.
+    pub onboard_seconds: f64,
+    /// Bytes offloaded (G1 -> G2 and G2 -> G3) per second of maintenance.
+    pub offload_bytes_per_sec: f64,
+    /// Bytes onboarded (G2/G3 -> G1) per second of onboarding.
+    pub onboard_bytes_per_sec: f64,
+    /// Engine: G1 -> G2 copy per page.
+    pub offload_page_latency: OpLatency,
+    /// Engine: G2 -> G3 write per batch.
+    pub spill_batch_latency: OpLatency,
+    /// Engine: G2 -> G1 onboard per page.
+    pub onboard_g2_page_latency: OpLatency,
+    /// Engine: G3 -> G1 onboard per batch.
+    pub onboard_g3_batch_latency: OpLatency,
+}
+
+/// Log-linear latency histogram: 8 sub-buckets per power of two of nanoseconds.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyHistogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { buckets: vec![0; 64 * 8], count: 0 }
+    }
+}
+
+impl LatencyHistogram {
+    pub(crate) fn record(&mut self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        let i = if ns < 8 {
+            ns as usize
+        } else {
+            let exp = 63 - ns.leading_zeros();
+            (exp * 8 + ((ns >> (exp - 3)) & 7) as u32) as usize
+        };
+        self.buckets[i.min(64 * 8 - 1)] += 1;
+        self.count += 1;
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                let (exp, sub) = (i as u32 / 8, i as u64 % 8);
+                return if exp < 3 { i as u64 } else { (8 + sub) << (exp - 3) };
+            }
+        }
+        0
+    }
+
+    pub(crate) fn summary(&self) -> OpLatency {
+        if self.count == 0 {
+            return OpLatency::default();
+        }
+        OpLatency { count: self.count, p50_ns: self.quantile(0.5), p99_ns: self.quantile(0.99) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_within_a_bucket() {
+        let mut h = LatencyHistogram::default();
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert!((43_000..=50_000).contains(&s.p50_ns), "{s:?}");
+        assert!((86_000..=99_000).contains(&s.p99_ns), "{s:?}");
+        assert_eq!(LatencyHistogram::default().summary(), OpLatency::default());
+    }
+}

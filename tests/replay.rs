@@ -1,7 +1,12 @@
-//! Trace reading and the kvcache-simulator-compatible replay, through the public API.
+//! Trace reading, the kvcache-simulator-compatible replay and the engine replay, through the
+//! public API and the `kvtier` command.
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use kvtier::Error;
-use kvtier::replay::{PrefixPlan, SimConfig, SimPolicy, SimReport};
+use kvtier::io::BackendKind;
+use kvtier::replay::{EngineConfig, PrefixPlan, SimConfig, SimPolicy, SimReport, engine};
 use kvtier::trace::{Trace, TraceOptions, TraceReason, TraceRecord};
 
 const SAMPLE: &str = include_str!("../data/conversation_sample.jsonl");
@@ -117,4 +122,150 @@ fn hand_checked_trace() {
     assert_eq!(hits(SimPolicy::Lru, 2), 2);
     let rate = plan.simulate(SimPolicy::Lru, 4).hit_rate;
     assert!((rate - 3.0 / 7.0).abs() < 1e-12);
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("replay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn timed(ms: u64, output: u32, ids: &[u64]) -> TraceRecord {
+    TraceRecord {
+        timestamp_ms: ms,
+        input_length: 512 * ids.len() as u32,
+        output_length: output,
+        hash_ids: ids.to_vec(),
+    }
+}
+
+#[test]
+fn engine_replay_is_deterministic_and_uses_every_tier() {
+    let all = Trace::parse_str(SAMPLE, &TraceOptions::default()).unwrap();
+    let trace = Trace::from_records(all.records()[..400].to_vec());
+    let dir = tmp("engine-determinism");
+    // Without write-through G2 keeps what G1 gives up, so all three tiers serve hits here.
+    let config = EngineConfig::default()
+        .with_capacities(4096, 32_768, 16_384)
+        .with_write_through_g2(false)
+        .with_ssd_dir(&dir)
+        .with_io_backend(BackendKind::Psync)
+        .with_samples(20);
+    let a = engine::run(&trace, &config, |_| {}).unwrap();
+    let b = engine::run(&trace, &config, |_| {}).unwrap();
+    assert_eq!(a.report, b.report, "same trace and configuration, different report");
+    assert_eq!(serde_json::to_string(&a.report).unwrap(), serde_json::to_string(&b.report).unwrap());
+    let r = &a.report;
+    assert_eq!((r.requests, r.finished + r.rejected), (400, 400));
+    assert_eq!(r.prompt_tokens, trace.prompt_tokens());
+    assert_eq!(r.prefill_tokens_saved, r.hit_tokens.total());
+    assert!(r.hit_tokens.g1 > 0 && r.hit_tokens.g2 > 0 && r.hit_tokens.g3 > 0, "{:?}", r.hit_tokens);
+    assert!((r.hit_rate.overall - (r.hit_rate.g1 + r.hit_rate.g2 + r.hit_rate.g3)).abs() < 1e-12);
+    let down = r.traffic("G1", "G2").unwrap();
+    assert!(down.pages > 0);
+    assert_eq!((down.bytes_moved, down.bytes_at_model), (down.pages * 64, down.pages * (2 << 20)));
+    assert!(r.traffic("G3", "G1").unwrap().pages > 0);
+    assert!(r.peaks.g1_in_use <= 4096 && r.peaks.g2_used <= 32_768 && r.peaks.g3_used <= 16_384);
+    assert!(!r.samples.is_empty() && r.samples.iter().all(|s| (0.0..=1.0).contains(&s.hit_rate)));
+    assert!(a.timing.decode_step.count > 0 && a.timing.add_sequence.count >= 400 - r.rejected as u64);
+    // the G3 directory made for the run is gone
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn engine_replay_shares_in_g1_and_onboards_from_g2() {
+    let dir = tmp("engine-hand");
+    // 1. r1 arrives after r0 ended: r0's two trace blocks (64 blocks of 16 tokens) hit in G1.
+    let trace = Trace::from_records(vec![timed(0, 2, &[1, 2]), timed(10_000, 2, &[1, 2, 3])]);
+    let config = EngineConfig::default().with_capacities(1000, 1000, 0).with_ssd_dir(&dir);
+    let r = engine::run(&trace, &config, |_| {}).unwrap().report;
+    assert_eq!((r.hit_tokens.g1, r.hit_tokens.g2, r.hit_tokens.g3), (1024, 0, 0));
+    assert_eq!(r.prefill_tokens_computed, 1024 + 512);
+    assert_eq!(r.decode_tokens, 4);
+    // 2. A 100-block G1: r1 pushes r0's prefix out of G1 (written through to G2); r2 onboards
+    //    it from G2 (also the blocks its own onboarding pushed out: a second round).
+    let trace =
+        Trace::from_records(vec![timed(0, 1, &[1, 2]), timed(10_000, 1, &[5, 6]), timed(20_000, 1, &[1, 2, 7])]);
+    let config = EngineConfig::default().with_capacities(100, 1000, 0).with_ssd_dir(&dir);
+    let r = engine::run(&trace, &config, |_| {}).unwrap().report;
+    assert!(r.hit_tokens.g2 > 0, "{:?}", r.hit_tokens);
+    assert_eq!(r.hit_tokens.total(), 1024, "the whole shared prefix is served");
+    assert_eq!(r.traffic("G2", "G1").unwrap().pages, r.hit_tokens.g2 / 16);
+    assert_eq!(r.g1_unbacked_evictions, 0, "write-through: G1 evictions lose nothing");
+    // 3. A prompt larger than G1 is rejected, the others still run.
+    let trace = Trace::from_records(vec![timed(0, 1, &[1, 2, 3, 4]), timed(5, 1, &[9])]);
+    let config = EngineConfig::default().with_capacities(100, 100, 0).with_ssd_dir(&dir);
+    let r = engine::run(&trace, &config, |_| {}).unwrap().report;
+    assert_eq!((r.rejected, r.finished, r.prompt_tokens), (1, 1, 5 * 512));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn kvtier(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kvtier")).args(args).output().unwrap()
+}
+
+#[test]
+fn malformed_trace_fails_with_its_line_number_and_writes_nothing() {
+    let dir = tmp("cli-bad");
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, [line(1000, "0, 1"), line(512, "0"), line(-3, "1")].join("\n")).unwrap();
+    for mode in ["sim", "engine", "both"] {
+        let out = dir.join(format!("out-{mode}"));
+        let o = kvtier(&["replay", "--mode", mode, "--trace", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(!o.status.success(), "{mode}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("trace line 3: field `input_length` is negative"), "{mode}: {stderr}");
+        assert!(!out.exists(), "{mode}: a failed run left {}", out.display());
+    }
+    // Bad sizes and capacities are refused before anything runs or is written, too.
+    let out = dir.join("out-size");
+    for size in ["4XB", "0"] {
+        let o = kvtier(&[
+            "--mode",
+            "engine",
+            "--g1",
+            size,
+            "--trace",
+            bad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "--g1 {size}");
+        assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn engine_mode_writes_report_and_chart() {
+    let dir = tmp("cli-engine");
+    let trace = dir.join("t.jsonl");
+    std::fs::write(&trace, [line(1000, "0, 1"), line(1500, "0, 1, 2"), line(512, "7")].join("\n")).unwrap();
+    let out = dir.join("out");
+    let o = kvtier(&[
+        "--mode",
+        "engine",
+        "--g1",
+        "4GiB",
+        "--g3",
+        "64MiB",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("hit rate") && stdout.contains("G1->G2"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("replay_engine.json")).unwrap()).unwrap();
+    assert_eq!(json["report"]["g1_blocks"], 2048); // 4 GiB of 2 MiB Llama-3.1-8B blocks
+    assert_eq!(json["report"]["g3_blocks"], 32);
+    assert_eq!(json["report"]["requests"], 3);
+    assert!(std::fs::read_to_string(out.join("replay_engine.svg")).unwrap().starts_with("<svg"));
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }

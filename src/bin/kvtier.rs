@@ -20,6 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kvtier::KvLayout;
 use kvtier::io::BackendKind;
+use kvtier::offload::Admission;
 use kvtier::replay::{EngineConfig, EngineRun, PrefixPlan, SimConfig, SimPolicy, SimReport, chart, engine};
 use kvtier::trace::{Trace, TraceOptions};
 
@@ -82,6 +83,12 @@ struct ReplayArgs {
     /// Engine mode: G3 IO engine.
     #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
     io_backend: IoBackend,
+    /// Engine mode: pages G3 takes from G2.
+    #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
+    admission: AdmissionArg,
+    /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
+    #[arg(long)]
+    no_write_through: bool,
     /// Engine mode: simulated duration of one decode step, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     decode_step_ms: f64,
@@ -111,6 +118,14 @@ enum Mode {
     Engine,
     /// Both, one after the other.
     Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AdmissionArg {
+    /// Every page spilled from G2.
+    All,
+    /// Pages seen at least twice recently (TinyLFU-style sketch).
+    SeenTwice,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -232,6 +247,11 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
         .with_layout(layout)
         .with_capacities(args.g1.blocks(page), args.g2.blocks(page), args.g3.blocks(page))
         .with_speeds(Duration::from_secs_f64(args.decode_step_ms.max(0.0) / 1e3), args.prefill_tokens_per_sec)
+        .with_admission(match args.admission {
+            AdmissionArg::All => Admission::All,
+            AdmissionArg::SeenTwice => Admission::SeenTwice,
+        })
+        .with_write_through_g2(!args.no_write_through)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
         .with_io_backend(match args.io_backend {
             IoBackend::Auto => BackendKind::Auto,
@@ -340,7 +360,7 @@ fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         r.payload_page_bytes
     );
     println!(
-        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {} ({}; {} slots of {} B on disk, {})",
+        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {} ({}; {} slots of {} B on disk, {}); {} G3 admission, write-through {}",
         r.g1_blocks,
         model(r.g1_blocks),
         r.g2_blocks,
@@ -349,7 +369,9 @@ fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         model(r.g3_blocks),
         r.g3_blocks,
         r.g3_slot_bytes,
-        r.g3_backend.as_deref().unwrap_or("none")
+        r.g3_backend.as_deref().unwrap_or("none"),
+        r.admission,
+        if r.write_through_g2 { "on" } else { "off" }
     );
     println!(
         "requests     {} ({} finished, {} rejected: larger than G1, {} cut short), {} preemptions, peak {} running",
@@ -530,4 +552,21 @@ fn write_json(
     std::fs::write(&tmp, serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn sizes_are_blocks_or_bytes() {
+        assert_eq!("2048".parse(), Ok(Size::Blocks(2048)));
+        assert_eq!("4GiB".parse(), Ok(Size::Bytes(4 << 30)));
+        assert_eq!("1.5 TiB".parse(), Ok(Size::Bytes(3 << 39)));
+        assert_eq!("512mb".parse(), Ok(Size::Bytes(512_000_000)));
+        assert_eq!(Size::Bytes(4 << 30).blocks(2 << 20), 2048);
+        assert!("4XB".parse::<Size>().is_err());
+        assert!("GiB".parse::<Size>().is_err());
+        assert!("1.5".parse::<Size>().is_err(), "blocks are whole");
+    }
 }

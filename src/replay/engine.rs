@@ -14,7 +14,8 @@
 //!    (`decode_step` + `commit`); finished ones are freed. If G1 cannot hold a new request it
 //!    waits (first come, first served); if a decode step runs out of blocks, the most recently
 //!    admitted request is preempted (freed, re-queued, recomputed later). A request larger than
-//!    G1 is rejected. The offload engine's maintenance (offload, spill) runs after every step.
+//!    G1 is rejected. The offload engine's maintenance (offload, spill) runs after every step;
+//!    by default committed blocks are written through to G2, so a G1 eviction loses nothing.
 //! 3. A step lasts [`EngineConfig::decode_step`] plus the prefill it computed at
 //!    [`EngineConfig::prefill_tokens_per_sec`]; when nothing runs the clock jumps to the next
 //!    event.
@@ -54,6 +55,9 @@ use super::engine_report::{EngineReport, EngineTiming, LatencyHistogram, Sample,
 
 /// Maintenance passes after each step at most (each moves up to a batch of pages down).
 const MAINTENANCE_PASSES: usize = 2;
+
+/// Onboarding rounds per request at most (see `Replay::probe`).
+const ONBOARD_ROUNDS: usize = 4;
 
 /// Vocabulary size of the derived token ids (Llama 3's).
 pub const VOCAB: u64 = 128_256;
@@ -109,6 +113,9 @@ pub struct EngineConfig {
     pub io_backend: BackendKind,
     /// G3 admission filter. Default: seen twice.
     pub admission: Admission,
+    /// Copy every committed block to G2 at once, so that a G1 eviction never loses a page.
+    /// Default: true.
+    pub write_through_g2: bool,
     /// Simulated duration of one decode step. Default: 20 ms.
     pub decode_step: Duration,
     /// Simulated prefill speed, in computed tokens per second. Default: 50,000.
@@ -137,6 +144,7 @@ impl Default for EngineConfig {
             ssd_dir: PathBuf::from("out"),
             io_backend: BackendKind::Auto,
             admission: Admission::SeenTwice,
+            write_through_g2: true,
             decode_step: Duration::from_millis(20),
             prefill_tokens_per_sec: 50_000.0,
             g2_onboard_bytes_per_sec: 25e9,
@@ -178,6 +186,11 @@ impl EngineConfig {
     /// Sets the G3 admission filter (default seen twice).
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+    /// Sets write-through from G1 to G2 (default true).
+    pub fn with_write_through_g2(mut self, on: bool) -> Self {
+        self.write_through_g2 = on;
         self
     }
     /// Sets the simulated decode step and prefill speed (defaults 20 ms, 50,000 tokens/s).
@@ -250,7 +263,8 @@ struct Onboarding {
     req: Request,
     outcome: OnboardOutcome,
     ready_at_us: u64,
-    _ticket: Ticket,
+    /// Held until the request is admitted: they keep its prefix in G1.
+    _tickets: Vec<Ticket>,
 }
 
 /// Removes the G3 directory the replay made, also on an error path.
@@ -272,6 +286,7 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
     let mut offload = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false))
         .with_admission(config.admission)
+        .with_write_through_g2(config.write_through_g2)
         .with_workers(0);
     let mut dir = TempDir(None);
     if config.g3_blocks > 0 {
@@ -378,10 +393,10 @@ impl<'a> Replay<'a> {
                 let idle = running.is_empty() && onboarding.is_empty();
                 if !req.probed {
                     req.probed = true;
-                    if let Some((ticket, outcome)) = self.probe(req, idle)? {
+                    if let Some((tickets, outcome)) = self.probe(req, idle)? {
                         let ready_at_us = self.now_us + self.transfer_us(&outcome);
                         let Some(req) = waiting.pop_front() else { break };
-                        onboarding.push(Onboarding { req, outcome, ready_at_us, _ticket: ticket });
+                        onboarding.push(Onboarding { req, outcome, ready_at_us, _tickets: tickets });
                         continue;
                     }
                     if !req.probed {
@@ -473,27 +488,46 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Looks the request up in every tier; starts onboarding if part of its prefix lives only
-    /// in G2/G3. Leaves `req.probed` false if G1 has no room to onboard into yet.
-    fn probe(&mut self, req: &mut Request, idle: bool) -> Result<Option<(Ticket, OnboardOutcome)>> {
+    /// Looks the request up in every tier; onboards the part of its prefix that lives only in
+    /// G2/G3. Leaves `req.probed` false if G1 has no room to onboard into yet.
+    ///
+    /// A ticket holds the leading G1 hits and the run it brings up, not G1 blocks further on,
+    /// which its own allocations may evict (they are written through, so they are still below):
+    /// like a runtime, look again and onboard the next run, a few rounds at most.
+    fn probe(&mut self, req: &mut Request, idle: bool) -> Result<Option<(Vec<Ticket>, OnboardOutcome)>> {
         self.tiers.g1().lock().hash_tokens(&req.tokens, &self.keys, &mut req.hashes);
         let max_hit = (req.tokens.len().saturating_sub(1) / self.bs).min(req.hashes.len());
-        let hit = self.tiers.longest_prefix(&req.hashes[..max_hit]);
-        if hit.g2 + hit.g3 == 0 {
-            return Ok(None);
-        }
+        let mut tickets = Vec::new();
+        let mut total = OnboardOutcome::default();
         let t0 = Instant::now();
-        let ticket = match self.tiers.onboard(&req.hashes[..max_hit]) {
-            Ok(t) => t,
-            Err(Error::OutOfBlocks { .. }) => {
-                req.probed = idle; // with nothing else in G1, try a plain admission instead
-                return Ok(None);
+        for round in 0..ONBOARD_ROUNDS {
+            let hit = self.tiers.longest_prefix(&req.hashes[..max_hit]);
+            if hit.g2 + hit.g3 == 0 {
+                break;
             }
-            Err(e) => return Err(e),
-        };
-        let outcome = ticket.wait(); // no background workers: already done
+            let ticket = match self.tiers.onboard(&req.hashes[..max_hit]) {
+                Ok(t) => t,
+                Err(Error::OutOfBlocks { .. }) if round == 0 => {
+                    req.probed = idle; // with nothing else in G1, try a plain admission instead
+                    return Ok(None);
+                }
+                Err(Error::OutOfBlocks { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            let outcome = ticket.wait(); // no background workers: already done
+            if round == 0 {
+                total.g1_hits = outcome.g1_hits;
+            }
+            total.from_g2 += outcome.from_g2;
+            total.from_g3 += outcome.from_g3;
+            total.failed += outcome.failed;
+            tickets.push(ticket);
+            if outcome.from_g2 + outcome.from_g3 == 0 {
+                break;
+            }
+        }
         self.onboard_time += t0.elapsed();
-        Ok(Some((ticket, outcome)))
+        Ok((!tickets.is_empty()).then_some((tickets, total)))
     }
 
     /// Simulated time to bring the onboarded pages up at the model layout.

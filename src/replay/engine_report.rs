@@ -139,6 +139,8 @@ pub struct EngineReport {
     pub g3_backend: Option<String>,
     /// G3 admission filter.
     pub admission: &'static str,
+    /// Whether committed blocks were written through to G2.
+    pub write_through_g2: bool,
     /// Simulated decode step, milliseconds.
     pub decode_step_ms: f64,
     /// Simulated prefill speed, tokens per second.
@@ -210,6 +212,7 @@ impl EngineReport {
                 Admission::All => "all",
                 Admission::SeenTwice => "seen-twice",
             },
+            write_through_g2: config.write_through_g2,
             decode_step_ms: config.decode_step.as_secs_f64() * 1e3,
             prefill_tokens_per_sec: config.prefill_tokens_per_sec,
             requests: 0,

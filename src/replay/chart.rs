@@ -6,7 +6,7 @@ use plotters::prelude::*;
 
 use super::engine_report::{EngineReport, Sample};
 
-type Series<'a> = (&'a str, RGBColor, fn(&Sample) -> f64);
+type Series<'a> = (&'a str, ShapeStyle, fn(&Sample) -> f64);
 
 /// Draws the report's time series into an SVG file at `path`.
 pub fn write_svg(report: &EngineReport, path: &Path) -> std::io::Result<()> {
@@ -18,18 +18,20 @@ fn draw(report: &EngineReport, path: &Path) -> Result<(), Box<dyn std::error::Er
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(360);
     let end = report.samples.last().map_or(1.0, |s| s.t_s).max(1.0);
-    let hit: [Series; 4] = [
-        ("all tiers", BLACK, |s| s.hit_rate),
-        ("G1", BLUE, |s| s.g1_hit_rate),
-        ("G2", GREEN, |s| s.g2_hit_rate),
-        ("G3", RED, |s| s.g3_hit_rate),
+    let thin = |c: RGBColor| c.mix(0.7).stroke_width(1);
+    let hit: [Series; 5] = [
+        ("all tiers, cumulative", BLACK.stroke_width(3), |s| s.cumulative_hit_rate),
+        ("all tiers, per interval", thin(BLACK), |s| s.hit_rate),
+        ("G1", thin(BLUE), |s| s.g1_hit_rate),
+        ("G2", thin(GREEN), |s| s.g2_hit_rate),
+        ("G3", thin(RED), |s| s.g3_hit_rate),
     ];
-    panel(&top, "prefix hit rate of requests admitted (per interval)", end, &report.samples, &hit)?;
+    panel(&top, "prefix hit rate of the requests admitted", end, &report.samples, &hit)?;
     let used: [Series; 4] = [
-        ("G1 holding data", BLUE, |s| s.g1_used),
-        ("G1 held by running requests", CYAN, |s| s.g1_in_use),
-        ("G2", GREEN, |s| s.g2_used),
-        ("G3", RED, |s| s.g3_used),
+        ("G1 holding data", BLUE.stroke_width(2), |s| s.g1_used),
+        ("G1 held by running requests", CYAN.stroke_width(2), |s| s.g1_in_use),
+        ("G2", GREEN.stroke_width(2), |s| s.g2_used),
+        ("G3", RED.stroke_width(2), |s| s.g3_used),
     ];
     panel(&bottom, "tier occupancy (fraction of capacity)", end, &report.samples, &used)?;
     root.present()?;
@@ -50,11 +52,11 @@ fn panel(
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..end, 0.0..1.0)?;
     chart.configure_mesh().x_desc("simulated time (s)").draw()?;
-    for &(name, color, value) in series {
+    for &(name, style, value) in series {
         chart
-            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t_s, value(s))), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t_s, value(s))), style))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     Ok(())

@@ -678,6 +678,10 @@ impl<'a> Replay<'a> {
             let rate = |t: u64| if w.prompt_tokens == 0 { 0.0 } else { t as f64 / w.prompt_tokens as f64 };
             self.report.samples.push(Sample {
                 t_s: self.next_sample_us as f64 / 1e6,
+                cumulative_hit_rate: match self.report.prompt_tokens {
+                    0 => 0.0,
+                    all => self.report.hit_tokens.total() as f64 / all as f64,
+                },
                 hit_rate: rate(w.hit.total()),
                 g1_hit_rate: rate(w.hit.g1),
                 g2_hit_rate: rate(w.hit.g2),

@@ -91,6 +91,8 @@ pub struct Peaks {
 pub struct Sample {
     /// Simulated time, seconds.
     pub t_s: f64,
+    /// Hit rate of every request admitted so far, all tiers.
+    pub cumulative_hit_rate: f64,
     /// Hit rate of the requests admitted during the interval, all tiers.
     pub hit_rate: f64,
     /// Of which G1.

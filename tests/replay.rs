@@ -194,6 +194,13 @@ fn engine_replay_shares_in_g1_and_onboards_from_g2() {
     assert_eq!(r.hit_tokens.total(), 1024, "the whole shared prefix is served");
     assert_eq!(r.traffic("G2", "G1").unwrap().pages, r.hit_tokens.g2 / 16);
     assert_eq!(r.g1_unbacked_evictions, 0, "write-through: G1 evictions lose nothing");
+    // 2b. The same with full-size pages (a 4 KiB layout here): bytes moved are the model's.
+    let layout = kvtier::KvLayout::new(1, 2, 32, kvtier::Dtype::F16, 16).unwrap();
+    let full = config.clone().with_layout(layout).with_full_data(true);
+    let f = engine::run(&trace, &full, |_| {}).unwrap().report;
+    assert_eq!((f.hit_tokens, f.payload_page_bytes, f.model_page_bytes), (r.hit_tokens, 4096, 4096));
+    let up = f.traffic("G2", "G1").unwrap();
+    assert_eq!((up.pages, up.bytes_moved, up.bytes_at_model), (up.pages, up.pages * 4096, up.pages * 4096));
     // 3. A prompt larger than G1 is rejected, the others still run.
     let trace = Trace::from_records(vec![timed(0, 1, &[1, 2, 3, 4]), timed(5, 1, &[9])]);
     let config = EngineConfig::default().with_capacities(100, 100, 0).with_ssd_dir(&dir);

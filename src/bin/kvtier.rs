@@ -89,6 +89,13 @@ struct ReplayArgs {
     /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
     #[arg(long)]
     no_write_through: bool,
+    /// Engine mode: move full model-size pages (real offload/onboard throughput; G1 and G2 are
+    /// mapped at full size, so keep capacities and --requests small).
+    #[arg(long)]
+    full_data: bool,
+    /// Replay only the first N requests of the trace.
+    #[arg(long, value_name = "N")]
+    requests: Option<usize>,
     /// Engine mode: simulated duration of one decode step, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     decode_step_ms: f64,
@@ -225,6 +232,13 @@ fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => (Trace::read_path(path, &options)?, path.display().to_string()),
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
+    let (trace, source) = match args.requests {
+        // (the count of skipped lines goes with the cut: `--skip-bad-lines` reports it per file)
+        Some(n) if n < trace.len() => {
+            (Trace::from_records(trace.records()[..n].to_vec()), format!("{source}, first {n} requests"))
+        }
+        _ => (trace, source),
+    };
     let parse_time = started.elapsed();
     // Both modes' configurations are checked before either runs or writes anything.
     let engine_config = engine_config(args)?;
@@ -252,6 +266,7 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
             AdmissionArg::SeenTwice => Admission::SeenTwice,
         })
         .with_write_through_g2(!args.no_write_through)
+        .with_full_data(args.full_data)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
         .with_io_backend(match args.io_backend {
             IoBackend::Auto => BackendKind::Auto,
@@ -354,10 +369,11 @@ fn print_engine(run: &EngineRun, source: &str, layout: &str) {
     println!("kvtier replay --mode engine (G1 + G2 + G3 engine, simulated request lifetimes)");
     println!("trace        {source}");
     println!(
-        "layout       {layout}, {}-token blocks: {} per block at the model, {} B moved per block (payload)",
+        "layout       {layout}, {}-token blocks: {} per block at the model, {} B moved per block{}",
         r.block_size,
         format_bytes(r.model_page_bytes as u64),
-        r.payload_page_bytes
+        r.payload_page_bytes,
+        if r.full_data { " (full data)" } else { " (small payload)" }
     );
     println!(
         "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {} ({}; {} slots of {} B on disk, {}); {} G3 admission, write-through {}",

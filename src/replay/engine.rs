@@ -24,7 +24,9 @@
 //! block) so that a one-hour trace replays in seconds; block counts and the engine's decisions
 //! are the real ones, and every byte figure is given both as moved and as it would be at the
 //! model layout (2 MiB per 16-token block for Llama-3.1-8B). G3 slots are 4 KiB on disk
-//! whatever the payload (direct IO alignment). The engine runs without background workers, so
+//! whatever the payload (direct IO alignment). With [`EngineConfig::full_data`] pages are
+//! model-size and G3 uses direct IO, so the measured throughputs are real (for a bounded
+//! sample: G1 and G2 are then mapped at full size). The engine runs without background workers, so
 //! equal inputs give an equal [`EngineReport`]; only [`EngineTiming`] varies.
 //!
 //! ## Hit-rate definition (engine mode)
@@ -116,6 +118,10 @@ pub struct EngineConfig {
     /// Copy every committed block to G2 at once, so that a G1 eviction never loses a page.
     /// Default: true.
     pub write_through_g2: bool,
+    /// Move full model-size pages (G1 and G2 are mapped at that size, G3 uses direct IO), so
+    /// that the throughput figures are real; meant for a bounded sample of a trace.
+    /// Default: false (64-byte payload, buffered G3 IO).
+    pub full_data: bool,
     /// Simulated duration of one decode step. Default: 20 ms.
     pub decode_step: Duration,
     /// Simulated prefill speed, in computed tokens per second. Default: 50,000.
@@ -145,6 +151,7 @@ impl Default for EngineConfig {
             io_backend: BackendKind::Auto,
             admission: Admission::SeenTwice,
             write_through_g2: true,
+            full_data: false,
             decode_step: Duration::from_millis(20),
             prefill_tokens_per_sec: 50_000.0,
             g2_onboard_bytes_per_sec: 25e9,
@@ -193,6 +200,11 @@ impl EngineConfig {
         self.write_through_g2 = on;
         self
     }
+    /// Moves full model-size pages (default false).
+    pub fn with_full_data(mut self, on: bool) -> Self {
+        self.full_data = on;
+        self
+    }
     /// Sets the simulated decode step and prefill speed (defaults 20 ms, 50,000 tokens/s).
     pub fn with_speeds(mut self, decode_step: Duration, prefill_tokens_per_sec: f64) -> Self {
         self.decode_step = decode_step;
@@ -230,9 +242,20 @@ impl EngineConfig {
         Ok(())
     }
 
-    /// The layout pages actually carry: one layer, one head, one f16 dimension.
+    /// The layout pages actually carry: the model's with [`EngineConfig::full_data`], else one
+    /// layer, one head, one f16 dimension.
+    ///
+    /// ```
+    /// # use kvtier::replay::engine::EngineConfig;
+    /// assert_eq!(EngineConfig::default().payload_layout()?.page_bytes(), 64);
+    /// assert_eq!(EngineConfig::default().with_full_data(true).payload_layout()?.page_bytes(), 2 << 20);
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn payload_layout(&self) -> Result<KvLayout> {
-        KvLayout::new(1, 1, 1, Dtype::F16, self.layout.block_size())
+        match self.full_data {
+            true => Ok(self.layout),
+            false => KvLayout::new(1, 1, 1, Dtype::F16, self.layout.block_size()),
+        }
     }
 }
 
@@ -295,7 +318,8 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
         let d = config.ssd_dir.join(format!("kvtier-replay-g3-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         dir.0 = Some(d.clone());
-        let io = IoConfig::default().with_backend(config.io_backend).with_direct(false);
+        // Direct IO only pays off, and only measures the drive, with full-size pages.
+        let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);
         offload = offload.with_disk(DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io));
     }
     let tiers = TieredCache::new(cache, offload)?;

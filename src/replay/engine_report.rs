@@ -143,6 +143,8 @@ pub struct EngineReport {
     pub admission: &'static str,
     /// Whether committed blocks were written through to G2.
     pub write_through_g2: bool,
+    /// Whether full model-size pages were moved.
+    pub full_data: bool,
     /// Simulated decode step, milliseconds.
     pub decode_step_ms: f64,
     /// Simulated prefill speed, tokens per second.
@@ -215,6 +217,7 @@ impl EngineReport {
                 Admission::SeenTwice => "seen-twice",
             },
             write_through_g2: config.write_through_g2,
+            full_data: config.full_data,
             decode_step_ms: config.decode_step.as_secs_f64() * 1e3,
             prefill_tokens_per_sec: config.prefill_tokens_per_sec,
             requests: 0,

@@ -206,6 +206,17 @@ fn engine_replay_shares_in_g1_and_onboards_from_g2() {
     let config = EngineConfig::default().with_capacities(100, 100, 0).with_ssd_dir(&dir);
     let r = engine::run(&trace, &config, |_| {}).unwrap().report;
     assert_eq!((r.rejected, r.finished, r.prompt_tokens), (1, 1, 5 * 512));
+    // 4. ... also when its prefix was onboarded first (the ticket's blocks are given back).
+    let trace = Trace::from_records(vec![
+        timed(0, 1, &[1, 2]),
+        timed(10_000, 1, &[5, 6]),
+        timed(20_000, 1, &[1, 2, 3, 4, 7, 8, 9]),
+        timed(30_000, 1, &[1, 2]),
+    ]);
+    let config = EngineConfig::default().with_capacities(100, 1000, 0).with_ssd_dir(&dir);
+    let r = engine::run(&trace, &config, |_| {}).unwrap().report;
+    assert_eq!((r.rejected, r.finished), (1, 3));
+    assert!(r.traffic("G2", "G1").unwrap().pages > 0);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -37,6 +37,7 @@
 pub mod chart;
 pub mod engine;
 pub mod engine_report;
+mod engine_scheduler;
 pub mod sim;
 
 pub use engine::{EngineConfig, EngineRun};

@@ -1,0 +1,510 @@
+//! The scheduler loop of the engine replay (see [`super::engine`] for what it models).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::engine::{EngineConfig, EngineRun, decode_token, prompt_tokens};
+use super::engine_report::{EngineReport, EngineTiming, LatencyHistogram, Sample, TierTokens, TrafficRow, Window};
+use crate::error::{Error, Result};
+use crate::offload::{OnboardOutcome, Ticket, TieredCache};
+use crate::prefix::{BlockHash, ExtraKeys};
+use crate::seq::SeqId;
+use crate::table::BatchTables;
+use crate::trace::{Trace, TraceRecord};
+
+/// Maintenance passes after each step at most (each moves up to a batch of pages down).
+const MAINTENANCE_PASSES: usize = 2;
+
+/// Onboarding rounds per request at most (see `Replay::probe`).
+const ONBOARD_ROUNDS: usize = 4;
+
+struct Request {
+    index: u32,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    output: u32,
+    generated: u32,
+    seq: Option<SeqId>,
+    /// Block hashes of `tokens` (computed at the first lookup, kept while it waits).
+    hashes: Vec<BlockHash>,
+    admitted_once: bool,
+    /// Looked up in the tiers since it last entered the queue.
+    probed: bool,
+}
+
+struct Onboarding {
+    req: Request,
+    outcome: OnboardOutcome,
+    ready_at_us: u64,
+    /// Held until the request is admitted: they keep its prefix in G1.
+    _tickets: Vec<Ticket>,
+}
+
+pub(crate) struct Replay<'a> {
+    trace: &'a Trace,
+    config: &'a EngineConfig,
+    tiers: &'a TieredCache,
+    bs: usize,
+    now_us: u64,
+    report: EngineReport,
+    add_latency: LatencyHistogram,
+    decode_latency: LatencyHistogram,
+    free_latency: LatencyHistogram,
+    maintenance: Duration,
+    onboard_time: Duration,
+    window: Window,
+    sample_every_us: u64,
+    next_sample_us: u64,
+    keys: ExtraKeys,
+}
+
+impl<'a> Replay<'a> {
+    pub(crate) fn new(trace: &'a Trace, config: &'a EngineConfig, tiers: &'a TieredCache) -> Self {
+        let last_ms = trace.records().last().map_or(0, |r| r.timestamp_ms);
+        let sample_every_us = (last_ms * 1000 / config.samples.max(1) as u64).max(1_000_000);
+        let mut report = EngineReport::new(config, tiers);
+        report.requests = trace.len();
+        Self {
+            trace,
+            config,
+            tiers,
+            bs: config.layout.block_size() as usize,
+            now_us: 0,
+            report,
+            add_latency: LatencyHistogram::default(),
+            decode_latency: LatencyHistogram::default(),
+            free_latency: LatencyHistogram::default(),
+            maintenance: Duration::ZERO,
+            onboard_time: Duration::ZERO,
+            window: Window::default(),
+            sample_every_us,
+            next_sample_us: sample_every_us,
+            keys: ExtraKeys::default(),
+        }
+    }
+
+    pub(crate) fn run(&mut self, mut progress: impl FnMut(usize)) -> Result<()> {
+        let records = self.trace.records();
+        let mut next = 0;
+        let mut done = 0;
+        let mut waiting: VecDeque<Request> = VecDeque::new();
+        let mut onboarding: Vec<Onboarding> = Vec::new();
+        let mut running: Vec<Request> = Vec::new();
+        let (mut seqs, mut tokens) = (Vec::new(), Vec::new());
+        let (mut tables, mut copies) = (BatchTables::new(), Vec::new());
+        loop {
+            while next < records.len() && records[next].timestamp_ms * 1000 <= self.now_us {
+                waiting.push_back(self.request(next as u32, &records[next]));
+                next += 1;
+            }
+            if running.is_empty() && waiting.is_empty() && onboarding.is_empty() {
+                match records.get(next) {
+                    Some(r) => {
+                        self.now_us = r.timestamp_ms * 1000;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let mut prefill = 0;
+            // 1. Requests whose onboarding is done (in simulated time) are admitted.
+            let mut i = 0;
+            while i < onboarding.len() {
+                if onboarding[i].ready_at_us <= self.now_us {
+                    let o = &mut onboarding[i];
+                    if let Some(computed) = self.admit(&mut o.req, Some(o.outcome))? {
+                        prefill += computed;
+                        running.push(onboarding.swap_remove(i).req);
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            // 2. Waiting requests, first come first served.
+            while running.len() + onboarding.len() < self.config.max_batch {
+                let Some(req) = waiting.front_mut() else { break };
+                let idle = running.is_empty() && onboarding.is_empty();
+                if !req.probed {
+                    req.probed = true;
+                    if let Some((tickets, outcome)) = self.probe(req, idle)? {
+                        let ready_at_us = self.now_us + self.transfer_us(&outcome);
+                        let Some(req) = waiting.pop_front() else { break };
+                        onboarding.push(Onboarding { req, outcome, ready_at_us, _tickets: tickets });
+                        continue;
+                    }
+                    if !req.probed {
+                        break; // G1 had no room to onboard into: retry next step
+                    }
+                }
+                match self.admit(req, None)? {
+                    Some(computed) => {
+                        prefill += computed;
+                        running.extend(waiting.pop_front());
+                    }
+                    None if idle => {
+                        // G1 holds nothing else and still cannot take it: it never will.
+                        let Some(req) = waiting.pop_front() else { break };
+                        self.reject(&req);
+                        done += 1;
+                        progress(done);
+                    }
+                    None => break,
+                }
+            }
+            // 2b. Nothing runs, yet onboarded requests could not be admitted: G1 is held by
+            //     onboarding tickets alone. The oldest ready one goes on, the others give their
+            //     blocks back and wait again; if the oldest alone does not fit, it never will.
+            if running.is_empty() && prefill == 0 && onboarding.iter().any(|o| o.ready_at_us <= self.now_us) {
+                onboarding.sort_by_key(|o| (o.ready_at_us > self.now_us, std::cmp::Reverse(o.req.index)));
+                let first_ready = onboarding.iter().rposition(|o| o.ready_at_us <= self.now_us);
+                if let Some(mut oldest) = first_ready.map(|i| onboarding.remove(i)) {
+                    onboarding.sort_by_key(|o| std::cmp::Reverse(o.req.index));
+                    for o in onboarding.drain(..) {
+                        let mut req = o.req;
+                        req.probed = false;
+                        waiting.push_front(req);
+                    }
+                    match self.admit(&mut oldest.req, Some(oldest.outcome))? {
+                        Some(computed) => {
+                            prefill += computed;
+                            running.push(oldest.req);
+                        }
+                        None => {
+                            self.reject(&oldest.req);
+                            done += 1;
+                            progress(done);
+                        }
+                    }
+                }
+            }
+            // 3. One decode step for every running sequence that still generates.
+            let decoded = self.decode(&mut running, &mut waiting, &mut seqs, &mut tokens, &mut tables, &mut copies)?;
+            // 4. Finished requests release their blocks.
+            let mut i = 0;
+            while i < running.len() {
+                if running[i].generated >= running[i].output {
+                    let req = running.remove(i);
+                    if let Some(seq) = req.seq {
+                        let t0 = Instant::now();
+                        self.tiers.g1().free(seq)?;
+                        self.free_latency.record(t0.elapsed());
+                    }
+                    self.report.finished += 1;
+                    done += 1;
+                    progress(done);
+                } else {
+                    i += 1;
+                }
+            }
+            // 5. The engine's maintenance: offload G1 -> G2, spill G2 -> G3.
+            let t0 = Instant::now();
+            for _ in 0..MAINTENANCE_PASSES {
+                if !self.tiers.run_maintenance()? {
+                    break;
+                }
+            }
+            self.maintenance += t0.elapsed();
+            // 6. The clock.
+            let worked = prefill > 0 || decoded > 0;
+            let step_us = if worked {
+                self.report.steps += 1;
+                self.config.decode_step.as_micros() as u64
+                    + (prefill as f64 * 1e6 / self.config.prefill_tokens_per_sec) as u64
+            } else {
+                0
+            };
+            let mut next_event = self.now_us + step_us;
+            if !worked {
+                let arrival = records.get(next).map(|r| r.timestamp_ms * 1000);
+                let ready = onboarding.iter().map(|o| o.ready_at_us).min();
+                next_event = match (arrival, ready) {
+                    (Some(a), Some(r)) => a.min(r),
+                    (a, r) => a.or(r).unwrap_or(self.now_us + 1),
+                }
+                .max(self.now_us + 1);
+            }
+            self.observe(running.len(), next_event);
+            self.now_us = next_event;
+        }
+        self.report.simulated_seconds = self.now_us as f64 / 1e6;
+        Ok(())
+    }
+
+    fn request(&self, index: u32, record: &TraceRecord) -> Request {
+        let mut tokens = Vec::with_capacity(record.input_length as usize + record.output_length as usize);
+        prompt_tokens(record, &mut tokens);
+        Request {
+            index,
+            prompt_len: tokens.len(),
+            tokens,
+            output: record.output_length,
+            generated: 0,
+            seq: None,
+            hashes: Vec::new(),
+            admitted_once: false,
+            probed: false,
+        }
+    }
+
+    /// Looks the request up in every tier; onboards the part of its prefix that lives only in
+    /// G2/G3. Leaves `req.probed` false if G1 has no room to onboard into yet.
+    ///
+    /// A ticket holds the leading G1 hits and the run it brings up, not G1 blocks further on,
+    /// which its own allocations may evict (they are written through, so they are still below):
+    /// like a runtime, look again and onboard the next run, a few rounds at most.
+    fn probe(&mut self, req: &mut Request, idle: bool) -> Result<Option<(Vec<Ticket>, OnboardOutcome)>> {
+        self.tiers.g1().lock().hash_tokens(&req.tokens, &self.keys, &mut req.hashes);
+        let max_hit = (req.tokens.len().saturating_sub(1) / self.bs).min(req.hashes.len());
+        let mut tickets = Vec::new();
+        let mut total = OnboardOutcome::default();
+        let t0 = Instant::now();
+        for round in 0..ONBOARD_ROUNDS {
+            let hit = self.tiers.longest_prefix(&req.hashes[..max_hit]);
+            if hit.g2 + hit.g3 == 0 {
+                break;
+            }
+            let ticket = match self.tiers.onboard(&req.hashes[..max_hit]) {
+                Ok(t) => t,
+                Err(Error::OutOfBlocks { .. }) if round == 0 => {
+                    req.probed = idle; // with nothing else in G1, try a plain admission instead
+                    return Ok(None);
+                }
+                Err(Error::OutOfBlocks { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            let outcome = ticket.wait(); // no background workers: already done
+            if round == 0 {
+                total.g1_hits = outcome.g1_hits;
+            }
+            total.from_g2 += outcome.from_g2;
+            total.from_g3 += outcome.from_g3;
+            total.failed += outcome.failed;
+            tickets.push(ticket);
+            if outcome.from_g2 + outcome.from_g3 == 0 {
+                break;
+            }
+        }
+        self.onboard_time += t0.elapsed();
+        Ok((!tickets.is_empty()).then_some((tickets, total)))
+    }
+
+    /// Simulated time to bring the onboarded pages up at the model layout.
+    fn transfer_us(&self, o: &OnboardOutcome) -> u64 {
+        let page = self.config.layout.page_bytes() as f64;
+        let secs = o.from_g2 as f64 * page / self.config.g2_onboard_bytes_per_sec
+            + o.from_g3 as f64 * page / self.config.g3_onboard_bytes_per_sec;
+        (secs * 1e6).ceil() as u64
+    }
+
+    /// Admits a request into G1 (its prefill runs this step); `None` if G1 has no room now.
+    /// Returns the prompt tokens computed.
+    fn admit(&mut self, req: &mut Request, onboarded: Option<OnboardOutcome>) -> Result<Option<usize>> {
+        let mut core = self.tiers.g1().lock();
+        if req.hashes.len() == req.tokens.len() / self.bs {
+            // A request that waits is retried every step: a cheap check spares the full call.
+            let max_hit = req.tokens.len().saturating_sub(1) / self.bs;
+            let cached = core.longest_prefix(&req.hashes[..max_hit]);
+            if !core.can_allocate(req.tokens.len().div_ceil(self.bs) - cached) {
+                return Ok(None);
+            }
+        }
+        let t0 = Instant::now();
+        let added = core.add_sequence(&req.tokens, &self.keys);
+        self.add_latency.record(t0.elapsed());
+        let added = match added {
+            Ok(a) => a,
+            Err(Error::OutOfBlocks { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        core.commit(added.seq)?;
+        drop(core);
+        req.seq = Some(added.seq);
+        req.hashes = Vec::new();
+        let computed = req.tokens.len() - added.cached_tokens;
+        self.report.prefill_tokens_computed += computed as u64;
+        if !req.admitted_once {
+            req.admitted_once = true;
+            self.account_prompt(req, added.cached_tokens / self.bs, onboarded);
+        }
+        Ok(Some(computed))
+    }
+
+    /// Gives up on a request G1 cannot hold even alone.
+    fn reject(&mut self, req: &Request) {
+        if req.admitted_once {
+            self.report.truncated += 1; // preempted, and now too long to come back
+        } else {
+            self.account_prompt(req, 0, None);
+            self.report.rejected += 1;
+        }
+    }
+
+    /// Counts a request's prompt and where its cached blocks came from (first admission only).
+    fn account_prompt(&mut self, req: &Request, blocks: usize, onboarded: Option<OnboardOutcome>) {
+        let mut left = blocks;
+        let mut take = |n: usize| {
+            let t = n.min(left);
+            left -= t;
+            (t * self.bs) as u64
+        };
+        let hit = match onboarded {
+            Some(o) => {
+                let g1 = take(o.g1_hits);
+                let (g2, g3) = (take(o.from_g2), take(o.from_g3));
+                TierTokens { g1: g1 + take(usize::MAX), g2, g3 }
+            }
+            None => TierTokens { g1: take(usize::MAX), g2: 0, g3: 0 },
+        };
+        let prompt = req.prompt_len as u64;
+        self.report.prompt_tokens += prompt;
+        self.report.hit_tokens.add(&hit);
+        self.window.prompt_tokens += prompt;
+        self.window.hit.add(&hit);
+        if req.index as usize >= self.trace.len() / 2 {
+            self.report.second_half_prompt_tokens += prompt;
+            self.report.second_half_hit_tokens += hit.total();
+        }
+    }
+
+    /// One decode step over the running sequences; preempts the latest admitted while G1 runs
+    /// out. Returns the tokens decoded.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &mut self,
+        running: &mut Vec<Request>,
+        waiting: &mut VecDeque<Request>,
+        seqs: &mut Vec<SeqId>,
+        tokens: &mut Vec<u32>,
+        tables: &mut BatchTables,
+        copies: &mut Vec<crate::cache::BlockCopy>,
+    ) -> Result<usize> {
+        loop {
+            seqs.clear();
+            tokens.clear();
+            for r in running.iter().filter(|r| r.generated < r.output) {
+                seqs.extend(r.seq);
+                tokens.push(decode_token(r.index, r.generated));
+            }
+            if seqs.is_empty() {
+                return Ok(0);
+            }
+            let mut core = self.tiers.g1().lock();
+            let t0 = Instant::now();
+            let stepped = core.decode_step(seqs, tokens, tables, copies);
+            self.decode_latency.record(t0.elapsed());
+            match stepped {
+                Ok(()) => {
+                    for r in running.iter_mut().filter(|r| r.generated < r.output) {
+                        if let Some(seq) = r.seq {
+                            core.commit(seq)?;
+                        }
+                        r.tokens.push(decode_token(r.index, r.generated));
+                        r.generated += 1;
+                    }
+                    copies.clear();
+                    self.report.decode_tokens += seqs.len() as u64;
+                    return Ok(seqs.len());
+                }
+                Err(Error::OutOfBlocks { .. }) => {
+                    // Preempt the most recently admitted request: it is recomputed later.
+                    let Some(mut victim) = running.pop() else { return Ok(0) };
+                    if let Some(seq) = victim.seq.take() {
+                        core.free(seq)?;
+                    }
+                    drop(core);
+                    if running.iter().all(|r| r.generated >= r.output) && victim.generated < victim.output {
+                        // It cannot grow even alone: G1 is too small for it; end it here.
+                        self.report.truncated += 1;
+                        victim.generated = victim.output;
+                        victim.seq = None;
+                        running.push(victim);
+                        return Ok(0);
+                    }
+                    self.report.preemptions += 1;
+                    victim.probed = false;
+                    victim.hashes.clear();
+                    waiting.push_front(victim);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Peaks every step, a time-series point every sampling interval.
+    fn observe(&mut self, running: usize, until_us: u64) {
+        let g1 = self.tiers.g1().metrics();
+        let g2 = self.tiers.g2().metrics();
+        let g3 = self.tiers.g3().map_or(0, |d| d.metrics().used_slots as usize);
+        let p = &mut self.report.peaks;
+        p.g1_in_use = p.g1_in_use.max(g1.in_use);
+        p.g1_resident = p.g1_resident.max(g1.in_use + g1.evictable);
+        p.g2_used = p.g2_used.max(g2.used);
+        p.g3_used = p.g3_used.max(g3);
+        p.running = p.running.max(running);
+        while self.next_sample_us <= until_us {
+            let w = std::mem::take(&mut self.window);
+            let rate = |t: u64| if w.prompt_tokens == 0 { 0.0 } else { t as f64 / w.prompt_tokens as f64 };
+            self.report.samples.push(Sample {
+                t_s: self.next_sample_us as f64 / 1e6,
+                cumulative_hit_rate: match self.report.prompt_tokens {
+                    0 => 0.0,
+                    all => self.report.hit_tokens.total() as f64 / all as f64,
+                },
+                hit_rate: rate(w.hit.total()),
+                g1_hit_rate: rate(w.hit.g1),
+                g2_hit_rate: rate(w.hit.g2),
+                g3_hit_rate: rate(w.hit.g3),
+                g1_used: (g1.in_use + g1.evictable) as f64 / g1.capacity.max(1) as f64,
+                g1_in_use: g1.in_use as f64 / g1.capacity.max(1) as f64,
+                g2_used: g2.used as f64 / g2.capacity.max(1) as f64,
+                g3_used: g3 as f64 / self.config.g3_blocks.max(1) as f64,
+                running,
+            });
+            self.next_sample_us += self.sample_every_us;
+        }
+    }
+
+    pub(crate) fn finish(mut self, started: Instant) -> Result<EngineRun> {
+        let m = self.tiers.metrics();
+        let model_page = self.config.layout.page_bytes() as u64;
+        let e = &m.engine;
+        self.report.traffic = [
+            ("G1", "G2", e.g1_to_g2),
+            ("G2", "G3", e.g2_to_g3),
+            ("G2", "G1", e.g2_to_g1),
+            ("G3", "G1", e.g3_to_g1),
+            ("G3", "G2", e.g3_to_g2),
+        ]
+        .iter()
+        .map(|&(from, to, t)| TrafficRow::new(from, to, t, model_page, self.report.simulated_seconds))
+        .collect();
+        let r = &mut self.report;
+        r.g1_evictions = m.g1.evictions;
+        r.g1_unbacked_evictions = m.g1.unbacked_evictions;
+        r.g2_evictions = m.g2.evictions;
+        r.g2_unbacked_evictions = m.g2.unbacked_evictions;
+        r.g3_evictions = m.g3.map_or(0, |d| d.evictions);
+        r.admission_declined = e.admission_declined;
+        r.onboard_failed = e.onboard_failed;
+        r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());
+        r.finalize();
+        let offloaded = e.g1_to_g2.bytes + e.g2_to_g3.bytes;
+        let onboarded = e.g2_to_g1.bytes + e.g3_to_g1.bytes;
+        let per_sec = |bytes: u64, d: Duration| if d.is_zero() { 0.0 } else { bytes as f64 / d.as_secs_f64() };
+        let timing = EngineTiming {
+            wall_seconds: started.elapsed().as_secs_f64(),
+            add_sequence: self.add_latency.summary(),
+            decode_step: self.decode_latency.summary(),
+            free: self.free_latency.summary(),
+            maintenance_seconds: self.maintenance.as_secs_f64(),
+            onboard_seconds: self.onboard_time.as_secs_f64(),
+            offload_bytes_per_sec: per_sec(offloaded, self.maintenance),
+            onboard_bytes_per_sec: per_sec(onboarded, self.onboard_time),
+            offload_page_latency: e.offload_latency.into(),
+            spill_batch_latency: e.spill_latency.into(),
+            onboard_g2_page_latency: e.onboard_g2_latency.into(),
+            onboard_g3_batch_latency: e.onboard_g3_latency.into(),
+        };
+        Ok(EngineRun { report: self.report, timing })
+    }
+}

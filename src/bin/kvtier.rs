@@ -376,17 +376,21 @@ fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         if r.full_data { " (full data)" } else { " (small payload)" }
     );
     println!(
-        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {} ({}; {} slots of {} B on disk, {}); {} G3 admission, write-through {}",
+        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {}; write-through {}",
         r.g1_blocks,
         model(r.g1_blocks),
         r.g2_blocks,
         model(r.g2_blocks),
-        r.g3_blocks,
-        model(r.g3_blocks),
-        r.g3_blocks,
-        r.g3_slot_bytes,
-        r.g3_backend.as_deref().unwrap_or("none"),
-        r.admission,
+        match &r.g3_backend {
+            Some(backend) => format!(
+                "{} ({}; slots of {} B on disk, {backend}, {} admission)",
+                r.g3_blocks,
+                model(r.g3_blocks),
+                r.g3_slot_bytes,
+                r.admission
+            ),
+            None => "none".to_string(),
+        },
         if r.write_through_g2 { "on" } else { "off" }
     );
     println!(

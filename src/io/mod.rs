@@ -214,6 +214,14 @@ impl<'a> IoOp<'a> {
         &mut self.buf
     }
 
+    /// The bytes of the buffer: what a completed read brought in, or what a write sends.
+    pub fn data(&self) -> &[u8] {
+        match &self.buf {
+            IoBuf::Read(b) => b,
+            IoBuf::Write(b) => b,
+        }
+    }
+
     /// Wraps an OS error of this operation as an [`Error::Io`] of tier G3.
     pub(crate) fn error(&self, source: io::Error) -> Error {
         io_error(self.kind().op_name(), source)
@@ -240,7 +248,47 @@ pub trait IoBackend: Send + Sync + std::fmt::Debug {
     /// whole buffer was transferred, an [`Error::Io`] of tier G3 otherwise (a read past the end of
     /// the file is `UnexpectedEof`). Passing the same `results` vector again avoids allocating.
     fn submit(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>);
+
+    /// Like [`IoBackend::submit`], and runs `overlap`'s work on the calling thread while the
+    /// batch's IO is in flight: [`Overlap::completed`] once per operation (in completion order,
+    /// each before `submit_overlapped` returns) and [`Overlap::idle`] whenever nothing completed
+    /// is waiting to be reported.
+    ///
+    /// io_uring reports a completion after it has refilled the queue slots that completions
+    /// freed, so that checking a page read (or checksumming a page written) overlaps the IO of
+    /// the pages behind it instead of following the whole batch. This default runs the batch
+    /// with `submit` and then reports every operation in order (no overlap).
+    fn submit_overlapped(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>, overlap: &mut dyn Overlap) {
+        self.submit(ops, results);
+        for (index, (op, result)) in ops.iter().zip(results.iter()).enumerate() {
+            overlap.completed(index, op, result);
+        }
+    }
 }
+
+/// Work that [`IoBackend::submit_overlapped`] runs while a batch's IO is in flight. Each call
+/// should be short (at most the transfer time of a few operations, say one page's checksum):
+/// a queue slot freed meanwhile stays empty until the call returns.
+pub trait Overlap {
+    /// Operation `index` of the batch is complete with `result`; its buffer ([`IoOp::data`])
+    /// is no longer touched by the engine. Called exactly once per operation.
+    fn completed(&mut self, index: usize, op: &IoOp<'_>, result: &Result<usize>) {
+        let _ = (index, op, result);
+    }
+
+    /// Does one unit of work that needs no completed operation; returns false when none is
+    /// left (it is then not called again in this batch).
+    fn idle(&mut self) -> bool {
+        false
+    }
+}
+
+/// An [`Overlap`] that does nothing: [`IoBackend::submit_overlapped`] then behaves like
+/// [`IoBackend::submit`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoOverlap;
+
+impl Overlap for NoOverlap {}
 
 /// Opens the engine `config` asks for.
 ///

@@ -8,7 +8,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use super::{IoBackend, IoBuf, IoConfig, IoOp};
+use super::{IoBackend, IoBuf, IoConfig, IoOp, Overlap};
 use crate::error::Result;
 use crate::sync::{Mutex, lock};
 
@@ -60,6 +60,33 @@ impl IoBackend for PsyncBackend {
             }
             drain(&work);
         });
+    }
+
+    /// With more than one operation and thread, every IO runs on worker threads while the
+    /// caller's thread does the idle work, then drains what is left of the batch itself;
+    /// completions are reported at the end, in order.
+    fn submit_overlapped(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>, overlap: &mut dyn Overlap) {
+        results.clear();
+        results.resize_with(ops.len(), || Ok(0));
+        let workers = self.threads.min(ops.len());
+        if workers <= 1 {
+            for (op, result) in ops.iter_mut().zip(results.iter_mut()) {
+                *result = run(op);
+            }
+        } else {
+            let work = Mutex::new(ops.iter_mut().zip(results.iter_mut()));
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    let _ =
+                        std::thread::Builder::new().name("kvtier-psync".into()).spawn_scoped(scope, || drain(&work));
+                }
+                while overlap.idle() {}
+                drain(&work);
+            });
+        }
+        for (index, (op, result)) in ops.iter().zip(results.iter()).enumerate() {
+            overlap.completed(index, op, result);
+        }
     }
 }
 

@@ -12,7 +12,10 @@
 //! 3. Reap completions: a short transfer puts the rest of the operation back in the ready queue
 //!    (at its new offset), `EINTR`/`EAGAIN` retry it a bounded number of times, anything else
 //!    is the operation's error.
-//! 4. Repeat until nothing is ready or in flight.
+//! 4. While entries are in flight, [`Overlap`] work runs between polls of the completion queue
+//!    (see [`IoBackend::submit_overlapped`]); with none, block until the next completion.
+//! 5. Repeat until nothing is ready or in flight; completions not yet reported then are
+//!    reported after the ring's lock is released.
 
 #![allow(unsafe_code)]
 
@@ -23,7 +26,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, Probe, opcode, types};
 
-use super::{IoBackend, IoBuf, IoConfig, IoOp};
+use super::{IoBackend, IoBuf, IoConfig, IoOp, NoOverlap, Overlap};
 use crate::error::Result;
 use crate::sync::{Mutex, lock};
 
@@ -91,21 +94,40 @@ impl IoBackend for UringBackend {
     }
 
     fn submit(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>) {
+        self.submit_overlapped(ops, results, &mut NoOverlap);
+    }
+
+    fn submit_overlapped(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>, overlap: &mut dyn Overlap) {
         results.clear();
         results.resize_with(ops.len(), || Ok(0));
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        state.progress.clear();
-        state.progress.resize(ops.len(), Progress::default());
-        state.ready.clear();
-        state.ready.extend((0..ops.len()).filter(|&i| ops.get(i).is_some_and(|op| !op.is_empty())));
-        run_batch(state, self.queue_depth, ops, results);
+        // Operations complete (the empty ones from the start) but not reported yet.
+        let mut unreported: VecDeque<usize> = (0..ops.len()).filter(|&i| ops[i].is_empty()).collect();
+        {
+            let tl = std::time::Instant::now();
+            let mut guard = lock(&self.state);
+            let waited = tl.elapsed();
+            let tl = std::time::Instant::now();
+            let state = &mut *guard;
+            state.progress.clear();
+            state.progress.resize(ops.len(), Progress::default());
+            state.ready.clear();
+            state.ready.extend((0..ops.len()).filter(|&i| ops.get(i).is_some_and(|op| !op.is_empty())));
+            run_batch(state, self.queue_depth, ops, results, overlap, &mut unreported);
+            eprintln!("UR lockwait={:?} run={:?} tail={}", waited, tl.elapsed(), unreported.len());
+        }
+        // Nothing is in flight any more and the ring is free for the next batch: the last
+        // completions are reported without holding it.
+        for index in unreported {
+            if let (Some(op), Some(result)) = (ops.get(index), results.get(index)) {
+                overlap.completed(index, op, result);
+            }
+        }
     }
 }
 
 /// Counts pushed-but-unreaped entries; dropping it with entries in flight (only possible by
-/// unwinding from a bug) aborts the process, because the kernel may still write into buffers
-/// that the unwinding would free.
+/// unwinding from a bug, or from a panicking [`Overlap`]) aborts the process, because the
+/// kernel may still write into buffers that the unwinding would free.
 struct InFlight(usize);
 
 impl Drop for InFlight {
@@ -116,10 +138,24 @@ impl Drop for InFlight {
     }
 }
 
-fn run_batch(state: &mut RingState, queue_depth: usize, ops: &mut [IoOp<'_>], results: &mut [Result<usize>]) {
+/// Runs the batch until nothing is ready or in flight. While entries are in flight and there
+/// is overlap work (a completion to report, or idle work), the freed queue slots are refilled
+/// and submitted without waiting, one unit of work runs, and the completion queue is polled
+/// again; otherwise the thread blocks until the next completion. Completions not reported by
+/// the end are left in `unreported`.
+fn run_batch(
+    state: &mut RingState,
+    queue_depth: usize,
+    ops: &mut [IoOp<'_>],
+    results: &mut [Result<usize>],
+    overlap: &mut dyn Overlap,
+    unreported: &mut VecDeque<usize>,
+) {
     let mut in_flight = InFlight(0);
     let mut enter_failures = 0u32;
+    let mut idle_left = true;
     loop {
+        let mut pushed = 0usize;
         while in_flight.0 < queue_depth {
             let Some(index) = state.ready.pop_front() else {
                 break;
@@ -132,17 +168,32 @@ fn run_batch(state: &mut RingState, queue_depth: usize, ops: &mut [IoOp<'_>], re
             // stays inside it (`entry_for`). That buffer is borrowed by `ops` for this whole
             // call, and this function only returns once `in_flight` is zero, i.e. after the
             // completion of this entry is reaped; nothing else reads or writes this part of
-            // the buffer meanwhile (an operation has at most one entry in flight). The file
+            // the buffer meanwhile (an operation has at most one entry in flight, and the
+            // overlap work only sees the buffers of completed operations). The file
             // descriptor is borrowed by `op` as well, so it stays open until then.
-            let pushed = unsafe { state.ring.submission().push(&entry) };
-            if pushed.is_err() {
+            let pushed_ok = unsafe { state.ring.submission().push(&entry) };
+            if pushed_ok.is_err() {
                 state.ready.push_front(index);
                 break;
             }
             in_flight.0 += 1;
+            pushed += 1;
         }
         if in_flight.0 == 0 {
             return;
+        }
+        let has_work = !unreported.is_empty() || idle_left;
+        // Start the new entries without waiting (a failure is handled by the blocking path).
+        if has_work && (pushed == 0 || state.ring.submit().is_ok()) {
+            if let Some(index) = unreported.pop_front() {
+                if let (Some(op), Some(result)) = (ops.get(index), results.get(index)) {
+                    overlap.completed(index, op, result);
+                }
+            } else {
+                idle_left = overlap.idle();
+            }
+            reap(state, ops, results, &mut in_flight, unreported);
+            continue;
         }
         match state.ring.submit_and_wait(1) {
             Ok(_) => enter_failures = 0,
@@ -159,36 +210,51 @@ fn run_batch(state: &mut RingState, queue_depth: usize, ops: &mut [IoOp<'_>], re
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
-        for cqe in state.ring.completion() {
-            in_flight.0 = in_flight.0.saturating_sub(1);
-            let index = cqe.user_data() as usize;
-            let (Some(op), Some(progress), Some(result)) =
-                (ops.get(index), state.progress.get_mut(index), results.get_mut(index))
-            else {
-                continue;
-            };
-            let res = cqe.result();
-            if res < 0 {
-                let err = io::Error::from_raw_os_error(-res);
-                if is_transient(&err) && progress.retries < MAX_RETRIES {
-                    progress.retries += 1;
-                    state.ready.push_back(index);
-                } else {
-                    *result = Err(op.error(err));
-                }
-            } else if res == 0 {
-                let kind = match op.buf {
-                    IoBuf::Read(_) => io::ErrorKind::UnexpectedEof,
-                    IoBuf::Write(_) => io::ErrorKind::WriteZero,
-                };
-                *result = Err(op.error(io::Error::from(kind)));
+        reap(state, ops, results, &mut in_flight, unreported);
+    }
+}
+
+/// Takes every available completion: a short transfer or a transient error goes back to the
+/// ready queue, a finished operation (success or error) to `done`.
+fn reap(
+    state: &mut RingState,
+    ops: &[IoOp<'_>],
+    results: &mut [Result<usize>],
+    in_flight: &mut InFlight,
+    done: &mut VecDeque<usize>,
+) {
+    for cqe in state.ring.completion() {
+        in_flight.0 = in_flight.0.saturating_sub(1);
+        let index = cqe.user_data() as usize;
+        let (Some(op), Some(progress), Some(result)) =
+            (ops.get(index), state.progress.get_mut(index), results.get_mut(index))
+        else {
+            continue;
+        };
+        let res = cqe.result();
+        if res < 0 {
+            let err = io::Error::from_raw_os_error(-res);
+            if is_transient(&err) && progress.retries < MAX_RETRIES {
+                progress.retries += 1;
+                state.ready.push_back(index);
             } else {
-                progress.done += res as usize;
-                if progress.done >= op.len() {
-                    *result = Ok(op.len());
-                } else {
-                    state.ready.push_back(index);
-                }
+                *result = Err(op.error(err));
+                done.push_back(index);
+            }
+        } else if res == 0 {
+            let kind = match op.buf {
+                IoBuf::Read(_) => io::ErrorKind::UnexpectedEof,
+                IoBuf::Write(_) => io::ErrorKind::WriteZero,
+            };
+            *result = Err(op.error(io::Error::from(kind)));
+            done.push_back(index);
+        } else {
+            progress.done += res as usize;
+            if progress.done >= op.len() {
+                *result = Ok(op.len());
+                done.push_back(index);
+            } else {
+                state.ready.push_back(index);
             }
         }
     }

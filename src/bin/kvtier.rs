@@ -65,8 +65,8 @@ struct ReplayArgs {
     /// tiered engine with simulated request lifetimes, `both` runs the two.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
-    /// Engine mode: G1 capacity, in blocks (`16384`) or bytes at the model layout (`32GiB`).
-    #[arg(long, value_name = "SIZE", default_value = "16384")]
+    /// Engine mode: G1 capacity, in blocks (`32768`) or bytes at the model layout (`64GiB`).
+    #[arg(long, value_name = "SIZE", default_value = "32768")]
     g1: Size,
     /// Engine mode: G2 capacity, in blocks or bytes (`128GiB`).
     #[arg(long, value_name = "SIZE", default_value = "65536")]
@@ -100,7 +100,7 @@ struct ReplayArgs {
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     decode_step_ms: f64,
     /// Engine mode: simulated prefill speed, computed tokens per second.
-    #[arg(long, value_name = "TOKENS", default_value_t = 50_000.0)]
+    #[arg(long, value_name = "TOKENS", default_value_t = 100_000.0)]
     prefill_tokens_per_sec: f64,
     /// Engine mode: directory for the G3 files (a fresh subdirectory, removed afterwards).
     /// Default: the --out directory.
@@ -400,6 +400,11 @@ fn print_engine(run: &EngineRun, source: &str, layout: &str) {
     println!(
         "tokens       {} prompt, {} decoded; {} scheduler steps over {:.0} s simulated ({} ms/step + prefill at {:.0} tok/s)",
         r.prompt_tokens, r.decode_tokens, r.steps, r.simulated_seconds, r.decode_step_ms, r.prefill_tokens_per_sec
+    );
+    let w = &r.admission_wait;
+    println!(
+        "wait         arrival to admission (queue + onboarding, simulated): mean {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        w.mean_ms, w.p50_ms, w.p99_ms, w.max_ms
     );
     let h = &r.hit_rate;
     println!(

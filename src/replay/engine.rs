@@ -93,7 +93,8 @@ pub struct EngineConfig {
     /// Model layout: its block size is the engine's, its page size the one bytes are reported
     /// at. Default: Llama-3.1-8B, 16-token blocks (2 MiB pages).
     pub layout: KvLayout,
-    /// G1 blocks. Default: 16,384 (32 GiB at the default layout).
+    /// G1 blocks. Default: 32,768 (64 GiB at the default layout: an 80 GB GPU serving
+    /// Llama-3.1-8B).
     pub g1_blocks: usize,
     /// G2 blocks. Default: 65,536 (128 GiB).
     pub g2_blocks: usize,
@@ -115,7 +116,8 @@ pub struct EngineConfig {
     pub full_data: bool,
     /// Simulated duration of one decode step. Default: 20 ms.
     pub decode_step: Duration,
-    /// Simulated prefill speed, in computed tokens per second. Default: 50,000.
+    /// Simulated prefill speed, in computed tokens per second. Default: 100,000 (with the
+    /// other defaults, the bundled sample's load is served without an ever-growing queue).
     pub prefill_tokens_per_sec: f64,
     /// Simulated G2 -> G1 bandwidth for model-size pages, bytes/s. Default: 25 GB/s.
     pub g2_onboard_bytes_per_sec: f64,
@@ -135,7 +137,7 @@ impl Default for EngineConfig {
         };
         Self {
             layout,
-            g1_blocks: 16_384,
+            g1_blocks: 32_768,
             g2_blocks: 65_536,
             g3_blocks: 131_072,
             ssd_dir: PathBuf::from("out"),
@@ -144,7 +146,7 @@ impl Default for EngineConfig {
             write_through_g2: true,
             full_data: false,
             decode_step: Duration::from_millis(20),
-            prefill_tokens_per_sec: 50_000.0,
+            prefill_tokens_per_sec: 100_000.0,
             g2_onboard_bytes_per_sec: 25e9,
             g3_onboard_bytes_per_sec: 6e9,
             max_batch: 256,
@@ -166,7 +168,7 @@ impl EngineConfig {
         self.layout = layout;
         self
     }
-    /// Sets the capacities in blocks (defaults 16,384 / 65,536 / 131,072; G3 0 = none).
+    /// Sets the capacities in blocks (defaults 32,768 / 65,536 / 131,072; G3 0 = none).
     pub fn with_capacities(mut self, g1: usize, g2: usize, g3: usize) -> Self {
         (self.g1_blocks, self.g2_blocks, self.g3_blocks) = (g1, g2, g3);
         self
@@ -196,7 +198,7 @@ impl EngineConfig {
         self.full_data = on;
         self
     }
-    /// Sets the simulated decode step and prefill speed (defaults 20 ms, 50,000 tokens/s).
+    /// Sets the simulated decode step and prefill speed (defaults 20 ms, 100,000 tokens/s).
     pub fn with_speeds(mut self, decode_step: Duration, prefill_tokens_per_sec: f64) -> Self {
         self.decode_step = decode_step;
         self.prefill_tokens_per_sec = prefill_tokens_per_sec;

@@ -113,6 +113,35 @@ pub struct Sample {
     pub running: usize,
 }
 
+/// Distribution of a simulated wait, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WaitSummary {
+    /// Requests counted.
+    pub count: usize,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Longest.
+    pub max_ms: f64,
+}
+
+impl WaitSummary {
+    /// Summarizes waits given in microseconds (sorts them).
+    pub(crate) fn of(waits_us: &mut [u64]) -> Self {
+        if waits_us.is_empty() {
+            return Self::default();
+        }
+        waits_us.sort_unstable();
+        let n = waits_us.len();
+        let at = |q: f64| waits_us[((n as f64 * q).ceil() as usize).clamp(1, n) - 1] as f64 / 1e3;
+        let sum: u64 = waits_us.iter().sum();
+        Self { count: n, mean_ms: sum as f64 / n as f64 / 1e3, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
+    }
+}
+
 /// Tokens of the current sampling interval.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
@@ -181,6 +210,8 @@ pub struct EngineReport {
     pub hit_rate: HitRates,
     /// Pages moved between tiers.
     pub traffic: Vec<TrafficRow>,
+    /// Simulated time from arrival to admission (waiting for G1 room and for onboarding).
+    pub admission_wait: WaitSummary,
     /// Peak occupancy.
     pub peaks: Peaks,
     /// Blocks evicted from G1 (reused for other data).
@@ -236,6 +267,7 @@ impl EngineReport {
             second_half_hit_tokens: 0,
             hit_rate: HitRates::default(),
             traffic: Vec::new(),
+            admission_wait: WaitSummary::default(),
             peaks: Peaks::default(),
             g1_evictions: 0,
             g1_unbacked_evictions: 0,
@@ -375,5 +407,13 @@ mod tests {
         assert!((43_000..=50_000).contains(&s.p50_ns), "{s:?}");
         assert!((86_000..=99_000).contains(&s.p99_ns), "{s:?}");
         assert_eq!(LatencyHistogram::default().summary(), OpLatency::default());
+    }
+
+    #[test]
+    fn wait_quantiles() {
+        let mut waits: Vec<u64> = (1..=100).rev().map(|ms| ms * 1000).collect();
+        let w = WaitSummary::of(&mut waits);
+        assert_eq!((w.count, w.p50_ms, w.p99_ms, w.max_ms, w.mean_ms), (100, 50.0, 99.0, 100.0, 50.5));
+        assert_eq!(WaitSummary::of(&mut []), WaitSummary::default());
     }
 }

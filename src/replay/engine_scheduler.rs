@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::engine::{EngineConfig, EngineRun, decode_token, prompt_tokens};
-use super::engine_report::{EngineReport, EngineTiming, LatencyHistogram, Sample, TierTokens, TrafficRow, Window};
+use super::engine_report::{
+    EngineReport, EngineTiming, LatencyHistogram, Sample, TierTokens, TrafficRow, WaitSummary, Window,
+};
 use crate::error::{Error, Result};
 use crate::offload::{OnboardOutcome, Ticket, TieredCache};
 use crate::prefix::{BlockHash, ExtraKeys};
@@ -20,6 +22,7 @@ const ONBOARD_ROUNDS: usize = 4;
 
 struct Request {
     index: u32,
+    arrival_us: u64,
     tokens: Vec<u32>,
     prompt_len: usize,
     output: u32,
@@ -53,6 +56,8 @@ pub(crate) struct Replay<'a> {
     maintenance: Duration,
     onboard_time: Duration,
     window: Window,
+    /// Simulated time from arrival to first admission (queueing plus onboarding), per request.
+    waits_us: Vec<u64>,
     sample_every_us: u64,
     next_sample_us: u64,
     keys: ExtraKeys,
@@ -77,6 +82,7 @@ impl<'a> Replay<'a> {
             maintenance: Duration::ZERO,
             onboard_time: Duration::ZERO,
             window: Window::default(),
+            waits_us: Vec::new(),
             sample_every_us,
             next_sample_us: sample_every_us,
             keys: ExtraKeys::default(),
@@ -235,6 +241,7 @@ impl<'a> Replay<'a> {
         prompt_tokens(record, &mut tokens);
         Request {
             index,
+            arrival_us: record.timestamp_ms * 1000,
             prompt_len: tokens.len(),
             tokens,
             output: record.output_length,
@@ -324,6 +331,7 @@ impl<'a> Replay<'a> {
         self.report.prefill_tokens_computed += computed as u64;
         if !req.admitted_once {
             req.admitted_once = true;
+            self.waits_us.push(self.now_us - req.arrival_us);
             self.account_prompt(req, added.cached_tokens / self.bs, onboarded);
         }
         Ok(Some(computed))
@@ -487,6 +495,7 @@ impl<'a> Replay<'a> {
         r.admission_declined = e.admission_declined;
         r.onboard_failed = e.onboard_failed;
         r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());
+        r.admission_wait = WaitSummary::of(&mut self.waits_us);
         r.finalize();
         let offloaded = e.g1_to_g2.bytes + e.g2_to_g3.bytes;
         let onboarded = e.g2_to_g1.bytes + e.g3_to_g1.bytes;

@@ -360,3 +360,37 @@ fn hashes_of(tokens: &[u32]) -> Vec<BlockHash> {
     c.lock().hash_tokens(tokens, &ExtraKeys::default(), &mut out);
     out
 }
+
+/// A prefix whose head left G1 while its tail is still there (write-through copies land on the
+/// ready list head first): onboarding holds the G1 blocks further along, brings the head back,
+/// and the whole prefix is shared.
+#[test]
+fn onboarding_holds_g1_hits_beyond_the_first_gap() {
+    let d = dir("gap");
+    let config = OffloadConfig::default()
+        .with_host(HostConfig::default().with_capacity_pages(32))
+        .with_disk(
+            DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync)),
+        )
+        .with_write_through_g2(true)
+        .with_g1_low_watermark(0.0)
+        .with_workers(0);
+    let t = TieredCache::new(CacheConfig::new(layout(), 6).with_watermark(0.0), config).unwrap();
+    let p = prompt(1, 4);
+    let hashes = serve(&t, &p); // 4 full blocks + 1 partial, freed before the copy
+    t.run_maintenance().unwrap(); // copies go to G2; the blocks are ready for eviction, head first
+    // an unrelated request needs 4 blocks: 2 are free, 2 come from evicting the prefix's head
+    let other = serve(&t, &prompt(2, 3));
+    assert_eq!(other.len(), 3);
+    t.run_maintenance().unwrap(); // its write-through copies end, unpinning its blocks
+    let hit = t.longest_prefix(&hashes);
+    assert_eq!(hit.total, 4);
+    assert!(hit.g1 < 4 && hit.g2 > 0, "{hit:?}");
+    assert!(t.g1().lock().pool().lookup(hashes[3]).is_some(), "the tail is still in G1");
+    let o = onboard_and_verify(&t, &p, &hashes);
+    assert_eq!(o.cached_blocks(), 4, "{o:?}");
+    assert!(o.g1_hits >= 1 && o.from_g2 >= 1, "{o:?}");
+    t.check_invariants().unwrap();
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -94,19 +94,19 @@ impl CacheCore {
     }
 
     /// Ends onboarding: the first `loaded` blocks hold `hashes[..loaded]` and are registered
-    /// (backed below); the rest are returned. The blocks kept for the caller (one reference
+    /// (backed below; `parents[i]` is block `i`'s parent for the event); the rest are returned. The blocks kept for the caller (one reference
     /// each, to release later) are pushed to `held`: the onboarded block, or the block that
     /// already held the same hash if another path registered it meanwhile.
     pub(crate) fn finish_onboard(
         &mut self,
         blocks: &[BlockId],
         hashes: &[BlockHash],
-        parent: Option<BlockHash>,
+        parents: &[Option<BlockHash>],
         loaded: usize,
         held: &mut Vec<BlockId>,
     ) -> Result<()> {
-        let mut parent = parent;
         for (i, &b) in blocks.iter().enumerate() {
+            let parent = parents.get(i).copied().flatten();
             self.pool.end_io(b)?;
             let h = hashes.get(i).copied();
             match h {
@@ -122,7 +122,6 @@ impl CacheCore {
                             held.push(existing);
                         }
                     }
-                    parent = Some(h);
                 }
                 _ => self.pool.release(b)?,
             }

@@ -20,12 +20,15 @@ pub struct OnboardOutcome {
     /// Blocks asked for that could not be delivered (miss, corrupt or IO error): the prefix
     /// ends before the first of them.
     pub failed: usize,
+    /// Leading blocks of the prefix now cached in G1 and held by the ticket.
+    pub prefix_blocks: usize,
 }
 
 impl OnboardOutcome {
-    /// Leading blocks of the prefix now cached in G1 and held by the ticket.
+    /// Leading blocks of the prefix now cached in G1 and held by the ticket (what an
+    /// `add_sequence` right now would share).
     pub fn cached_blocks(&self) -> usize {
-        self.g1_hits + self.from_g2 + self.from_g3
+        self.prefix_blocks
     }
 }
 
@@ -54,7 +57,11 @@ impl TicketState {
 pub(crate) struct OnboardJob {
     pub(crate) blocks: Vec<BlockId>,
     pub(crate) hashes: Vec<BlockHash>,
-    pub(crate) parent: Option<BlockHash>,
+    /// Parent hash of each block (for its `Stored` event).
+    pub(crate) parents: Vec<Option<BlockHash>>,
+    /// G1 hits (held by the ticket) that follow each onboarded block in the prefix: they
+    /// count towards the prefix only if that block arrives.
+    pub(crate) g1_after: Vec<usize>,
     pub(crate) outcome: OnboardOutcome,
     pub(crate) state: Arc<TicketState>,
 }
@@ -128,28 +135,37 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
     let ticket = Ticket { state: state.clone(), shared: shared.clone() };
     let mut held = Vec::new();
     let mut blocks = Vec::new();
-    let (g1_hits, run) = {
+    let (mut wanted, mut parents, mut g1_after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut leading = 0;
+    {
+        // Walk the prefix: G1 hits are held at once (so that allocating blocks for the rest
+        // cannot evict them), blocks found only in G2/G3 are collected for onboarding, and the
+        // walk stops at the first block no tier has.
         let mut core = shared.g1.lock();
+        let mut parent = None;
         for &h in hashes {
-            match core.hold_cached(h)? {
-                Some(b) => held.push(b),
-                None => break,
+            if let Some(b) = core.hold_cached(h)? {
+                held.push(b);
+                match g1_after.last_mut() {
+                    Some(n) => *n += 1,
+                    None => leading += 1,
+                }
+            } else if shared.g2.contains(h) || shared.g3.as_ref().is_some_and(|d| d.contains(h)) {
+                wanted.push(h);
+                parents.push(parent);
+                g1_after.push(0);
+            } else {
+                break;
             }
+            parent = Some(h);
         }
-        let g1_hits = held.len();
-        let run = hashes[g1_hits..]
-            .iter()
-            .take_while(|&&h| {
-                !core.contains(h) && (shared.g2.contains(h) || shared.g3.as_ref().is_some_and(|d| d.contains(h)))
-            })
-            .count();
-        if let Err(e) = core.begin_onboard(run, &mut blocks) {
+        if let Err(e) = core.begin_onboard(wanted.len(), &mut blocks) {
             core.release_blocks(&held)?;
             return Err(e);
         }
-        (g1_hits, run)
-    };
-    let outcome = OnboardOutcome { g1_hits, ..OnboardOutcome::default() };
+    }
+    let outcome = OnboardOutcome { g1_hits: held.len(), prefix_blocks: leading, ..OnboardOutcome::default() };
+    let run = wanted.len();
     {
         let mut g = state.lock();
         g.held = held;
@@ -160,13 +176,7 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
     if run == 0 {
         return Ok((ticket, None));
     }
-    let job = OnboardJob {
-        blocks,
-        hashes: hashes[g1_hits..g1_hits + run].to_vec(),
-        parent: g1_hits.checked_sub(1).map(|i| hashes[i]),
-        outcome,
-        state,
-    };
+    let job = OnboardJob { blocks, hashes: wanted, parents, g1_after, outcome, state };
     Ok((ticket, Some(job)))
 }
 

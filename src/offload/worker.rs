@@ -275,10 +275,12 @@ fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], 
     outcome.from_g2 = loaded - g3_loaded;
     outcome.from_g3 = g3_loaded;
     outcome.failed = n - loaded;
+    outcome.prefix_blocks += job.g1_after[..loaded].iter().map(|g| g + 1).sum::<usize>();
     let mut held = Vec::with_capacity(loaded);
-    let finished = shared.g1.lock().finish_onboard(&job.blocks, &job.hashes, job.parent, loaded, &mut held);
+    let finished = shared.g1.lock().finish_onboard(&job.blocks, &job.hashes, &job.parents, loaded, &mut held);
     if finished.is_err() {
         outcome.failed = n;
+        outcome.prefix_blocks = job.outcome.prefix_blocks;
     }
     {
         let mut s = shared.stats();

@@ -103,17 +103,13 @@ impl IoBackend for UringBackend {
         // Operations complete (the empty ones from the start) but not reported yet.
         let mut unreported: VecDeque<usize> = (0..ops.len()).filter(|&i| ops[i].is_empty()).collect();
         {
-            let tl = std::time::Instant::now();
             let mut guard = lock(&self.state);
-            let waited = tl.elapsed();
-            let tl = std::time::Instant::now();
             let state = &mut *guard;
             state.progress.clear();
             state.progress.resize(ops.len(), Progress::default());
             state.ready.clear();
             state.ready.extend((0..ops.len()).filter(|&i| ops.get(i).is_some_and(|op| !op.is_empty())));
             run_batch(state, self.queue_depth, ops, results, overlap, &mut unreported);
-            eprintln!("UR lockwait={:?} run={:?} tail={}", waited, tl.elapsed(), unreported.len());
         }
         // Nothing is in flight any more and the ring is free for the next batch: the last
         // completions are reported without holding it.

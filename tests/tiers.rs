@@ -394,3 +394,28 @@ fn onboarding_holds_g1_hits_beyond_the_first_gap() {
     drop(t);
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// When G2 evicts a page that G1 still holds, G1 learns its block is no longer backed: a later
+/// G1 eviction of it is counted as the loss it is, never as a free one.
+#[test]
+fn lower_tier_evictions_unback_the_copies_above() {
+    let config = OffloadConfig::default()
+        .with_host(HostConfig::default().with_capacity_pages(2))
+        .with_write_through_g2(true)
+        .with_g1_low_watermark(0.0)
+        .with_workers(0);
+    let t = TieredCache::new(CacheConfig::new(layout(), 8).with_watermark(0.0), config).unwrap();
+    let a = serve(&t, &prompt(1, 4)); // 4 committed blocks, written through to a 2-page G2
+    t.run_maintenance().unwrap();
+    t.run_maintenance().unwrap(); // G2's evictions reach G1
+    let m = t.metrics();
+    assert_eq!(m.g2.evictions, 2);
+    let in_g2 = a.iter().filter(|h| t.g2().contains(**h)).count();
+    assert_eq!(in_g2, 2);
+    // a request needing the whole pool evicts every block of `a` from G1
+    serve(&t, &prompt(2, 7));
+    let m = t.metrics();
+    assert_eq!(t.longest_prefix(&a).g1, 0);
+    assert_eq!(m.g1.unbacked_evictions, 2, "G1 evicted blocks whose G2 copy was gone: {:?}", m.g1);
+    t.check_invariants().unwrap();
+}

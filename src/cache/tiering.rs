@@ -158,6 +158,14 @@ impl CacheCore {
         Ok(b)
     }
 
+    /// The lower tiers lost their copy of `h`: G1's block (if any) is no longer loss-free.
+    pub(crate) fn unback(&mut self, h: BlockHash) -> Result<()> {
+        match self.pool.lookup(h) {
+            Some(b) => self.pool.unback(b),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `h` is cached in G1.
     pub(crate) fn contains(&self, h: BlockHash) -> bool {
         self.pool.lookup(h).is_some()

@@ -268,6 +268,10 @@ impl TieredCache {
             None => None,
         };
         let g2 = HostTier::new(page_bytes, config.host.clone())?;
+        g2.log_evictions(true);
+        if let Some(d) = &g3 {
+            d.log_evictions(true);
+        }
         let g1_target = (cache.num_blocks as f64 * config.g1_low_watermark).ceil() as usize;
         let g2_target = (config.host.capacity_pages as f64 * config.g2_low_watermark).ceil() as usize;
         let g1 = KvCache::new(cache)?;

@@ -73,6 +73,7 @@ fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
     let batch = shared.batch;
     let mut did = false;
+    propagate_evictions(shared)?;
     // Make room in G2 first, so that pages coming down from G1 do not push out pages G3 does
     // not hold yet.
     if let Some(disk) = &shared.g3 {
@@ -106,6 +107,31 @@ pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
     did |= copy_down(shared, &staged)? > 0;
     expire_retention(shared)?;
     Ok(did)
+}
+
+/// A page a lower tier evicted no longer backs the copies above it: G2 and G1 forget that
+/// they were backed (a G1 block on the ready queue goes back to the policy and is copied down
+/// again), so that an eviction later is counted as the loss it is.
+fn propagate_evictions(shared: &Shared) -> Result<()> {
+    let mut gone = Vec::new();
+    if let Some(disk) = &shared.g3 {
+        disk.drain_evicted(&mut gone);
+        for &h in &gone {
+            shared.g2.set_backed(h, false);
+        }
+        gone.retain(|h| !shared.g2.contains(*h));
+    }
+    shared.g2.drain_evicted(&mut gone);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut core = shared.g1.lock();
+    for h in gone {
+        if !shared.g3.as_ref().is_some_and(|d| d.contains(h)) {
+            core.unback(h)?;
+        }
+    }
+    Ok(())
 }
 
 /// G1 -> G2 for blocks staged in G1; each block is finished (backed or not) afterwards.

@@ -35,6 +35,8 @@ const DECLINED: u8 = 8;
 const READY: u8 = 16;
 /// Physically in the ready ring (possibly removed logically since: skipped when popped).
 const QUEUED: u8 = 32;
+/// Evicted hashes kept for the owner before it drains them (beyond: not recorded).
+const EVICTION_LOG_CAP: usize = 1 << 16;
 /// How far ahead in the free ring [`BlockPool::allocate_one`] touches metadata.
 const PREFETCH_AHEAD: usize = 4;
 /// Largest pool: ids must fit an `i32` block table.
@@ -98,6 +100,9 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     events: EventLog,
     in_use: usize,
     counters: PoolCounters,
+    /// Hashes evicted since the owner last drained them, when it asked (tiers tell the tier
+    /// above that a copy it counted on is gone).
+    evicted: Option<Vec<BlockHash>>,
 }
 
 impl BlockPool<Lru> {
@@ -128,6 +133,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             events: EventLog::new(event_capacity),
             in_use: 0,
             counters: PoolCounters::default(),
+            evicted: None,
         })
     }
 
@@ -250,6 +256,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
             let hash = m.hash();
             self.index.remove(hash, b.0);
             self.events.push(KvEventKind::Removed { hash });
+            if let Some(log) = self.evicted.as_mut()
+                && log.len() < EVICTION_LOG_CAP
+            {
+                log.push(hash);
+            }
         }
     }
 

@@ -331,6 +331,17 @@ impl DiskTier {
         true
     }
 
+    /// Starts recording the hashes this tier evicts to make room (for the tiers above, whose
+    /// copies counted on them); drain them with [`DiskTier::drain_evicted`].
+    pub fn log_evictions(&self, on: bool) {
+        lock(&self.inner).pool.log_evictions(on);
+    }
+
+    /// Moves the hashes evicted since the last call into `out`.
+    pub fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
+        lock(&self.inner).pool.drain_evicted(out);
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> DiskMetrics {
         let inner = lock(&self.inner);

@@ -303,6 +303,17 @@ impl HostTier {
         }
     }
 
+    /// Starts recording the hashes this tier evicts (for the tier above, whose copies counted
+    /// on them); drain them with [`HostTier::drain_evicted`].
+    pub fn log_evictions(&self, on: bool) {
+        lock(&self.state).slots.log_evictions(on);
+    }
+
+    /// Moves the hashes evicted since the last call into `out`.
+    pub fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
+        lock(&self.state).slots.drain_evicted(out);
+    }
+
     /// Counters and occupancy.
     pub fn metrics(&self) -> HostMetrics {
         let st = lock(&self.state);

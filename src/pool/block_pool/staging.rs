@@ -93,10 +93,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn set_backed(&mut self, b: BlockId, backed: bool) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if backed && m.flags & HASHED != 0 {
+        if !backed {
+            return self.unback(b);
+        }
+        if m.flags & HASHED != 0 {
             m.flags |= BACKED;
-        } else {
-            m.flags &= !BACKED;
         }
         Ok(())
     }
@@ -172,6 +173,34 @@ impl<P: EvictionPolicy> BlockPool<P> {
             }
         }
         None
+    }
+
+    /// Starts (or stops) recording the hashes this pool evicts.
+    pub fn log_evictions(&mut self, on: bool) {
+        self.evicted = on.then(Vec::new);
+    }
+
+    /// Moves the hashes evicted since the last call into `out`.
+    pub fn drain_evicted(&mut self, out: &mut Vec<BlockHash>) {
+        if let Some(log) = self.evicted.as_mut() {
+            out.append(log);
+        }
+    }
+
+    /// The lower tier lost its copy of `b`: it is no longer a loss-free victim. A block on
+    /// the ready queue goes back to the policy, whose next staging pass copies it down again.
+    pub fn unback(&mut self, b: BlockId) -> Result<()> {
+        let capacity = self.meta.len();
+        let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
+        if m.flags & BACKED == 0 {
+            return Ok(());
+        }
+        m.flags &= !BACKED;
+        if m.flags & READY != 0 && m.flags & DECLINED == 0 {
+            self.ready_remove(b);
+            self.policy.insert(b);
+        }
+        Ok(())
     }
 }
 

@@ -258,7 +258,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
     if raw.page_bytes == 0 || raw.slot_count == 0 || raw.slots_per_file == 0 {
         return Err(bad("zero page size or slot count"));
     }
-    if raw.slot_bytes != slot_bytes_for(raw.page_bytes) {
+    // checked: a page size within 4095 of 2^64 must not overflow (it wrapped to a 0-byte slot)
+    if raw.page_bytes.checked_next_multiple_of(DIRECT_ALIGN as u64) != Some(raw.slot_bytes) {
         return Err(bad("slot size is not the page size rounded up to 4096"));
     }
     if raw.tp_size == 0 || raw.tp_rank >= raw.tp_size {

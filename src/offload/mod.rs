@@ -175,12 +175,14 @@ impl OffloadConfig {
     }
 }
 
-/// Where a prefix was found: leading blocks per tier, in order.
+/// Where a prefix was found: how many leading blocks some tier holds, and of those how many
+/// are in each tier (a block counts in the fastest tier that has it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PrefixHit {
     /// Blocks found, counted from the start, in any tier.
     pub total: usize,
-    /// Of those, in G1.
+    /// Of those, in G1 (not necessarily all leading: a head evicted before its tail is found
+    /// below, the tail still in G1).
     pub g1: usize,
     /// Of those, only in G2.
     pub g2: usize,
@@ -464,19 +466,20 @@ impl Shared {
     fn longest_prefix(&self, hashes: &[BlockHash]) -> PrefixHit {
         let mut hit = PrefixHit::default();
         {
+            // the same walk as onboarding: each block counts in the first tier that has it
             let core = self.g1.lock();
-            hit.g1 = hashes.iter().take_while(|h| core.contains(**h)).count();
-        }
-        hit.total = hit.g1;
-        for &h in &hashes[hit.g1..] {
-            if self.g2.contains(h) {
-                hit.g2 += 1;
-            } else if self.g3.as_ref().is_some_and(|d| d.contains(h)) {
-                hit.g3 += 1;
-            } else {
-                break;
+            for &h in hashes {
+                if core.contains(h) {
+                    hit.g1 += 1;
+                } else if self.g2.contains(h) {
+                    hit.g2 += 1;
+                } else if self.g3.as_ref().is_some_and(|d| d.contains(h)) {
+                    hit.g3 += 1;
+                } else {
+                    break;
+                }
+                hit.total += 1;
             }
-            hit.total += 1;
         }
         for h in &hashes[..hit.total] {
             self.record_use(*h);

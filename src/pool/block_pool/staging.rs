@@ -20,7 +20,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
             let Some(b) = self.policy.pop_victim() else { break };
             seen += 1;
             let m = &mut self.meta[b.index()];
-            if m.flags & BACKED != 0 {
+            if m.flags & (BACKED | DECLINED) != 0 {
+                // backed: evicting it loses nothing; declined: the tier below chose not to
+                // keep it (admission, or its own eviction), so copying it again would only
+                // push out something the tier below preferred
                 self.ready_push(b);
             } else {
                 m.state = BlockState::InUse;
@@ -187,19 +190,19 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
     }
 
-    /// The lower tier lost its copy of `b`: it is no longer a loss-free victim. A block on
-    /// the ready queue goes back to the policy, whose next staging pass copies it down again.
+    /// The lower tier evicted its copy of `b`: evicting `b` is no longer free, and is counted
+    /// as a loss when it happens. The block is marked declined rather than copied down again:
+    /// the tier below chose to keep something else (its LRU put this page last), and copying
+    /// it back would evict that in turn, for ever when the tier below is the smaller one. A
+    /// prefix hit that revives the block clears the mark, so a block in use again is offered
+    /// to the tier below again.
     pub fn unback(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.flags & BACKED == 0 {
             return Ok(());
         }
-        m.flags &= !BACKED;
-        if m.flags & READY != 0 && m.flags & DECLINED == 0 {
-            self.ready_remove(b);
-            self.policy.insert(b);
-        }
+        m.flags = (m.flags & !BACKED) | DECLINED;
         Ok(())
     }
 }

@@ -1,0 +1,368 @@
+//! The batched IO paths of the SSD tier: writes that checksum while their IO is in flight,
+//! and reads in chunks, each verified while the next one's IO runs.
+
+use super::*;
+
+impl DiskTier {
+    fn location(&self, b: BlockId) -> (&File, u64) {
+        let spf = self.header.slots_per_file as usize;
+        let file = self.slabs[b.index() / spf].file();
+        (file, (b.index() % spf) as u64 * self.slot_bytes as u64)
+    }
+
+    fn direct_ok(&self, buf: &[u8]) -> bool {
+        buf.len() == self.slot_bytes && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+    }
+
+    fn take_bounce(&self) -> Result<AlignedBuf> {
+        match lock(&self.bounce).pop() {
+            Some(buf) => Ok(buf),
+            None => AlignedBuf::new(self.slot_bytes),
+        }
+    }
+
+    fn return_bounce(&self, bufs: impl Iterator<Item = AlignedBuf>) {
+        let mut cache = lock(&self.bounce);
+        for buf in bufs {
+            if cache.len() >= MAX_CACHED_BOUNCE {
+                break;
+            }
+            cache.push(buf);
+        }
+    }
+
+    /// Stores pages. For each `(hash, page)`: `Ok(true)` when written now, `Ok(false)` when a page
+    /// with that hash is already stored or being written, or the write was refused (device
+    /// recently full, every slot pinned); an error when the page has the wrong length or its IO
+    /// failed ([`Error::DiskFull`] for `ENOSPC`), in which case the slot is released and nothing
+    /// is stored under the hash. All data IO of the batch goes in one `submit`.
+    pub fn write_pages(&self, pages: &[(BlockHash, &[u8])]) -> Vec<Result<bool>> {
+        let mut results: Vec<Result<bool>> = pages.iter().map(|_| Ok(false)).collect();
+        let mut planned: Vec<(usize, BlockId, u64)> = Vec::with_capacity(pages.len());
+        {
+            let mut inner = lock(&self.inner);
+            let refusing = inner.disk_full_until.is_some_and(|t| Instant::now() < t);
+            for (i, (hash, page)) in pages.iter().enumerate() {
+                if page.len() != self.page_bytes {
+                    results[i] = Err(Error::LayoutMismatch { expected: self.page_bytes, actual: page.len() });
+                } else if refusing {
+                    inner.m.enospc_refusals += 1;
+                } else if let Some((b, generation)) = inner.claim_slot(*hash) {
+                    planned.push((i, b, generation));
+                }
+            }
+        }
+        if planned.is_empty() {
+            return results;
+        }
+        // Outside the lock: checksums, bounce copies, data IO. The checksums only read the pages,
+        // as the writes do: they are computed on this thread while the IO is in flight.
+        let planned_pages: Vec<&[u8]> = planned.iter().map(|&(i, ..)| pages[i].1).collect();
+        let mut summer = Checksummer { pages: &planned_pages, sums: Vec::with_capacity(planned.len()) };
+        let mut failed = self.write_planned(pages, &planned, &mut summer);
+        let checksums = summer.finish();
+        let mut inner = lock(&self.inner);
+        for (k, &(i, b, generation)) in planned.iter().enumerate() {
+            results[i] = match failed[k].take() {
+                None => Ok(inner.commit_write(b, pages[i].0, generation, checksums[k], self.page_bytes)),
+                Some(e) => {
+                    inner.m.write_errors += 1;
+                    inner.drop_slot(b);
+                    if is_enospc(&e) {
+                        inner.disk_full_until = Some(Instant::now() + self.enospc_backoff);
+                        Err(Error::DiskFull { tier: Tier::G3 })
+                    } else {
+                        Err(e)
+                    }
+                }
+            };
+            // The writer's pin; a failure here would mean the bookkeeping is already broken.
+            let _ = inner.pool.release(b);
+        }
+        results
+    }
+
+    /// Bounce copies (for unaligned pages) and the data IO of a planned write batch; returns the
+    /// error of each planned page, if any.
+    fn write_planned(
+        &self,
+        pages: &[(BlockHash, &[u8])],
+        planned: &[(usize, BlockId, u64)],
+        overlap: &mut dyn Overlap,
+    ) -> Vec<Option<Error>> {
+        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        let mut failed: Vec<Option<Error>> = Vec::with_capacity(planned.len());
+        for &(i, ..) in planned {
+            let page = pages[i].1;
+            if self.direct_ok(page) {
+                bounces.push(None);
+                failed.push(None);
+                continue;
+            }
+            match self.take_bounce() {
+                Ok(mut buf) => {
+                    buf[..page.len()].copy_from_slice(page);
+                    buf[page.len()..].fill(0);
+                    bounces.push(Some(buf));
+                    failed.push(None);
+                }
+                Err(e) => {
+                    bounces.push(None);
+                    failed.push(Some(e));
+                }
+            }
+        }
+        let mut io_results = Vec::with_capacity(planned.len());
+        {
+            let mut ops = Vec::with_capacity(planned.len());
+            let mut op_of = Vec::with_capacity(planned.len());
+            for (k, &(i, b, _)) in planned.iter().enumerate() {
+                if failed[k].is_some() {
+                    continue;
+                }
+                let (file, offset) = self.location(b);
+                let buf: &[u8] = match &bounces[k] {
+                    Some(bounce) => bounce,
+                    None => pages[i].1,
+                };
+                ops.push(IoOp::write(file, offset, buf));
+                op_of.push(k);
+            }
+            self.backend.submit_overlapped(&mut ops, &mut io_results, overlap);
+            for (k, result) in op_of.into_iter().zip(io_results.drain(..)) {
+                if let Err(e) = result {
+                    failed[k] = Some(e);
+                }
+            }
+        }
+        self.return_bounce(bounces.into_iter().flatten());
+        failed
+    }
+
+    /// Reads pages into the caller's buffers (each exactly `page_bytes` long). For each request:
+    /// `Ok(true)` when the buffer now holds the verified page, `Ok(false)` on a miss (absent,
+    /// checksum mismatch, short read or IO error: the slot is dropped and the buffer must not be
+    /// used); an error only for a buffer of the wrong length. Buffers that are 4 KiB aligned
+    /// with a 4 KiB-multiple length are read into directly, others through a bounce buffer.
+    pub fn read_pages(&self, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<Result<bool>> {
+        let mut results: Vec<Result<bool>> = reqs.iter().map(|_| Ok(false)).collect();
+        let mut planned: Vec<(usize, BlockId, u64, u64)> = Vec::with_capacity(reqs.len());
+        {
+            let mut inner = lock(&self.inner);
+            for (i, (hash, buf)) in reqs.iter().enumerate() {
+                if buf.len() != self.page_bytes {
+                    results[i] = Err(Error::LayoutMismatch { expected: self.page_bytes, actual: buf.len() });
+                    continue;
+                }
+                match inner.valid_slot(*hash) {
+                    Some(b) if inner.pool.acquire_block(b).is_ok() => {
+                        let slot = inner.slots[b.index()];
+                        planned.push((i, b, slot.generation, slot.checksum));
+                    }
+                    _ => inner.m.misses += 1,
+                }
+            }
+        }
+        if planned.is_empty() {
+            return results;
+        }
+        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        let mut failed: Vec<Option<ReadFailure>> = vec![None; planned.len()];
+        for &(i, ..) in &planned {
+            bounces.push(if self.direct_ok(reqs[i].1) { None } else { self.take_bounce().ok() });
+        }
+        {
+            let mut ops = Vec::with_capacity(planned.len());
+            let mut op_of = Vec::with_capacity(planned.len());
+            let mut next = 0;
+            let mut bounce_iter = bounces.iter_mut();
+            for (i, (_, buf)) in reqs.iter_mut().enumerate() {
+                let Some(&(pi, b, ..)) = planned.get(next) else { break };
+                if pi != i {
+                    continue;
+                }
+                let k = next;
+                next += 1;
+                let Some(bounce) = bounce_iter.next() else { break };
+                let (file, offset) = self.location(b);
+                let direct = self.direct_ok(buf);
+                match bounce.as_mut() {
+                    Some(bounce) => ops.push(IoOp::read(file, offset, &mut bounce[..])),
+                    None if direct => ops.push(IoOp::read(file, offset, &mut buf[..])),
+                    None => {
+                        failed[k] = Some(ReadFailure::NoBuffer);
+                        continue;
+                    }
+                }
+                op_of.push(k);
+            }
+            // The batch goes to the disk in chunks, each submitted as soon as the one before it
+            // is complete; the pages of that one are verified while the next one's IO runs.
+            let expected: Vec<u64> = op_of.iter().map(|&k| planned[k].3).collect();
+            let mut checked: Vec<Option<ReadFailure>> = vec![Some(ReadFailure::Io); ops.len()];
+            let chunk_ops = (self.read_chunk_bytes / self.slot_bytes).max(1);
+            let mut rest = ops.into_iter();
+            let mut prev: Option<Chunk<'_>> = None;
+            let mut base = 0;
+            loop {
+                let mut ops: Vec<IoOp<'_>> = rest.by_ref().take(chunk_ops).collect();
+                if ops.is_empty() {
+                    break;
+                }
+                let mut results = Vec::with_capacity(ops.len());
+                let mut verifier = Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked);
+                self.backend.submit_overlapped(&mut ops, &mut results, &mut verifier);
+                verifier.finish();
+                let len = ops.len();
+                prev = Some(Chunk { base, ops, results });
+                base += len;
+            }
+            Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked).finish();
+            drop(prev);
+            for (k, check) in op_of.into_iter().zip(checked) {
+                failed[k] = check;
+            }
+        }
+        for (k, &(i, ..)) in planned.iter().enumerate() {
+            let buf = &mut *reqs[i].1;
+            if failed[k].is_none()
+                && let Some(bounce) = &bounces[k]
+            {
+                // Verified in the bounce buffer, which only this call touches.
+                buf.copy_from_slice(&bounce[..self.page_bytes]);
+            }
+            if failed[k].is_some() && bounces[k].is_none() {
+                buf.fill(0); // never leave unverified bytes in the caller's buffer
+            }
+        }
+        self.return_bounce(bounces.into_iter().flatten());
+        let mut inner = lock(&self.inner);
+        for (k, &(i, b, generation, _)) in planned.iter().enumerate() {
+            match failed[k] {
+                None => {
+                    inner.m.hits += 1;
+                    inner.m.pages_read += 1;
+                    inner.m.bytes_read += self.page_bytes as u64;
+                    results[i] = Ok(true);
+                }
+                Some(failure) => {
+                    inner.m.misses += 1;
+                    match failure {
+                        ReadFailure::Corrupt => inner.m.corrupt += 1,
+                        ReadFailure::Io => inner.m.read_errors += 1,
+                        ReadFailure::NoBuffer => {}
+                    }
+                    let slot = inner.slots[b.index()];
+                    let suspect = failure != ReadFailure::NoBuffer;
+                    if suspect && slot.state == SlotState::Valid && slot.generation == generation {
+                        inner.drop_slot(b);
+                    }
+                }
+            }
+            let _ = inner.pool.release(b); // the reader's pin
+        }
+        results
+    }
+}
+
+/// Checksums the pages of a write batch in order, while its IO runs ([`Overlap::idle`]).
+struct Checksummer<'p> {
+    pages: &'p [&'p [u8]],
+    sums: Vec<u64>,
+}
+
+impl Checksummer<'_> {
+    /// Every page's checksum (those not computed during the IO now).
+    fn finish(mut self) -> Vec<u64> {
+        while self.idle() {}
+        self.sums
+    }
+}
+
+impl Overlap for Checksummer<'_> {
+    fn idle(&mut self) -> bool {
+        match self.pages.get(self.sums.len()) {
+            Some(page) => {
+                self.sums.push(xxh3_64(page));
+                self.sums.len() < self.pages.len()
+            }
+            None => false,
+        }
+    }
+}
+
+/// A submitted chunk of a read batch: its operations (holding the buffers read into) and their
+/// results; `base` is the batch index of its first operation.
+struct Chunk<'a> {
+    base: usize,
+    ops: Vec<IoOp<'a>>,
+    results: Vec<Result<usize>>,
+}
+
+/// Verifies the pages of the previous chunk of a read batch, one per [`Overlap::idle`] call,
+/// while the next chunk's IO runs; the outcome of each goes to `checked` (None: verified).
+struct Verifier<'c, 'a> {
+    chunk: Option<&'c Chunk<'a>>,
+    next: usize,
+    page_bytes: usize,
+    /// Checksum recorded for the page of each operation of the batch.
+    expected: &'c [u64],
+    checked: &'c mut [Option<ReadFailure>],
+}
+
+impl<'c, 'a> Verifier<'c, 'a> {
+    fn new(
+        chunk: Option<&'c Chunk<'a>>,
+        page_bytes: usize,
+        expected: &'c [u64],
+        checked: &'c mut [Option<ReadFailure>],
+    ) -> Self {
+        Self { chunk, next: 0, page_bytes, expected, checked }
+    }
+
+    /// Verifies the pages not verified during the IO.
+    fn finish(mut self) {
+        while self.idle() {}
+    }
+}
+
+impl Overlap for Verifier<'_, '_> {
+    fn idle(&mut self) -> bool {
+        let Some(chunk) = self.chunk else { return false };
+        let (Some(op), Some(result)) = (chunk.ops.get(self.next), chunk.results.get(self.next)) else {
+            return false;
+        };
+        let index = chunk.base + self.next;
+        self.next += 1;
+        let check = match result {
+            Err(_) => Some(ReadFailure::Io),
+            Ok(_) => {
+                let expected = self.expected.get(index);
+                let ok = op.data().get(..self.page_bytes).is_some_and(|page| Some(&xxh3_64(page)) == expected);
+                if ok { None } else { Some(ReadFailure::Corrupt) }
+            }
+        };
+        if let Some(slot) = self.checked.get_mut(index) {
+            *slot = check;
+        }
+        self.next < chunk.ops.len()
+    }
+}
+
+/// Why a read of a stored page returned a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFailure {
+    /// The IO failed or was short: the slot is dropped.
+    Io,
+    /// The checksum did not match: the slot is dropped.
+    Corrupt,
+    /// No bounce buffer could be mapped: the slot is kept.
+    NoBuffer,
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        // Best effort: the page cache keeps the records anyway; this narrows the power-loss window.
+        let _ = lock(&self.inner).index.flush_async();
+    }
+}

@@ -29,6 +29,7 @@ const SAMPLE: &str = include_str!("../../data/conversation_sample.jsonl");
 const SAMPLE_NAME: &str = "bundled sample (first 3,000 requests of Mooncake conversation_trace.jsonl)";
 const REPORT_FILE: &str = "replay_sim.json";
 const ENGINE_REPORT_FILE: &str = "replay_engine.json";
+const SIM_CHART_FILE: &str = "replay_sim.svg";
 const ENGINE_CHART_FILE: &str = "replay_engine.svg";
 
 #[derive(Parser)]
@@ -106,7 +107,8 @@ struct ReplayArgs {
     /// Default: the --out directory.
     #[arg(long, value_name = "DIR")]
     ssd_dir: Option<PathBuf>,
-    /// Eviction policies to replay at each capacity, comma-separated.
+    /// Eviction policies to replay at each capacity, comma-separated; `all` is every one
+    /// (fifo, lru, s3fifo, arc, opt). Sim mode only: the engine uses the tiers' policy.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Opt])]
     policy: Vec<Policy>,
     /// Directory for the JSON report (created if missing).
@@ -197,17 +199,31 @@ impl Size {
 enum Policy {
     Fifo,
     Lru,
+    S3fifo,
+    Arc,
     Opt,
+    All,
 }
 
-impl From<Policy> for SimPolicy {
-    fn from(p: Policy) -> Self {
-        match p {
-            Policy::Fifo => SimPolicy::Fifo,
-            Policy::Lru => SimPolicy::Lru,
-            Policy::Opt => SimPolicy::Opt,
+/// The policies named on the command line, `all` expanded, each once, in the given order.
+fn sim_policies(named: &[Policy]) -> Vec<SimPolicy> {
+    let mut out: Vec<SimPolicy> = Vec::new();
+    for &p in named {
+        let add: &[SimPolicy] = match p {
+            Policy::Fifo => &[SimPolicy::Fifo],
+            Policy::Lru => &[SimPolicy::Lru],
+            Policy::S3fifo => &[SimPolicy::S3Fifo],
+            Policy::Arc => &[SimPolicy::Arc],
+            Policy::Opt => &[SimPolicy::Opt],
+            Policy::All => &SimPolicy::ALL,
+        };
+        for &policy in add {
+            if !out.contains(&policy) {
+                out.push(policy);
+            }
         }
     }
+    out
 }
 
 fn main() -> ExitCode {
@@ -288,7 +304,7 @@ fn replay_sim(
     let plan = PrefixPlan::build(trace);
     let plan_time = plan_started.elapsed();
 
-    let policies: Vec<SimPolicy> = args.policy.iter().map(|&p| p.into()).collect();
+    let policies = sim_policies(&args.policy);
     let config = SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies);
     config.validate()?;
     let points = config.capacities_for(&plan).len() * config.policies().len();
@@ -309,6 +325,11 @@ fn replay_sim(
     print_report(&report, trace, source, &config, [parse_time, plan_time, total_time], &point_times);
     let path = write_json(&args.out, &report, trace, source, [parse_time, plan_time, total_time], &point_times)?;
     println!("report       {}", path.display());
+    if config.policies().len() > 1 {
+        let svg = args.out.join(SIM_CHART_FILE);
+        chart::write_sim_svg(&report, source, &svg)?;
+        println!("chart        {}", svg.display());
+    }
     Ok(())
 }
 

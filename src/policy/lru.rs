@@ -39,6 +39,10 @@ impl EvictionPolicy for Lru {
         self.order.push_back(block.0);
     }
     #[inline]
+    fn readmit(&mut self, block: BlockId) {
+        self.order.push_front(block.0);
+    }
+    #[inline]
     fn remove(&mut self, block: BlockId) {
         self.order.remove(block.0);
     }

@@ -61,3 +61,59 @@ fn panel(
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     Ok(())
 }
+
+/// Draws a compatible replay's hit rate against capacity, one line per policy (and the
+/// unbounded-cache ceiling), into an SVG file at `path`.
+pub fn write_sim_svg(report: &super::SimReport, title: &str, path: &Path) -> std::io::Result<()> {
+    draw_sim(report, title, path).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn draw_sim(report: &super::SimReport, title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let unique = report.unique_blocks.max(1) as f64;
+    let share = |blocks: u32| 100.0 * blocks as f64 / unique;
+    let x_end = report.points.iter().map(|p| share(p.capacity_blocks)).fold(1.0, f64::max);
+    let y_end = (report.ceiling_hit_rate * 1.1).clamp(0.05, 1.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("prefix hit rate vs capacity: {title}"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0.0..x_end, 0.0..y_end)?;
+    chart.configure_mesh().x_desc("capacity (% of unique blocks)").y_desc("hit rate").draw()?;
+    let mut policies: Vec<super::SimPolicy> = Vec::new();
+    for p in &report.points {
+        if !policies.contains(&p.policy) {
+            policies.push(p.policy);
+        }
+    }
+    let colors = [BLACK, BLUE, GREEN, MAGENTA, RED, CYAN];
+    for (i, &policy) in policies.iter().enumerate() {
+        let style = colors[i % colors.len()].stroke_width(2);
+        let line: Vec<(f64, f64)> = report
+            .points
+            .iter()
+            .filter(|p| p.policy == policy)
+            .map(|p| (share(p.capacity_blocks), p.hit_rate))
+            .collect();
+        chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, style.filled())))?;
+        chart
+            .draw_series(LineSeries::new(line, style))?
+            .label(policy.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+    }
+    let ceiling = RGBColor(140, 140, 140).stroke_width(1);
+    chart
+        .draw_series(LineSeries::new([(0.0, report.ceiling_hit_rate), (x_end, report.ceiling_hit_rate)], ceiling))?
+        .label("unbounded cache")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], ceiling));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -24,6 +24,8 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::policy::{EvictionPolicy, PolicyKind};
+use crate::pool::BlockId;
 use crate::trace::Trace;
 
 /// Index of the prefix-tree root (the empty prefix; always present, never evicted).
@@ -39,6 +41,10 @@ pub enum SimPolicy {
     Lru,
     /// Belady: evict the leaf needed latest; do not cache a block needed later than all of them.
     Opt,
+    /// [`crate::policy::S3Fifo`] over the evictable leaves.
+    S3Fifo,
+    /// [`crate::policy::Arc`] over the evictable leaves.
+    Arc,
 }
 
 impl SimPolicy {
@@ -52,6 +58,23 @@ impl SimPolicy {
             SimPolicy::Fifo => "fifo",
             SimPolicy::Lru => "lru",
             SimPolicy::Opt => "opt",
+            SimPolicy::S3Fifo => "s3fifo",
+            SimPolicy::Arc => "arc",
+        }
+    }
+
+    /// Every policy, online ones first and the offline bound last.
+    pub const ALL: [SimPolicy; 5] =
+        [SimPolicy::Fifo, SimPolicy::Lru, SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Opt];
+
+    /// The tier policy this replays, if it is one ([`SimPolicy::Fifo`] and [`SimPolicy::Opt`]
+    /// exist only here).
+    pub fn tier_policy(self) -> Option<PolicyKind> {
+        match self {
+            SimPolicy::Lru => Some(PolicyKind::Lru),
+            SimPolicy::S3Fifo => Some(PolicyKind::S3Fifo),
+            SimPolicy::Arc => Some(PolicyKind::Arc),
+            SimPolicy::Fifo | SimPolicy::Opt => None,
         }
     }
 }
@@ -235,6 +258,10 @@ impl PrefixPlan {
             SimPolicy::Fifo => self.fifo(capacity_blocks),
             SimPolicy::Lru => Lru::new(self.parent.len()).run(self, capacity_blocks),
             SimPolicy::Opt => self.opt(capacity_blocks),
+            SimPolicy::S3Fifo | SimPolicy::Arc => {
+                let kind = policy.tier_policy().unwrap_or_default();
+                self.simulate_with(&mut kind.build_for(self.parent.len(), capacity_blocks as usize), capacity_blocks)
+            }
         };
         SimResult::new(policy, capacity_blocks, hit_tokens, self.measured_tokens, filled)
     }
@@ -251,6 +278,94 @@ impl PrefixPlan {
             hit_tokens += self.tokens[e] as u64;
         }
         if request >= self.warmup_requests { hit_tokens } else { 0 }
+    }
+
+    /// Replays the trace with any tier [`EvictionPolicy`] built over entries
+    /// `0..`[`PrefixPlan::nodes`]; returns the hit tokens and whether the cache filled during
+    /// warm-up.
+    ///
+    /// The tree rules are those of the LRU/OPT replays: only leaves are evictable, the hit path
+    /// of the current request is protected, a node whose last child is evicted becomes
+    /// evictable again ([`EvictionPolicy::readmit`]). The policy sees a prefix hit on every node
+    /// of the hit path ([`EvictionPolicy::on_hit`]) and registers each inserted node under a
+    /// key unique to the node. With [`crate::policy::Lru`] this reproduces the exact LRU replay
+    /// hit for hit on traces where every prompt ends in a new block (a test checks it); where a
+    /// prompt ends inside the tree, a node it used can be readmitted colder than LRU would.
+    pub fn simulate_with(&self, policy: &mut impl EvictionPolicy, capacity: u32) -> (u64, bool) {
+        let n = self.parent.len();
+        let mut present = vec![false; n];
+        present[ROOT as usize] = true;
+        let mut children = vec![0u32; n];
+        let mut linked = vec![false; n];
+        let (mut size, mut hit_tokens, mut filled) = (0u32, 0u64, false);
+        for request in 0..self.requests() {
+            let (mut hits, mut last) = (0usize, None);
+            hit_tokens += self.lookup(request, |node, _| {
+                if !present[node as usize] {
+                    return false;
+                }
+                policy.on_hit(BlockId(node));
+                hits += 1;
+                last = Some(node);
+                true
+            });
+            // The deepest hit node is the only hit node that can be a leaf: hold it.
+            if let Some(l) = last
+                && linked[l as usize]
+            {
+                policy.remove(BlockId(l));
+                linked[l as usize] = false;
+            }
+            for e in self.events_of(request).skip(hits) {
+                let node = self.node_for_event[e];
+                if present[node as usize] {
+                    continue;
+                }
+                if size >= capacity {
+                    let Some(victim) = policy.pop_victim() else { break };
+                    let v = victim.0 as usize;
+                    linked[v] = false;
+                    present[v] = false;
+                    size -= 1;
+                    let p = self.parent[v];
+                    children[p as usize] -= 1;
+                    if p != ROOT && children[p as usize] == 0 && Some(p) != last {
+                        policy.readmit(BlockId(p));
+                        linked[p as usize] = true;
+                    }
+                }
+                let p = self.parent[node as usize];
+                if size >= capacity || !present[p as usize] {
+                    break;
+                }
+                if linked[p as usize] {
+                    policy.remove(BlockId(p));
+                    linked[p as usize] = false;
+                }
+                present[node as usize] = true;
+                children[p as usize] += 1;
+                size += 1;
+                policy.on_register(BlockId(node), node as u64 + 1);
+                policy.insert(BlockId(node));
+                linked[node as usize] = true;
+                filled |= size >= capacity && request < self.warmup_requests;
+            }
+            if let Some(l) = last
+                && present[l as usize]
+                && children[l as usize] == 0
+                && !linked[l as usize]
+            {
+                policy.insert(BlockId(l));
+                linked[l as usize] = true;
+            }
+        }
+        (hit_tokens, filled)
+    }
+
+    /// Prefix-tree nodes including the root: the universe a policy passed to
+    /// [`PrefixPlan::simulate_with`] must cover.
+    pub fn nodes(&self) -> usize {
+        self.parent.len()
     }
 
     fn fifo(&self, capacity: u32) -> (u64, bool) {
@@ -595,6 +710,11 @@ mod tests {
 
     /// Conversation-like random traces: each request continues an earlier one or starts fresh.
     fn random_trace(seed: u64, requests: usize) -> Trace {
+        random_trace_with(seed, requests, 0)
+    }
+
+    /// As [`random_trace`], every request adding at least `min_fresh` new blocks.
+    fn random_trace_with(seed: u64, requests: usize, min_fresh: u64) -> Trace {
         let mut state = seed;
         let mut next = move |bound: u64| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -609,7 +729,7 @@ mod tests {
                 let base = &all[next(all.len() as u64) as usize];
                 base[..1 + next(base.len() as u64) as usize].to_vec()
             };
-            for _ in 0..next(4) {
+            for _ in 0..min_fresh + next(4) {
                 fresh += 1;
                 ids.push(fresh);
             }
@@ -627,6 +747,47 @@ mod tests {
                 for policy in [SimPolicy::Lru, SimPolicy::Opt] {
                     let fast = plan.simulate(policy, capacity).hit_tokens;
                     assert_eq!(fast, naive(&plan, policy, capacity), "seed {seed} cap {capacity} {policy:?}");
+                }
+            }
+        }
+    }
+
+    /// Exact when no request's prompt ends inside the tree (as in conversation traces, where
+    /// the last block of a prompt is new): `readmit` places a node whose last child was evicted
+    /// at the cold end, which is its LRU position unless it was used more recently than that
+    /// child, i.e. by a request whose prompt ended at it.
+    #[test]
+    fn the_tier_lru_through_the_generic_replay_is_the_exact_lru() {
+        for seed in 0..40 {
+            let plan = PrefixPlan::build(&random_trace_with(seed, 150, 1));
+            for capacity in [1, 2, 3, 5, 8, 13, 30, 60] {
+                let exact = plan.simulate(SimPolicy::Lru, capacity);
+                let generic = plan.simulate_with(&mut crate::policy::Lru::new(plan.nodes()), capacity);
+                assert_eq!(
+                    (generic.0, generic.1),
+                    (exact.hit_tokens, !exact.underfilled),
+                    "seed {seed} cap {capacity}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_online_policy_stays_within_the_ceiling_and_is_deterministic() {
+        for seed in 0..20 {
+            let plan = PrefixPlan::build(&random_trace(seed, 150));
+            let ceiling = plan.ceiling_hit_tokens();
+            for capacity in [1, 4, 16, 64, 1000] {
+                for policy in [SimPolicy::S3Fifo, SimPolicy::Arc] {
+                    let a = plan.simulate(policy, capacity);
+                    assert!(a.hit_tokens <= ceiling, "{policy:?} seed {seed} cap {capacity}");
+                    assert_eq!(a, plan.simulate(policy, capacity));
+                }
+                // A cache larger than the tree never evicts: every policy reaches the ceiling.
+                if capacity as usize > plan.unique_blocks() {
+                    for policy in SimPolicy::ALL {
+                        assert_eq!(plan.simulate(policy, capacity).hit_tokens, ceiling, "{policy:?}");
+                    }
                 }
             }
         }

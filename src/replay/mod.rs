@@ -39,6 +39,7 @@ pub mod engine;
 pub mod engine_report;
 mod engine_scheduler;
 pub mod sim;
+pub mod synth;
 
 pub use engine::{EngineConfig, EngineRun};
 pub use engine_report::{EngineReport, EngineTiming};

@@ -1,0 +1,815 @@
+//! Synthetic Mooncake-format traces built from the Azure LLM inference traces.
+//!
+//! The Azure traces (`AzureLLMInferenceTrace_{code,conv}.csv`: `TIMESTAMP, ContextTokens,
+//! GeneratedTokens`) carry real arrival times and lengths but no prefix information. This module
+//! keeps those and adds an explicit, documented model of where prompts share content, so that
+//! eviction policies can be compared on workloads shaped unlike the one real prefix trace we
+//! have. Everything is deterministic for a given seed and runs in O(rows + emitted blocks).
+//!
+//! ## How a trace is made
+//! 1. [`read_azure_csv`] / [`parse_azure_csv`] read the CSV into [`AzureRecord`]s (typed
+//!    [`Error::Trace`] on a bad header, cell or empty input).
+//! 2. [`synthesize`] walks the rows in file order. Each row is one request *slot*: its timestamp
+//!    (ms since the earliest row) and its `GeneratedTokens` are kept as they are.
+//! 3. A slot is taken by the oldest *due* follow-up of an open session (one whose think time has
+//!    elapsed); when none is due, the slot opens something new, drawn from the [`Mix`]: a chat
+//!    session, a code session, a one-off scan or a one-off document question. Sessions therefore
+//!    never change the arrival process, and a backlog of due follow-ups crowds out new sessions
+//!    until it drains.
+//! 4. The prompt is built as a list of content segments; block ids are interned per (parent id,
+//!    content of the 512-token block), so equal prefixes get equal ids, an id always has the same
+//!    parent chain, and `len(hash_ids) == ceil(input_length / 512)`.
+//! 5. [`write_jsonl_path`] writes the result for `kvtier replay` or `refsim.sh`.
+//!
+//! ## The prefix model (every knob is a field of [`SynthConfig`])
+//! - **Shared preambles.** `system_prompts` system prompts (lengths uniform in
+//!   `system_prompt_tokens`) and `tool_preambles` tool preambles (`tool_preamble_tokens`), each
+//!   picked with Zipf popularity of exponent `popularity_zipf` (the same skew is used for every
+//!   popularity choice below, so there is one skew knob, not one per pool).
+//! - **Chat sessions.** Turn 1 = system prompt, then (with probability `tool_share`) a tool
+//!   preamble, then the user text. Turn k+1 = the whole previous prompt, the previous answer
+//!   (`GeneratedTokens` of that turn), then new user text, so the prefix chain continues. **The
+//!   row's `ContextTokens` is always the new user text**, so a follow-up's `input_length` is the
+//!   session's history plus the row's count. A session has a geometric number of turns of mean
+//!   `chat_turns`; the next turn is due `25 ms x answer tokens + think time` after the previous
+//!   one, the think time log-normal with median `think_time_ms` and sigma `think_sigma` (heavy
+//!   tailed: some users come back many minutes later, when LRU has long dropped their history).
+//!   A turn that would exceed `max_context_tokens` ends the session and its slot opens something
+//!   new instead.
+//! - **Code sessions.** A session works on one of `projects` repositories (Zipf). A project is an
+//!   ordered list of files (initially uniform in `project_files`, lengths log-normal with median
+//!   `file_tokens` and sigma 0.8, 32..8192 tokens). Before each request, with probability
+//!   `edit_prob` one file (uniform position) gets a new version and moves to the end of the list
+//!   (recently edited files last, stable ones first), with probability `edit_prob / 2` a new file
+//!   is opened (appended), and past `max_files` a uniform file is closed. A request's prompt is
+//!   exactly `ContextTokens` long: a tool preamble (the IDE instructions), then the project's files
+//!   in order, the last one truncated to fit, then `tail_fraction` of the prompt (at least one
+//!   token) of unique text (the code around the cursor). Requests of one project therefore share
+//!   a prefix up to the first file edited since, across sessions too. Sessions have a geometric
+//!   number of requests of mean `code_turns`.
+//! - **Scans.** A one-off prompt: system prompt + unique text of `scan_scale x ContextTokens`
+//!   tokens (capped by the context window); nothing after the system prompt is ever reused.
+//! - **Document questions.** A one-off prompt: system prompt + one of `documents` documents
+//!   (Zipf, lengths uniform in `document_tokens`) + the question (`ContextTokens`): popular
+//!   documents recur at long reuse distances.
+//!
+//! ## Presets ([`SynthPreset`])
+//! - `conv` (the [`Default`]): 90 % chat sessions (mean 4 turns, think time median 30 s, sigma
+//!   1.5), 10 % plain one-offs; 16 system prompts of 300-2,500 tokens, 8 tool preambles of
+//!   500-3,000 used by 30 % of sessions; Zipf 1.0; 32K window. Reuse is recency-shaped, like the
+//!   Mooncake conversation trace.
+//! - `code`: 95 % code sessions over 150 projects (4-24 files of median 700 tokens, mean 8
+//!   requests, think time median 10 s, edit probability 0.25, 15 % unique tail), 5 % one-offs;
+//!   4 IDE preambles of 200-800 tokens; prompt lengths exactly the CSV's. Reuse is
+//!   frequency-shaped: popular repositories come back across sessions with partly changed files.
+//! - `mixed`: 40 % chat, 15 % code, 30 % scans four times the row's length, 15 % questions over
+//!   400 documents of 2K-16K tokens: a scan-polluted workload where recency alone misleads.
+//!
+//! ```
+//! use kvtier::replay::synth::{AzureRecord, SynthPreset, synthesize};
+//! let rows: Vec<AzureRecord> = (0..50)
+//!     .map(|i| AzureRecord { timestamp_ms: 1_000 * i, context_tokens: 700, generated_tokens: 90 })
+//!     .collect();
+//! let trace = synthesize(&rows, &SynthPreset::Conv.config(), 7)?;
+//! assert_eq!(trace.len(), 50);
+//! let r = &trace.records()[0];
+//! assert_eq!(r.hash_ids.len(), r.input_length.div_ceil(512) as usize);
+//! # Ok::<(), kvtier::Error>(())
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceReason, TraceRecord};
+
+/// The three columns of an Azure LLM inference trace, in their usual order.
+pub const AZURE_COLUMNS: [&str; 3] = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"];
+
+/// Decode time assumed per generated token before a session's think time starts.
+pub const DECODE_MS_PER_TOKEN: u64 = 25;
+
+/// One row of an Azure LLM inference trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AzureRecord {
+    /// Arrival time, milliseconds since the Unix epoch (the CSV's clock, sub-ms dropped).
+    pub timestamp_ms: u64,
+    /// Prompt tokens of the request.
+    pub context_tokens: u32,
+    /// Generated tokens of the request.
+    pub generated_tokens: u32,
+}
+
+/// Parses an Azure trace CSV: a header naming the three [`AZURE_COLUMNS`] (any order, extra
+/// columns ignored), then one row per request with a `YYYY-MM-DD HH:MM:SS[.fraction]` timestamp.
+/// Blank lines are skipped. Errors are [`Error::Trace`] with the 1-based line: an empty input or
+/// a header without a column is `MissingField(column)` on line 1, a short row `MissingField`, an
+/// unreadable cell `WrongType(column)`, a negative count `Negative`, a count over `u32`
+/// `TooLarge`.
+///
+/// ```
+/// # use kvtier::replay::synth::parse_azure_csv;
+/// let rows = parse_azure_csv("TIMESTAMP,ContextTokens,GeneratedTokens\n1970-01-01 00:00:01.5,300,20\n")?;
+/// assert_eq!((rows[0].timestamp_ms, rows[0].context_tokens, rows[0].generated_tokens), (1_500, 300, 20));
+/// # Ok::<(), kvtier::Error>(())
+/// ```
+pub fn parse_azure_csv(text: &str) -> Result<Vec<AzureRecord>> {
+    let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+    let Some((header_index, header)) = lines.next() else {
+        return Err(Error::Trace { line: 1, reason: TraceReason::MissingField(AZURE_COLUMNS[0]) });
+    };
+    let names: Vec<&str> = header.trim_start_matches('\u{feff}').split(',').map(str::trim).collect();
+    let mut at = [0usize; 3];
+    for (slot, column) in at.iter_mut().zip(AZURE_COLUMNS) {
+        *slot = names
+            .iter()
+            .position(|name| *name == column)
+            .ok_or(Error::Trace { line: header_index + 1, reason: TraceReason::MissingField(column) })?;
+    }
+    let mut records = Vec::new();
+    for (index, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = |reason| Error::Trace { line: index + 1, reason };
+        let cell = |column: usize| cells.get(at[column]).ok_or(bad(TraceReason::MissingField(AZURE_COLUMNS[column])));
+        let timestamp_ms = parse_timestamp_ms(cell(0)?).ok_or(bad(TraceReason::WrongType(AZURE_COLUMNS[0])))?;
+        let context_tokens = parse_count(AZURE_COLUMNS[1], cell(1)?).map_err(bad)?;
+        let generated_tokens = parse_count(AZURE_COLUMNS[2], cell(2)?).map_err(bad)?;
+        records.push(AzureRecord { timestamp_ms, context_tokens, generated_tokens });
+    }
+    Ok(records)
+}
+
+/// Reads and parses an Azure trace CSV file ([`Error::TraceIo`] when it cannot be read).
+pub fn read_azure_csv(path: impl AsRef<Path>) -> Result<Vec<AzureRecord>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::TraceIo { path: path.to_path_buf(), source })?;
+    parse_azure_csv(&text)
+}
+
+fn parse_count(column: &'static str, cell: &str) -> std::result::Result<u32, TraceReason> {
+    let (negative, digits) = match cell.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, cell),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(TraceReason::WrongType(column));
+    }
+    if negative {
+        return Err(TraceReason::Negative(column));
+    }
+    digits.parse::<u32>().map_err(|_| TraceReason::TooLarge(column))
+}
+
+/// `YYYY-MM-DD[ T]HH:MM:SS[.fraction]` (UTC assumed) to ms since the Unix epoch.
+fn parse_timestamp_ms(cell: &str) -> Option<u64> {
+    let (date, time) = cell.split_once([' ', 'T'])?;
+    let number = |s: &str, max: u32| -> Option<i64> {
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let n: u32 = s.parse().ok().filter(|n| digits && *n <= max)?;
+        Some(n as i64)
+    };
+    let mut date = date.split('-');
+    let (year, month, day) = (number(date.next()?, 9999)?, number(date.next()?, 12)?, number(date.next()?, 31)?);
+    let mut time = time.split(':');
+    let (hour, minute, seconds) = (number(time.next()?, 23)?, number(time.next()?, 59)?, time.next()?);
+    if date.next().is_some() || time.next().is_some() || month == 0 || day == 0 || year < 1970 {
+        return None;
+    }
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    let second = number(whole, 60)?;
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis =
+        fraction.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0i64, |ms, b| ms * 10 + (b - b'0') as i64);
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, year_of_era) = (y.div_euclid(400), y.rem_euclid(400));
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let ms = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis;
+    u64::try_from(ms).ok()
+}
+
+/// Weights of what a free slot opens (normalised; at least one must be positive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mix {
+    /// Chat sessions.
+    pub chat: f64,
+    /// Code sessions.
+    pub code: f64,
+    /// One-off scans.
+    pub scan: f64,
+    /// One-off document questions.
+    pub document: f64,
+}
+
+/// Parameters of the prefix model (see the module docs for what each one does). A plain struct:
+/// start from [`SynthConfig::default`] (the `conv` preset) or [`SynthPreset::config`] and change
+/// fields; [`SynthConfig::validate`] (called by [`synthesize`]) checks them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthConfig {
+    /// What free slots open. Default: chat 0.9, scan 0.1.
+    pub mix: Mix,
+    /// Zipf exponent of every popularity choice (prompts, preambles, projects, documents). Default 1.0.
+    pub popularity_zipf: f64,
+    /// Distinct system prompts. Default 16.
+    pub system_prompts: u32,
+    /// Inclusive token range of a system prompt. Default 300..=2500.
+    pub system_prompt_tokens: (u32, u32),
+    /// Distinct tool preambles (also the code sessions' IDE instructions). Default 8.
+    pub tool_preambles: u32,
+    /// Inclusive token range of a tool preamble. Default 500..=3000.
+    pub tool_preamble_tokens: (u32, u32),
+    /// Probability that a chat session carries a tool preamble. Default 0.3.
+    pub tool_share: f64,
+    /// Mean turns of a chat session (geometric, >= 1). Default 4.
+    pub chat_turns: f64,
+    /// Mean requests of a code session (geometric, >= 1). Default 8.
+    pub code_turns: f64,
+    /// Median think time between a session's requests, ms (log-normal). Default 30,000.
+    pub think_time_ms: f64,
+    /// Sigma of the log-normal think time (0 = always the median). Default 1.5: most users
+    /// answer within a minute, a few percent come back after ten.
+    pub think_sigma: f64,
+    /// Longest prompt; a chat turn that would exceed it ends its session. Default 32,768.
+    pub max_context_tokens: u32,
+    /// Repositories code sessions work on. Default 150.
+    pub projects: u32,
+    /// Inclusive range of a project's initial file count. Default 4..=24.
+    pub project_files: (u32, u32),
+    /// Median tokens of a source file (log-normal, sigma 0.8). Default 700.
+    pub file_tokens: u32,
+    /// Probability that a code request follows an edit of one file. Default 0.25.
+    pub edit_prob: f64,
+    /// Most files open in a project. Default 32.
+    pub max_files: u32,
+    /// Share of a code prompt that is unique text at its end. Default 0.15.
+    pub tail_fraction: f64,
+    /// Length of a scan as a multiple of the row's `ContextTokens`. Default 1.0.
+    pub scan_scale: f64,
+    /// Documents questions are asked about. Default 2,000.
+    pub documents: u32,
+    /// Inclusive token range of a document. Default 2,000..=16,000.
+    pub document_tokens: (u32, u32),
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            mix: Mix { chat: 0.9, code: 0.0, scan: 0.1, document: 0.0 },
+            popularity_zipf: 1.0,
+            system_prompts: 16,
+            system_prompt_tokens: (300, 2500),
+            tool_preambles: 8,
+            tool_preamble_tokens: (500, 3000),
+            tool_share: 0.3,
+            chat_turns: 4.0,
+            code_turns: 8.0,
+            think_time_ms: 30_000.0,
+            think_sigma: 1.5,
+            max_context_tokens: 32_768,
+            projects: 150,
+            project_files: (4, 24),
+            file_tokens: 700,
+            edit_prob: 0.25,
+            max_files: 32,
+            tail_fraction: 0.15,
+            scan_scale: 1.0,
+            documents: 2_000,
+            document_tokens: (2_000, 16_000),
+        }
+    }
+}
+
+impl SynthConfig {
+    /// Checks every field ([`Error::InvalidConfig`] names the first bad one).
+    ///
+    /// ```
+    /// # use kvtier::replay::synth::SynthConfig;
+    /// assert!(SynthConfig { chat_turns: 0.5, ..SynthConfig::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
+        let unit = |p: f64| (0.0..=1.0).contains(&p);
+        let weights = [self.mix.chat, self.mix.code, self.mix.scan, self.mix.document];
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || weights.iter().sum::<f64>() <= 0.0 {
+            return bad("mix", "weights must be finite, >= 0 and not all 0");
+        }
+        if !(self.popularity_zipf.is_finite() && self.popularity_zipf >= 0.0) {
+            return bad("popularity_zipf", "must be finite and >= 0");
+        }
+        let pools = [self.system_prompts, self.tool_preambles, self.projects, self.documents, self.file_tokens];
+        if pools.contains(&0) || self.max_files == 0 {
+            return bad(
+                "pool size",
+                "system_prompts, tool_preambles, projects, documents, file_tokens, max_files must be >= 1",
+            );
+        }
+        let ranges = [self.system_prompt_tokens, self.tool_preamble_tokens, self.project_files, self.document_tokens];
+        if ranges.iter().any(|(lo, hi)| lo > hi || *hi == 0) {
+            return bad("range", "token and file ranges need 0 < hi and lo <= hi");
+        }
+        if !(unit(self.tool_share) && unit(self.edit_prob) && unit(self.tail_fraction)) {
+            return bad("probability", "tool_share, edit_prob, tail_fraction must be in 0..=1");
+        }
+        if !(self.chat_turns >= 1.0
+            && self.code_turns >= 1.0
+            && self.chat_turns.is_finite()
+            && self.code_turns.is_finite())
+        {
+            return bad("turns", "chat_turns and code_turns must be finite and >= 1");
+        }
+        if !(self.think_time_ms.is_finite() && self.think_time_ms >= 0.0 && (0.0..=8.0).contains(&self.think_sigma)) {
+            return bad("think_time_ms", "must be finite and >= 0, think_sigma in 0..=8");
+        }
+        if !(self.scan_scale.is_finite() && self.scan_scale > 0.0) {
+            return bad("scan_scale", "must be finite and > 0");
+        }
+        let preamble =
+            self.system_prompt_tokens.1 as u64 + self.tool_preamble_tokens.1.max(self.document_tokens.1) as u64;
+        if self.max_context_tokens > 1 << 24 || preamble >= self.max_context_tokens as u64 {
+            return bad(
+                "max_context_tokens",
+                "must exceed the longest system prompt + preamble or document, at most 2^24",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Named workloads (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SynthPreset {
+    /// Multi-turn chat: recency-shaped reuse.
+    Conv,
+    /// Coding sessions over shared repositories: frequency-shaped reuse with partial overlap.
+    Code,
+    /// Chat + code + long one-off scans + popular documents: scan pollution.
+    Mixed,
+}
+
+impl SynthPreset {
+    /// Every preset, in a stable order.
+    pub const ALL: [SynthPreset; 3] = [SynthPreset::Conv, SynthPreset::Code, SynthPreset::Mixed];
+
+    /// The preset's name (`conv`, `code`, `mixed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SynthPreset::Conv => "conv",
+            SynthPreset::Code => "code",
+            SynthPreset::Mixed => "mixed",
+        }
+    }
+
+    /// The preset named `name` ([`Error::InvalidConfig`] for an unknown one).
+    ///
+    /// ```
+    /// # use kvtier::replay::synth::SynthPreset;
+    /// assert_eq!(SynthPreset::from_name("code")?, SynthPreset::Code);
+    /// assert!(SynthPreset::from_name("zip").is_err());
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|preset| preset.name() == name)
+            .ok_or(Error::InvalidConfig { field: "preset", reason: "unknown preset (expected conv, code or mixed)" })
+    }
+
+    /// The preset's parameters.
+    pub fn config(self) -> SynthConfig {
+        let base = SynthConfig::default();
+        match self {
+            SynthPreset::Conv => base,
+            SynthPreset::Code => SynthConfig {
+                mix: Mix { chat: 0.0, code: 0.95, scan: 0.05, document: 0.0 },
+                tool_preambles: 4,
+                tool_preamble_tokens: (200, 800),
+                think_time_ms: 10_000.0,
+                ..base
+            },
+            SynthPreset::Mixed => SynthConfig {
+                mix: Mix { chat: 0.4, code: 0.15, scan: 0.3, document: 0.15 },
+                scan_scale: 4.0,
+                documents: 400,
+                ..base
+            },
+        }
+    }
+}
+
+/// Builds a Mooncake-format trace from Azure rows (see the module docs for the model): one
+/// request per row, in row order, timestamps in ms since the earliest row, output lengths from
+/// the rows. Deterministic for a given `seed`. Fails only on an invalid `config`.
+pub fn synthesize(records: &[AzureRecord], config: &SynthConfig, seed: u64) -> Result<Trace> {
+    config.validate()?;
+    let mut generator = Generator::new(config, seed);
+    let start = records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
+    let mut out = Vec::with_capacity(records.len());
+    for row in records {
+        out.push(generator.request(row.timestamp_ms - start, row.context_tokens, row.generated_tokens));
+    }
+    Ok(Trace::from_records(out))
+}
+
+/// Writes a trace as Mooncake JSONL (`timestamp`, `input_length`, `output_length`, `hash_ids`).
+pub fn write_jsonl<W: Write>(trace: &Trace, mut out: W) -> std::io::Result<()> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        timestamp: u64,
+        input_length: u32,
+        output_length: u32,
+        hash_ids: &'a [u64],
+    }
+    for r in trace.records() {
+        let line = Line {
+            timestamp: r.timestamp_ms,
+            input_length: r.input_length,
+            output_length: r.output_length,
+            hash_ids: &r.hash_ids,
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Writes a trace as Mooncake JSONL to a file ([`Error::TraceIo`] on failure).
+pub fn write_jsonl_path(trace: &Trace, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let io = |source| Error::TraceIo { path: path.to_path_buf(), source };
+    let file = std::fs::File::create(path).map_err(io)?;
+    write_jsonl(trace, std::io::BufWriter::new(file)).map_err(io)
+}
+
+/// Size and reuse of a trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceStats {
+    /// Requests.
+    pub requests: usize,
+    /// Prompt blocks over all requests.
+    pub blocks: u64,
+    /// Distinct block ids.
+    pub unique_blocks: u64,
+    /// Prompt tokens over all requests.
+    pub prompt_tokens: u64,
+    /// Share of prompt blocks whose id appeared earlier in the trace (an unlimited cache's
+    /// block hit rate, ignoring the longest-prefix rule).
+    pub reused_block_share: f64,
+}
+
+/// Counts [`TraceStats`] for a trace.
+///
+/// ```
+/// # use kvtier::trace::{Trace, TraceRecord};
+/// # use kvtier::replay::synth::trace_stats;
+/// let r = |ids: &[u64]| TraceRecord { timestamp_ms: 0, input_length: 512 * ids.len() as u32, output_length: 1, hash_ids: ids.to_vec() };
+/// let stats = trace_stats(&Trace::from_records(vec![r(&[1, 2]), r(&[1, 3])]));
+/// assert_eq!((stats.blocks, stats.unique_blocks, stats.reused_block_share), (4, 3, 0.25));
+/// ```
+pub fn trace_stats(trace: &Trace) -> TraceStats {
+    let mut seen = HashSet::new();
+    let mut blocks = 0u64;
+    for id in trace.records().iter().flat_map(|r| &r.hash_ids) {
+        blocks += 1;
+        seen.insert(*id);
+    }
+    let unique_blocks = seen.len() as u64;
+    let reused_block_share = if blocks == 0 { 0.0 } else { (blocks - unique_blocks) as f64 / blocks as f64 };
+    TraceStats {
+        requests: trace.len(),
+        blocks,
+        unique_blocks,
+        prompt_tokens: trace.prompt_tokens(),
+        reused_block_share,
+    }
+}
+
+/// SplitMix64: small, fast, and the same stream on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+
+    /// Uniform in `lo..=hi` (`lo <= hi`).
+    fn between(&mut self, (lo, hi): (u32, u32)) -> u32 {
+        lo + (self.next_u64() % (hi.saturating_sub(lo) as u64 + 1)) as u32
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    fn log_normal(&mut self, median: f64, sigma: f64) -> f64 {
+        let normal = (-2.0 * (1.0 - self.unit()).ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos();
+        median * (sigma * normal).exp()
+    }
+}
+
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Zipf(s) over `0..n` by inverse CDF.
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: u32, s: f64) -> Self {
+        let mut total = 0.0;
+        Self(
+            (1..=n.max(1))
+                .map(|rank| {
+                    total += (rank as f64).powf(-s);
+                    total
+                })
+                .collect(),
+        )
+    }
+
+    fn sample(&self, rng: &mut Rng) -> usize {
+        let u = rng.unit() * self.0.last().copied().unwrap_or(0.0);
+        self.0.partition_point(|&c| c <= u).min(self.0.len().saturating_sub(1))
+    }
+}
+
+/// A run of tokens of one content item; a prefix of it stands for the item's first tokens.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    content: u64,
+    tokens: u32,
+}
+
+/// Interns 512-token blocks by (parent id, content), so ids are prefix-unique by construction.
+#[derive(Default)]
+struct Blocks(HashMap<(u64, u64), u64>);
+
+impl Blocks {
+    const ROOT: u64 = u64::MAX;
+
+    fn hash_ids(&mut self, segments: &[Segment], tokens: u32) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(tokens.div_ceil(TRACE_BLOCK_TOKENS) as usize);
+        let (mut parent, mut content, mut filled) = (Self::ROOT, 0u64, 0u32);
+        for segment in segments {
+            let mut offset = 0;
+            while offset < segment.tokens {
+                let take = (segment.tokens - offset).min(TRACE_BLOCK_TOKENS - filled);
+                content = mix64(content ^ mix64(segment.content) ^ ((offset as u64) << 32 | take as u64));
+                (offset, filled) = (offset + take, filled + take);
+                if filled == TRACE_BLOCK_TOKENS {
+                    parent = self.intern(parent, content);
+                    ids.push(parent);
+                    (content, filled) = (0, 0);
+                }
+            }
+        }
+        if filled > 0 {
+            ids.push(self.intern(parent, content));
+        }
+        ids
+    }
+
+    fn intern(&mut self, parent: u64, content: u64) -> u64 {
+        let next = self.0.len() as u64;
+        *self.0.entry((parent, content)).or_insert(next)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Pool {
+    System,
+    Tool,
+    Document,
+}
+
+enum Session {
+    Chat { segments: Vec<Segment>, tokens: u64 },
+    Code { project: usize, preamble: Segment },
+}
+
+struct Generator<'a> {
+    config: &'a SynthConfig,
+    rng: Rng,
+    next_content: u64,
+    system: Vec<Segment>,
+    tools: Vec<Segment>,
+    documents: Vec<Segment>,
+    projects: Vec<Vec<Segment>>,
+    system_zipf: Zipf,
+    tool_zipf: Zipf,
+    project_zipf: Zipf,
+    document_zipf: Zipf,
+    sessions: Vec<Option<Session>>,
+    /// (due time, session index): the index breaks ties deterministically.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
+    blocks: Blocks,
+}
+
+impl<'a> Generator<'a> {
+    fn new(config: &'a SynthConfig, seed: u64) -> Self {
+        let s = config.popularity_zipf;
+        let mut generator = Self {
+            config,
+            rng: Rng(mix64(seed ^ 0x6b76_7469_6572)),
+            next_content: 0,
+            system: Vec::new(),
+            tools: Vec::new(),
+            documents: Vec::new(),
+            projects: vec![Vec::new(); config.projects as usize],
+            system_zipf: Zipf::new(config.system_prompts, s),
+            tool_zipf: Zipf::new(config.tool_preambles, s),
+            project_zipf: Zipf::new(config.projects, s),
+            document_zipf: Zipf::new(config.documents, s),
+            sessions: Vec::new(),
+            due: BinaryHeap::new(),
+            blocks: Blocks::default(),
+        };
+        generator.system =
+            (0..config.system_prompts).map(|_| generator.fresh_in(config.system_prompt_tokens)).collect();
+        generator.tools = (0..config.tool_preambles).map(|_| generator.fresh_in(config.tool_preamble_tokens)).collect();
+        generator.documents = (0..config.documents).map(|_| generator.fresh_in(config.document_tokens)).collect();
+        generator
+    }
+
+    fn fresh(&mut self, tokens: u32) -> Segment {
+        self.next_content += 1;
+        Segment { content: self.next_content, tokens }
+    }
+
+    fn fresh_in(&mut self, range: (u32, u32)) -> Segment {
+        let tokens = self.rng.between(range);
+        self.fresh(tokens)
+    }
+
+    fn file(&mut self) -> Segment {
+        let tokens = self.rng.log_normal(self.config.file_tokens as f64, 0.8).clamp(32.0, 8192.0) as u32;
+        self.fresh(tokens)
+    }
+
+    fn pick(&mut self, pool: Pool) -> Segment {
+        let (zipf, items) = match pool {
+            Pool::System => (&self.system_zipf, &self.system),
+            Pool::Tool => (&self.tool_zipf, &self.tools),
+            Pool::Document => (&self.document_zipf, &self.documents),
+        };
+        items.get(zipf.sample(&mut self.rng)).copied().unwrap_or(Segment { content: 0, tokens: 0 })
+    }
+
+    /// One request in the slot at `now` (ms since the first row).
+    fn request(&mut self, now: u64, context: u32, generated: u32) -> TraceRecord {
+        if let Some(&Reverse((due, index))) = self.due.peek()
+            && due <= now
+        {
+            self.due.pop();
+            if let Some(record) = self.follow_up(index, now, context, generated) {
+                return record;
+            }
+        }
+        self.open(now, context, generated)
+    }
+
+    fn follow_up(&mut self, index: usize, now: u64, context: u32, generated: u32) -> Option<TraceRecord> {
+        let max = self.config.max_context_tokens as u64;
+        match self.sessions.get_mut(index)?.take()? {
+            Session::Chat { mut segments, tokens } if tokens + context as u64 <= max => {
+                segments.push(self.fresh(context));
+                Some(self.chat_turn(index, segments, now, generated))
+            }
+            Session::Chat { .. } => None, // the window is full: the session ends
+            Session::Code { project, preamble } => {
+                Some(self.code_request(index, project, preamble, now, context, generated))
+            }
+        }
+    }
+
+    fn open(&mut self, now: u64, context: u32, generated: u32) -> TraceRecord {
+        let Mix { chat, code, scan, document } = self.config.mix;
+        let pick = self.rng.unit() * (chat + code + scan + document);
+        let index = self.sessions.len();
+        let max = self.config.max_context_tokens;
+        let system = self.pick(Pool::System);
+        if pick < chat {
+            let mut segments = vec![system];
+            if self.rng.chance(self.config.tool_share) {
+                segments.push(self.pick(Pool::Tool));
+            }
+            let used: u32 = segments.iter().map(|s| s.tokens).sum();
+            segments.push(self.fresh(context.min(max - used)));
+            self.sessions.push(None);
+            self.chat_turn(index, segments, now, generated)
+        } else if pick < chat + code {
+            let project = self.project_zipf.sample(&mut self.rng);
+            let preamble = self.pick(Pool::Tool);
+            self.sessions.push(None);
+            self.code_request(index, project, preamble, now, context, generated)
+        } else if pick < chat + code + scan {
+            let tokens = (context as f64 * self.config.scan_scale).round().min((max - system.tokens) as f64) as u32;
+            let segments = [system, self.fresh(tokens)];
+            self.record(&segments, now, generated)
+        } else {
+            let document = self.pick(Pool::Document);
+            let question = context.min(max - system.tokens - document.tokens);
+            let segments = [system, document, self.fresh(question)];
+            self.record(&segments, now, generated)
+        }
+    }
+
+    fn chat_turn(&mut self, index: usize, mut segments: Vec<Segment>, now: u64, generated: u32) -> TraceRecord {
+        let record = self.record(&segments, now, generated);
+        if self.rng.chance(1.0 - 1.0 / self.config.chat_turns) {
+            segments.push(self.fresh(generated));
+            let tokens = segments.iter().map(|s| s.tokens as u64).sum();
+            self.schedule(index, Session::Chat { segments, tokens }, now, generated);
+        }
+        record
+    }
+
+    fn code_request(
+        &mut self,
+        index: usize,
+        project: usize,
+        preamble: Segment,
+        now: u64,
+        context: u32,
+        generated: u32,
+    ) -> TraceRecord {
+        let files = self.project_files(project);
+        let tail = ((context as f64 * self.config.tail_fraction).round() as u32).clamp(context.min(1), context);
+        let mut budget = context - tail;
+        let mut segments = Vec::new();
+        for segment in std::iter::once(preamble).chain(files) {
+            if budget == 0 {
+                break;
+            }
+            let take = segment.tokens.min(budget);
+            segments.push(Segment { content: segment.content, tokens: take });
+            budget -= take;
+        }
+        segments.push(self.fresh(tail + budget));
+        let record = self.record(&segments, now, generated);
+        if self.rng.chance(1.0 - 1.0 / self.config.code_turns) {
+            self.schedule(index, Session::Code { project, preamble }, now, generated);
+        }
+        record
+    }
+
+    /// The project's files after this request's edits (created on first use).
+    fn project_files(&mut self, project: usize) -> Vec<Segment> {
+        let mut files = self.projects.get_mut(project).map(std::mem::take).unwrap_or_default();
+        if files.is_empty() {
+            let count = self.rng.between(self.config.project_files);
+            files = (0..count).map(|_| self.file()).collect();
+        } else {
+            if self.rng.chance(self.config.edit_prob) {
+                let old = files.remove(self.rng.below(files.len()));
+                let tokens = (old.tokens as f64 * (0.9 + 0.3 * self.rng.unit())).clamp(32.0, 8192.0) as u32;
+                let edited = self.fresh(tokens);
+                files.push(edited);
+            }
+            if self.rng.chance(self.config.edit_prob / 2.0) {
+                let opened = self.file();
+                files.push(opened);
+            }
+            if files.len() > self.config.max_files as usize {
+                files.remove(self.rng.below(files.len()));
+            }
+        }
+        if let Some(slot) = self.projects.get_mut(project) {
+            slot.clone_from(&files);
+        }
+        files
+    }
+
+    fn schedule(&mut self, index: usize, session: Session, now: u64, generated: u32) {
+        let think = self.rng.log_normal(self.config.think_time_ms, self.config.think_sigma).min(1e12) as u64;
+        if let Some(slot) = self.sessions.get_mut(index) {
+            *slot = Some(session);
+            self.due.push(Reverse((now + generated as u64 * DECODE_MS_PER_TOKEN + think, index)));
+        }
+    }
+
+    fn record(&mut self, segments: &[Segment], now: u64, generated: u32) -> TraceRecord {
+        let input_length: u32 = segments.iter().map(|s| s.tokens).sum();
+        let hash_ids = self.blocks.hash_ids(segments, input_length);
+        TraceRecord { timestamp_ms: now, input_length, output_length: generated, hash_ids }
+    }
+}

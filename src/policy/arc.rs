@@ -40,6 +40,8 @@ pub struct Arc {
     /// Target number of resident entries in T1.
     p: f64,
     capacity: f64,
+    /// List of the last victim: a readmitted parent continues its chain's eviction there.
+    last_victim_list: u8,
 }
 
 impl Arc {
@@ -60,6 +62,7 @@ impl Arc {
             resident: [0; 2],
             p: 0.0,
             capacity: capacity as f64,
+            last_victim_list: RECENT,
         }
     }
 
@@ -134,13 +137,20 @@ impl EvictionPolicy for Arc {
         }
     }
 
+    /// The parent of the victim just popped joins the front of the victim's list, so a cold
+    /// chain is eaten from the tail as one unit whatever list its older nodes were in.
     #[inline]
     fn readmit(&mut self, block: BlockId) {
         let i = block.index();
         if i < self.state.len() {
             self.ensure_resident(i);
-            let l = self.list_of(i);
-            self.lists[l].push_front(block.0);
+            let old = self.list_of(i);
+            self.lists[old].remove(block.0);
+            self.resident[old] -= 1;
+            let l = self.last_victim_list;
+            self.resident[l as usize] += 1;
+            self.state[i] = RESIDENT | l;
+            self.lists[l as usize].push_front(block.0);
         }
     }
 
@@ -184,6 +194,7 @@ impl EvictionPolicy for Arc {
         if key != 0 {
             self.ghost.record(key, list);
         }
+        self.last_victim_list = list;
         Some(BlockId(b))
     }
 

@@ -48,6 +48,8 @@ pub struct S3Fifo {
     /// Resident entries (evictable or not) whose queue is the small one.
     small_resident: usize,
     small_target: usize,
+    /// Queue of the last victim: a readmitted parent continues its chain's eviction there.
+    last_victim_queue: u8,
 }
 
 impl S3Fifo {
@@ -72,6 +74,7 @@ impl S3Fifo {
             ghost: Ghost::new(capacity.saturating_sub(small_target).max(1)),
             small_resident: 0,
             small_target,
+            last_victim_queue: SMALL,
         }
     }
 
@@ -135,6 +138,10 @@ impl EvictionPolicy for S3Fifo {
         self.list(i).push_back(block.0);
     }
 
+    /// The parent of the victim just popped: it joins the front of the victim's queue with its
+    /// hits cleared, so a cold chain is eaten from the tail as one unit. (Given its own second
+    /// chances, every node of a once-popular prefix would return to the back in turn and the
+    /// dead chain would outlive everything new.)
     #[inline]
     fn readmit(&mut self, block: BlockId) {
         let i = block.index();
@@ -144,6 +151,15 @@ impl EvictionPolicy for S3Fifo {
         if self.state[i] & RESIDENT == 0 {
             self.admit(i, 0);
         }
+        self.list(i).remove(block.0);
+        if self.queue(i) == SMALL {
+            self.small_resident -= 1;
+        }
+        let queue = self.last_victim_queue;
+        if queue == SMALL {
+            self.small_resident += 1;
+        }
+        self.state[i] = RESIDENT | (queue << 2);
         self.list(i).push_front(block.0);
     }
 
@@ -191,6 +207,7 @@ impl EvictionPolicy for S3Fifo {
                 if key != 0 {
                     self.ghost.record(key, SMALL);
                 }
+                self.last_victim_queue = SMALL;
                 return Some(BlockId(b));
             }
             let b = self.main.pop_front()?;
@@ -201,6 +218,7 @@ impl EvictionPolicy for S3Fifo {
                 continue;
             }
             self.end(i);
+            self.last_victim_queue = MAIN;
             return Some(BlockId(b));
         }
     }

@@ -171,4 +171,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A tier's capacity exceeds what this machine can hold: its memory (pages plus block
+    /// metadata) is more than RAM + swap (or the cgroup's memory limit), or its SSD slots need
+    /// more than the file system's free space. Nothing was allocated; lower the capacity.
+    #[error("{tier} capacity needs {requested} bytes of {resource} but only {available} are there")]
+    CapacityExceeded {
+        /// Tier being built.
+        tier: Tier,
+        /// What runs short: `"memory"` or `"disk space"`.
+        resource: &'static str,
+        /// Bytes the configuration needs.
+        requested: u64,
+        /// Bytes the machine offers (see the variant's docs for how it is measured).
+        available: u64,
+    },
 }

@@ -26,7 +26,8 @@ use crate::table::BatchTables;
 pub struct CacheConfig {
     /// Page shape. Default: Llama-3.1-8B, 16-token blocks (2 MiB pages).
     pub layout: KvLayout,
-    /// Blocks in the G1 pool. Default: 1024.
+    /// Blocks in the G1 pool. Default: 1024. More than RAM + swap can hold is refused
+    /// ([`Error::CapacityExceeded`], see [`CacheConfig::validate`]).
     pub num_blocks: usize,
     /// Fraction of the pool kept free for running sequences: a new sequence is admitted only
     /// if that many blocks remain afterwards. Default: 0.01.
@@ -74,7 +75,10 @@ impl CacheConfig {
         self.event_capacity = events;
         self
     }
-    /// Checks the configuration.
+    /// Checks the configuration: every field in range, no size that overflows, and a pool
+    /// (pages unless metadata-only, plus about 64 bytes of bookkeeping per block) that this
+    /// machine can hold: more than RAM + swap, or the cgroup's memory limit, is
+    /// [`Error::CapacityExceeded`] instead of an abort or the OOM killer later.
     pub fn validate(&self) -> Result<()> {
         if self.num_blocks == 0 {
             return Err(Error::InvalidConfig { field: "num_blocks", reason: "must be non-zero" });
@@ -85,10 +89,14 @@ impl CacheConfig {
         if self.max_seq_len == 0 || self.max_seq_len > u32::MAX as usize {
             return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be in 1..=2^32-1" });
         }
-        if self.arena && self.num_blocks.checked_mul(self.layout.page_bytes()).is_none() {
-            return Err(Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" });
-        }
-        Ok(())
+        let overflow = || Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" };
+        let page_bytes = if self.arena { self.layout.page_bytes() } else { 0 };
+        // The arena must be addressable; pages plus bookkeeping are then checked against memory.
+        self.num_blocks.checked_mul(page_bytes).ok_or_else(overflow)?;
+        let bytes = (self.num_blocks as u64)
+            .checked_mul(page_bytes as u64 + crate::pool::METADATA_BYTES_PER_BLOCK)
+            .ok_or_else(overflow)?;
+        crate::pool::check_memory(crate::error::Tier::G1, bytes)
     }
 }
 

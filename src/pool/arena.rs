@@ -33,7 +33,10 @@ impl std::fmt::Debug for Arena {
 
 impl Arena {
     /// Maps `pages * page_bytes` bytes of zeroed anonymous memory. Memory is committed lazily
-    /// by the OS, so a large arena costs nothing until pages are written.
+    /// by the OS, so a large arena costs nothing until pages are written; but an arena that
+    /// could never be backed (more than RAM + swap, or the cgroup's limit) is refused up front
+    /// with [`Error::CapacityExceeded`] whatever the kernel's overcommit mode, since filling it
+    /// would end in the OOM killer rather than an error.
     pub fn new(pages: usize, page_bytes: usize) -> Result<Self> {
         if pages == 0 || page_bytes == 0 {
             return Err(Error::InvalidConfig { field: "arena", reason: "must be non-empty" });
@@ -41,6 +44,7 @@ impl Arena {
         let bytes = pages
             .checked_mul(page_bytes)
             .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
+        check_memory(Tier::G1, bytes as u64)?;
         let arena = Self::map(pages, page_bytes, bytes, Tier::G1)?;
         // Best effort: transparent huge pages make O_DIRECT reads into G1 pin far fewer pages
         // (measured: G3->G1 onboard 0.61x -> 0.90x of a raw read loop) and cut TLB misses.
@@ -50,6 +54,10 @@ impl Arena {
 
     /// Like [`Arena::new`] for another tier's memory, asking the OS for transparent huge pages
     /// (best effort) and optionally locking the memory (best effort; returns whether it is).
+    /// Locking faults every page in at once, so it is only attempted when the mapping fits in
+    /// the memory available right now (`MemAvailable`); a larger one stays unlocked rather than
+    /// have the OOM killer pick a process (a root process is not held back by
+    /// `RLIMIT_MEMLOCK`).
     pub fn for_tier(
         pages: usize,
         page_bytes: usize,
@@ -63,12 +71,14 @@ impl Arena {
         let bytes = pages
             .checked_mul(page_bytes)
             .ok_or(Error::InvalidConfig { field: "arena", reason: "pages * page_bytes overflows" })?;
+        check_memory(tier, bytes as u64)?;
         let arena = Self::map(pages, page_bytes, bytes, tier)?;
         if huge_pages {
             // Best effort: a kernel without THP just keeps 4 KiB pages.
             let _ = arena.map.advise(Advice::HugePage);
         }
-        let locked = mlock && arena.map.lock().is_ok();
+        let fits_now = memory_available().is_none_or(|available| bytes as u64 <= available);
+        let locked = mlock && fits_now && arena.map.lock().is_ok();
         Ok((arena, locked))
     }
 
@@ -179,6 +189,69 @@ impl Arena {
     }
 }
 
+/// Upper bound of the bookkeeping a block pool keeps per block (measured 53-61 bytes: state and
+/// refcount, free-ring slot, policy links, hash-index slot), for checking a capacity against
+/// memory before anything is allocated.
+pub(crate) const METADATA_BYTES_PER_BLOCK: u64 = 64;
+
+/// Refuses `bytes` of memory for `tier` that this machine could never back: more than RAM +
+/// swap, or than the memory limit of the process's cgroup. Linux's default (heuristic)
+/// overcommit refuses a single such mapping anyway, but `vm.overcommit_memory = 1` or
+/// `MAP_NORESERVE` would let it "succeed" and the process be OOM-killed while filling it, and
+/// block metadata (a `Vec`) would abort the process on a failed allocation. Where the limits
+/// cannot be read (not Linux), nothing is checked.
+pub(crate) fn check_memory(tier: Tier, bytes: u64) -> Result<()> {
+    match memory_limit() {
+        Some(available) if bytes > available => {
+            Err(Error::CapacityExceeded { tier, resource: "memory", requested: bytes, available })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// RAM + swap, or the cgroup's memory limit if lower; None if unknown.
+pub(crate) fn memory_limit() -> Option<u64> {
+    let total = meminfo_bytes("MemTotal:")?.saturating_add(meminfo_bytes("SwapTotal:").unwrap_or(0));
+    Some(cgroup_memory_limit().map_or(total, |limit| limit.min(total)))
+}
+
+/// Memory available now without swapping (`MemAvailable`), or the cgroup's limit if lower.
+fn memory_available() -> Option<u64> {
+    let available = meminfo_bytes("MemAvailable:")?;
+    Some(cgroup_memory_limit().map_or(available, |limit| limit.min(available)))
+}
+
+/// A `/proc/meminfo` field in bytes.
+fn meminfo_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo(&text, field)
+}
+
+fn parse_meminfo(text: &str, field: &str) -> Option<u64> {
+    let value = text.lines().find_map(|l| l.strip_prefix(field))?;
+    let kib: u64 = value.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max` or v1
+/// `memory.limit_in_bytes`), looked up at the cgroup's path and at the mount root (what a
+/// container with its own cgroup namespace sees); None if there is none.
+fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let path_of = |prefix: &str| own.lines().find_map(|l| l.split_once(prefix).map(|(_, p)| p.trim().to_string()));
+    let mut files = Vec::new();
+    if let Some(p) = path_of("::") {
+        files.push(format!("/sys/fs/cgroup{p}/memory.max"));
+    }
+    if let Some(p) = path_of(":memory:") {
+        files.push(format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes"));
+    }
+    files.push("/sys/fs/cgroup/memory.max".into());
+    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    // "max" (v2) or a page-rounded i64::MAX (v1) mean no limit and do not parse or are huge.
+    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok()).min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +279,25 @@ mod tests {
     fn rejects_empty_and_overflow() {
         assert!(Arena::new(0, 64).is_err());
         assert!(Arena::new(usize::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn meminfo_fields_parse() {
+        let text = "MemTotal:       24684092 kB\nMemFree:  1 kB\nSwapTotal:             0 kB\n";
+        assert_eq!(parse_meminfo(text, "MemTotal:"), Some(24684092 * 1024));
+        assert_eq!(parse_meminfo(text, "SwapTotal:"), Some(0));
+        assert_eq!(parse_meminfo(text, "MemAvailable:"), None);
+        assert_eq!(parse_meminfo("MemTotal: lots kB", "MemTotal:"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn arena_beyond_memory_is_refused() {
+        let limit = memory_limit().unwrap();
+        assert!(limit > 0);
+        let pages = (limit / 4096 + 1) as usize;
+        let err = Arena::new(pages, 4096).unwrap_err();
+        assert!(matches!(err, Error::CapacityExceeded { tier: Tier::G1, resource: "memory", .. }), "{err}");
+        assert!(check_memory(Tier::G2, limit).is_ok());
     }
 }

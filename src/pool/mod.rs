@@ -5,6 +5,7 @@ mod block_pool;
 pub(crate) mod list;
 
 pub use arena::Arena;
+pub(crate) use arena::{METADATA_BYTES_PER_BLOCK, check_memory};
 pub use block_pool::{BlockPool, BlockState};
 
 /// Index of a block (page) in the fast pool. Never a raw pointer.

@@ -159,6 +159,7 @@ impl DiskTier {
         lock_index(&index_file)?;
 
         let fresh = Self::check_existing(&index_file, &expected, config.wipe_on_mismatch)?;
+        config.check_capacity(&expected)?;
         let mut lost_files = Vec::new();
         let slabs = if fresh {
             Self::initialize(&config, &index_file, &expected)?

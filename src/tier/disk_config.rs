@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::disk_format::MAX_MODEL_ID_BYTES;
-use crate::error::{Error, Result};
+use std::path::Path;
+
+use super::disk_format::{Header, MAX_MODEL_ID_BYTES};
+use crate::error::{Error, Result, Tier};
 use crate::io::IoConfig;
 
 /// Largest number of slots of one directory.
@@ -27,7 +29,9 @@ pub const DEFAULT_READ_CHUNK_BYTES: usize = 8 << 20;
 pub struct DiskConfig {
     /// Directory of the index and slab files; created (0700) if missing.
     pub dir: PathBuf,
-    /// Slots (pages) in the tier.
+    /// Slots (pages) in the tier. Default: 1024. Their slab files are preallocated at open, so
+    /// [`DiskTier::open`](super::DiskTier::open) refuses a capacity beyond the file system's
+    /// free space (or whose bookkeeping exceeds memory) with [`Error::CapacityExceeded`].
     pub capacity_slots: usize,
     /// Slots per slab file.
     pub slots_per_file: usize,
@@ -143,6 +147,71 @@ impl DiskConfig {
         }
         self.io.validate()
     }
+
+    /// Checks that this machine can hold a tier of geometry `header` in `self.dir` (which must
+    /// exist), before anything is allocated: its bookkeeping (about 128 bytes per slot) must fit
+    /// in memory, and the slab files and index it still has to allocate in the file system's
+    /// free space (`statvfs` `f_bavail`, what an unprivileged writer may use), counting what
+    /// the directory's own slab and index files already hold. Either shortfall is
+    /// [`Error::CapacityExceeded`]. Why refuse instead of degrading: slabs are preallocated
+    /// (`fallocate`) at open, so an oversized tier would fill the file system that the rest of
+    /// the machine shares and then fail half-created; a tier that opened keeps its space.
+    /// Where space is not reserved (a file system without `fallocate`, or the disk filling up
+    /// behind an earlier tier's sparse files), writes that hit `ENOSPC` are [`Error::DiskFull`]
+    /// and refused for [`DiskConfig::enospc_backoff`].
+    pub(crate) fn check_capacity(&self, header: &Header) -> Result<()> {
+        let metadata = header.slot_count.saturating_mul(2 * crate::pool::METADATA_BYTES_PER_BLOCK);
+        crate::pool::check_memory(Tier::G3, metadata)?;
+        let Some(free) = free_disk_bytes(&self.dir) else { return Ok(()) };
+        let needed = header.slot_count.saturating_mul(header.slot_bytes).saturating_add(header.index_file_bytes());
+        let held = held_bytes(&self.dir);
+        if needed.saturating_sub(held) > free {
+            return Err(Error::CapacityExceeded {
+                tier: Tier::G3,
+                resource: "disk space",
+                requested: needed,
+                available: free.saturating_add(held),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes allocated on disk by the tier's own files in `dir` (slabs and index), which a reopen
+/// reuses and an initialization frees first.
+fn held_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == super::disk::INDEX_FILE || (name.starts_with("slab-") && name.ends_with(".kvt"))
+        })
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks().saturating_mul(512))
+        .fold(0, u64::saturating_add)
+}
+
+/// Free bytes of the file system holding `dir` for an unprivileged writer; None if unknown.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` is plain old data; all-zero bytes are a valid value of it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call and `stat` is a valid,
+    // exclusively borrowed out-parameter of the type the call expects.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn free_disk_bytes(_dir: &Path) -> Option<u64> {
+    None
 }
 
 /// Counters and gauges of the SSD tier.

@@ -17,7 +17,8 @@ use crate::sync::{Mutex, lock};
 /// Configuration of the host tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostConfig {
-    /// Slots (pages) in the tier. Default: 1024.
+    /// Slots (pages) in the tier. Default: 1024. More than RAM + swap can hold is refused
+    /// ([`Error::CapacityExceeded`]).
     pub capacity_pages: usize,
     /// Ask for transparent huge pages (best effort). Default: true.
     pub huge_pages: bool,
@@ -110,9 +111,15 @@ pub struct HostTier {
 }
 
 impl HostTier {
-    /// Maps `capacity_pages * page_bytes` bytes.
+    /// Maps `capacity_pages * page_bytes` bytes. Pages plus bookkeeping beyond RAM + swap (or
+    /// the cgroup's memory limit) are [`Error::CapacityExceeded`]; see [`Arena::for_tier`] for
+    /// when `mlock` is attempted.
     pub fn new(page_bytes: usize, config: HostConfig) -> Result<Self> {
         config.validate()?;
+        let bytes = (config.capacity_pages as u64)
+            .checked_mul((page_bytes as u64).saturating_add(crate::pool::METADATA_BYTES_PER_BLOCK))
+            .ok_or(Error::InvalidConfig { field: "host capacity_pages", reason: "tier size overflows" })?;
+        crate::pool::check_memory(Tier::G2, bytes)?;
         let (arena, locked) =
             Arena::for_tier(config.capacity_pages, page_bytes, Tier::G2, config.huge_pages, config.mlock)?;
         let slots = BlockPool::with_policy(config.capacity_pages, crate::policy::Lru::new(config.capacity_pages), 0)?;

@@ -39,6 +39,14 @@ impl EvictionPolicy for Lru {
         self.order.push_back(block.0);
     }
     #[inline]
+    fn on_register(&mut self, block: BlockId, _key: u64) {
+        self.order.remove(block.0); // new content is not evictable until released
+    }
+    #[inline]
+    fn on_forget(&mut self, block: BlockId) {
+        self.order.remove(block.0);
+    }
+    #[inline]
     fn readmit(&mut self, block: BlockId) {
         self.order.push_front(block.0);
     }

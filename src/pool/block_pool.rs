@@ -254,6 +254,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
             let hash = m.hash();
+            self.policy.on_forget(b);
             self.index.remove(hash, b.0);
             self.events.push(KvEventKind::Removed { hash });
             if let Some(log) = self.evicted.as_mut()
@@ -352,6 +353,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 if !self.ready_remove(b) {
                     self.policy.remove(b);
                 }
+                self.policy.on_hit(b);
             }
             BlockState::InUse => {
                 m.refcount += 1;
@@ -374,6 +376,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let meta = &self.meta;
         match self.index.insert(h, b.0, |e| meta[e as usize].hash()) {
             Insert::Inserted => {
+                self.policy.on_register(b, crate::policy::hash_key(h.0));
                 let m = &mut self.meta[b.index()];
                 m.flags |= HASHED;
                 self.events.push(KvEventKind::Stored { hash: h, parent, block: b, num_tokens });

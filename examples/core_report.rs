@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use kvtier::policy::Lru;
+use kvtier::policy::{EvictionPolicy, Lru, PolicyKind};
 use kvtier::{
     Arena, BatchTables, BlockHash, BlockId, BlockPool, CacheConfig, Dtype, ExtraKeys, KvCache, KvLayout, SeqId,
 };
@@ -362,8 +362,45 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
         col(rows, row, Some(c));
         col(rows, row + 1, Some(Cell { median: commits[commits.len() / 2], spread: 0.0 }));
     }
+    // 5. eviction policies alone: a full cache turning over (victim out, new content in, one
+    // in four operations a prefix hit reviving a random evictable entry).
+    for (i, kind) in PolicyKind::ALL.into_iter().enumerate() {
+        let c = measure(plan.repeats, || policy_churn(kind, n, ops(plan, 200_000), &mut rng));
+        col(rows, 12 + i, Some(c));
+    }
     eprintln!("  pool {:>10} blocks measured in {:.1} s", n, t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// ns per policy operation (evict + admit, or revive) on a full cache of `n` entries.
+fn policy_churn(kind: PolicyKind, n: usize, total: usize, rng: &mut Rng) -> f64 {
+    let mut p = kind.build(n);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    rng.shuffle(&mut order);
+    let mut key = 1u64;
+    for &b in &order {
+        p.on_register(BlockId(b), key);
+        p.insert(BlockId(b));
+        key += 1;
+    }
+    let targets: Vec<u32> = (0..total).map(|_| rng.below(n) as u32).collect();
+    let start = Instant::now();
+    for (i, &t) in targets.iter().enumerate() {
+        if i % 4 == 3 {
+            // A prefix hit on an evictable entry (a no-op remove if it is not linked).
+            p.remove(BlockId(t));
+            p.on_hit(BlockId(t));
+            p.insert(BlockId(t));
+        } else if let Some(v) = p.pop_victim() {
+            // Reuse with new content; every 8th key is an old one coming back (ghost hits).
+            key += 1;
+            let k = if key % 8 == 0 { key.saturating_sub(n as u64 / 2).max(1) } else { key };
+            p.on_register(v, k);
+            p.insert(v);
+        }
+    }
+    black_box(p.len());
+    ns_per(start, total)
 }
 
 fn size_name(n: usize) -> String {
@@ -415,6 +452,9 @@ fn main() -> Result<()> {
         row("decode 256 seqs, ctx 512-1536 tok", "us/step", Some(5.0)),
         row("  + commit after the step", "us/step", None),
         row("lifecycle, KV events off", "ns/block", Some(60.0)),
+        row("policy lru: evict+admit / revive", "ns/op", None),
+        row("policy s3fifo: evict+admit / revive", "ns/op", None),
+        row("policy arc: evict+admit / revive", "ns/op", None),
     ];
     let mut meta_bytes = Vec::new();
     for &n in &plan.sizes {

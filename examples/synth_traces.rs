@@ -10,7 +10,7 @@ use std::time::Instant;
 use kvtier::Result;
 use kvtier::replay::synth::{SynthPreset, read_azure_csv, synthesize, trace_stats, write_jsonl_path};
 
-const TRACES: &str = "../shared/traces";
+const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/traces");
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

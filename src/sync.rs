@@ -33,3 +33,65 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+#[cfg(loom)]
+#[allow(unused_imports)]
+pub(crate) use loom::sync::Condvar;
+#[cfg(not(loom))]
+#[allow(unused_imports)]
+pub(crate) use parking_lot::Condvar;
+
+/// Atomics, from loom under `--cfg loom`.
+#[allow(unused_imports)]
+pub(crate) mod atomic {
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+}
+
+/// Waits on a condition variable; parking_lot and loom disagree on how a guard is passed.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn wait<'a, T>(cv: &Condvar, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cv.wait(&mut guard);
+    guard
+}
+
+/// Waits on a condition variable; poison is ignored as in [`lock`].
+#[cfg(loom)]
+#[inline]
+pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    match cv.wait(guard) {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Waits on a condition variable for at most `timeout` (loom never times out: it explores
+/// the notifications instead).
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    mut guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    cv.wait_for(&mut guard, timeout);
+    guard
+}
+
+/// Waits on a condition variable for at most `timeout` (loom never times out: it explores
+/// the notifications instead).
+#[cfg(loom)]
+#[inline]
+pub(crate) fn wait_timeout<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    match cv.wait_timeout(guard, timeout) {
+        Ok((g, _)) => g,
+        Err(poisoned) => poisoned.into_inner().0,
+    }
+}

@@ -34,7 +34,7 @@ mod psync;
 #[cfg(target_os = "linux")]
 mod uring;
 
-pub use fault::{Fault, FaultyBackend};
+pub use fault::{Fault, FaultCounts, FaultRates, FaultTally, FaultyBackend};
 pub use psync::PsyncBackend;
 
 /// Alignment that O_DIRECT needs for buffer addresses, file offsets and lengths.

@@ -23,19 +23,21 @@
 
 mod admission;
 mod metrics;
+mod queue;
 mod ticket;
 mod worker;
 
 pub use admission::Admission;
 pub use metrics::{EngineMetrics, LatencySummary, Traffic};
-pub use ticket::{OnboardOutcome, Ticket};
+pub use queue::{Next, WorkQueue};
+pub use ticket::{OnboardOutcome, Ticket, TicketCell};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, unbounded};
+use crate::io::IoBackend;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result, Tier};
@@ -231,13 +233,13 @@ pub(crate) struct Shared {
     pub(crate) page_bytes: usize,
     /// Pages per maintenance batch ([`OffloadConfig::pages_per_batch`]).
     pub(crate) batch: usize,
-    pub(crate) sketch: StdMutex<FrequencySketch>,
-    pub(crate) budget: StdMutex<WriteBudget>,
-    pub(crate) stats: StdMutex<Stats>,
-    pub(crate) retained: StdMutex<Vec<Retention>>,
+    pub(crate) sketch: Mutex<FrequencySketch>,
+    pub(crate) budget: Mutex<WriteBudget>,
+    pub(crate) stats: Mutex<Stats>,
+    pub(crate) retained: Mutex<Vec<Retention>>,
     pub(crate) next_retention: AtomicU64,
-    pub(crate) queued: AtomicU64,
-    pub(crate) stop: AtomicBool,
+    /// Jobs for the background workers.
+    pub(crate) queue: WorkQueue<Job>,
 }
 
 #[derive(Clone)]
@@ -252,22 +254,72 @@ pub(crate) struct Stats {
 /// G1 + G2 (+ G3) with background offload and onboarding. `Send + Sync`.
 pub struct TieredCache {
     shared: Arc<Shared>,
-    tx: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+}
+
+/// Keeps the background workers parked ([`TieredCache::pause_workers`]); they go on when it
+/// is dropped.
+#[must_use = "the workers resume as soon as the guard is dropped"]
+pub struct PauseGuard<'a> {
+    cache: &'a TieredCache,
+}
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        self.cache.shared.queue.resume();
+    }
+}
+
+impl std::fmt::Debug for PauseGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PauseGuard").field("workers", &self.cache.workers.len()).finish()
+    }
 }
 
 impl TieredCache {
     /// Builds every tier and starts the workers. G1 must have page memory.
     pub fn new(cache: CacheConfig, config: OffloadConfig) -> Result<Self> {
+        Self::build(cache, config, None)
+    }
+
+    /// Like [`TieredCache::new`], with the SSD tier's IO going through `backend` (for example
+    /// a [`crate::io::FaultyBackend`] injecting faults) instead of the engine
+    /// `config.disk.io` asks for. Fails with [`Error::InvalidConfig`] without an SSD tier.
+    ///
+    /// ```
+    /// use kvtier::io::{Fault, FaultRates, FaultyBackend, IoConfig, open_backend};
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::tier::DiskConfig;
+    /// use kvtier::{CacheConfig, Dtype, KvLayout};
+    /// let dir = std::env::temp_dir().join(format!("kvtier-doc-faulty-{}", std::process::id()));
+    /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
+    /// let faulty = FaultyBackend::new(open_backend(&IoConfig::default())?, Fault::Random(FaultRates::uniform(1, 1000)));
+    /// let tally = faulty.tally();
+    /// let config = OffloadConfig::default().with_disk(DiskConfig::new(&dir).with_capacity_slots(16));
+    /// let t = TieredCache::with_disk_backend(CacheConfig::new(layout, 16), config, Box::new(faulty))?;
+    /// assert_eq!(t.g3().unwrap().backend_name(), "faulty");
+    /// # drop(t); std::fs::remove_dir_all(&dir).ok();
+    /// # let _ = tally.counts();
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn with_disk_backend(cache: CacheConfig, config: OffloadConfig, backend: Box<dyn IoBackend>) -> Result<Self> {
+        if config.disk.is_none() {
+            return Err(Error::InvalidConfig { field: "disk", reason: "a G3 backend needs an SSD tier" });
+        }
+        Self::build(cache, config, Some(backend))
+    }
+
+    fn build(cache: CacheConfig, config: OffloadConfig, backend: Option<Box<dyn IoBackend>>) -> Result<Self> {
         cache.validate()?;
         config.validate()?;
         if !cache.arena {
             return Err(Error::NoArena);
         }
         let page_bytes = cache.layout.page_bytes();
-        let g3 = match &config.disk {
-            Some(d) => Some(DiskTier::open(&cache.layout, d.clone())?),
-            None => None,
+        let g3 = match (&config.disk, backend) {
+            (Some(d), Some(backend)) => Some(DiskTier::open_with_backend(&cache.layout, d.clone(), backend)?),
+            (Some(d), None) => Some(DiskTier::open(&cache.layout, d.clone())?),
+            (None, _) => None,
         };
         let g2 = HostTier::new(page_bytes, config.host.clone())?;
         g2.log_evictions(true);
@@ -289,34 +341,28 @@ impl TieredCache {
             g2_target,
             page_bytes,
             batch: config.pages_per_batch(page_bytes),
-            sketch: StdMutex::new(FrequencySketch::new(sketch_size)),
-            budget: StdMutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
-            stats: StdMutex::new(Stats {
+            sketch: Mutex::new(FrequencySketch::new(sketch_size)),
+            budget: Mutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
+            stats: Mutex::new(Stats {
                 m: EngineMetrics::default(),
                 offload: Histogram::new(),
                 spill: Histogram::new(),
                 onboard_g2: Histogram::new(),
                 onboard_g3: Histogram::new(),
             }),
-            retained: StdMutex::new(Vec::new()),
+            retained: Mutex::new(Vec::new()),
             next_retention: AtomicU64::new(1),
-            queued: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
+            queue: WorkQueue::new(),
             config,
         });
-        let mut me = Self { shared, tx: None, workers: Vec::new() };
-        if me.shared.config.workers > 0 {
-            let (tx, rx) = unbounded();
-            for i in 0..me.shared.config.workers {
-                let shared = me.shared.clone();
-                let rx = rx.clone();
-                let handle = std::thread::Builder::new()
-                    .name(format!("kvtier-offload-{i}"))
-                    .spawn(move || worker::run(&shared, &rx))
-                    .map_err(|source| Error::Io { tier: Tier::G2, op: "spawn worker", source })?;
-                me.workers.push(handle);
-            }
-            me.tx = Some(tx);
+        let mut me = Self { shared, workers: Vec::new() };
+        for i in 0..me.shared.config.workers {
+            let shared = me.shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("kvtier-offload-{i}"))
+                .spawn(move || worker::run(&shared))
+                .map_err(|source| Error::Io { tier: Tier::G2, op: "spawn worker", source })?;
+            me.workers.push(handle);
         }
         Ok(me)
     }
@@ -346,17 +392,10 @@ impl TieredCache {
     pub fn onboard(&self, hashes: &[BlockHash]) -> Result<Ticket> {
         let (ticket, job) = ticket::start(&self.shared, hashes)?;
         if let Some(job) = job {
-            match &self.tx {
-                Some(tx) => {
-                    self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = tx.send(Job::Onboard(job)) {
-                        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                        if let Job::Onboard(job) = e.into_inner() {
-                            worker::onboard(&self.shared, job);
-                        }
-                    }
-                }
-                None => worker::onboard(&self.shared, job),
+            if self.workers.is_empty() {
+                worker::onboard(&self.shared, job);
+            } else if let Err(Job::Onboard(job)) = self.shared.queue.push(Job::Onboard(job)) {
+                worker::onboard(&self.shared, job);
             }
         }
         Ok(ticket)
@@ -364,15 +403,11 @@ impl TieredCache {
 
     /// Pulls the G3-only part of a waiting request's prefix into G2 ahead of time.
     pub fn prefetch(&self, hashes: &[BlockHash]) {
-        let hashes = hashes.to_vec();
-        match &self.tx {
-            Some(tx) => {
-                self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                if tx.send(Job::Prefetch(hashes)).is_err() {
-                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            None => worker::prefetch(&self.shared, &hashes),
+        if self.workers.is_empty() {
+            worker::prefetch(&self.shared, hashes);
+        } else {
+            // A closed queue means the engine is shutting down: a prefetch is only a hint.
+            let _ = self.shared.queue.push(Job::Prefetch(hashes.to_vec()));
         }
     }
 
@@ -393,20 +428,48 @@ impl TieredCache {
         worker::maintain(&self.shared)
     }
 
-    /// Waits until queued jobs are done and one maintenance pass found nothing to do.
+    /// Waits until queued jobs are done and one maintenance pass found nothing to do. Queued
+    /// jobs are also run on the caller's thread, so this works while the workers are paused.
     pub fn quiesce(&self) -> Result<()> {
-        while self.shared.queued.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_micros(200));
+        while let Some(job) = self.shared.queue.try_next() {
+            worker::run_jobs(&self.shared, job);
         }
+        self.shared.queue.wait_idle();
         while worker::maintain(&self.shared)? {}
         Ok(())
+    }
+
+    /// Parks every background worker and returns once all of them are parked between two
+    /// units of work (a job batch or a maintenance pass), so that nothing moves between tiers
+    /// behind the caller's back until the guard is dropped: tier invariants can then be checked
+    /// in full ([`TieredCache::check_invariants`] checks that no G2 slot is held by a copy).
+    ///
+    /// While paused, onboarding jobs stay queued: do not wait on a [`Ticket`] issued meanwhile
+    /// (or call [`TieredCache::quiesce`], which runs them on the caller's thread). The
+    /// runtime's own calls, including [`TieredCache::run_maintenance`], go on as usual. Pauses
+    /// nest. With no workers this returns at once.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, KvLayout};
+    /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), OffloadConfig::default().with_workers(2))?;
+    /// {
+    ///     let _paused = t.pause_workers();
+    ///     assert!(t.check_invariants().is_ok()); // workers are parked: the full check runs
+    /// } // workers resume here
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn pause_workers(&self) -> PauseGuard<'_> {
+        self.shared.queue.pause(self.workers.len());
+        PauseGuard { cache: self }
     }
 
     /// Every tier's counters.
     pub fn metrics(&self) -> TierMetrics {
         let stats = self.shared.stats_snapshot();
         let mut engine = stats.m;
-        engine.queue_depth = self.shared.queued.load(Ordering::Relaxed);
+        engine.queue_depth = self.shared.queue.pending();
         engine.offload_latency = stats.offload.summary();
         engine.spill_latency = stats.spill.summary();
         engine.onboard_g2_latency = stats.onboard_g2.summary();
@@ -419,31 +482,40 @@ impl TieredCache {
         }
     }
 
-    /// Checks the invariants of every tier.
+    /// Checks the invariants of every tier: each tier's free + used + evictable equals its
+    /// capacity, every G1 refcount is explained by a sequence, a ticket, a retention or a copy
+    /// in flight, and G3's slot states agree with its index. With the workers paused
+    /// ([`TieredCache::pause_workers`]) or absent, also that no G2 or G3 slot is held by
+    /// anything but a retention: any other reference would be a leak. The caller must not run
+    /// engine calls on other threads meanwhile for that part to hold.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let idle = self.workers.is_empty() || self.shared.queue.is_paused();
         self.shared.g1.lock().check_invariants()?;
-        // Background workers may be mid-copy: only without them is G2 known to be idle.
-        self.shared.g2.check_invariants(self.workers.is_empty())
+        self.shared.g2.check_invariants(idle).map_err(|e| format!("G2: {e}"))?;
+        if let Some(d) = &self.shared.g3 {
+            d.check_invariants(idle).map_err(|e| format!("G3: {e}"))?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for TieredCache {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.tx = None;
+        self.shared.queue.close();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        // Jobs still queued hold G1 blocks for their tickets: run them so those complete.
+        while let Some(job) = self.shared.queue.try_next() {
+            worker::run_jobs(&self.shared, job);
         }
     }
 }
 
 impl Shared {
-    pub(crate) fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
-        match self.stats.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    pub(crate) fn stats(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.stats)
     }
 
     fn stats_snapshot(&self) -> Stats {
@@ -454,14 +526,12 @@ impl Shared {
     pub(crate) fn admits(&self, h: BlockHash) -> bool {
         match self.config.admission {
             Admission::All => true,
-            Admission::SeenTwice => self.sketch.lock().map(|s| s.estimate(h) >= 2).unwrap_or(true),
+            Admission::SeenTwice => lock(&self.sketch).estimate(h) >= 2,
         }
     }
 
     pub(crate) fn record_use(&self, h: BlockHash) {
-        if let Ok(mut s) = self.sketch.lock() {
-            s.record(h);
-        }
+        lock(&self.sketch).record(h);
     }
 
     fn longest_prefix(&self, hashes: &[BlockHash]) -> PrefixHit {
@@ -521,11 +591,8 @@ impl Shared {
         Ok(RetentionId(id))
     }
 
-    pub(crate) fn retained_lock(&self) -> std::sync::MutexGuard<'_, Vec<Retention>> {
-        match self.retained.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    pub(crate) fn retained_lock(&self) -> MutexGuard<'_, Vec<Retention>> {
+        lock(&self.retained)
     }
 
     fn release(&self, id: u64) -> Result<bool> {

@@ -1,12 +1,12 @@
 //! Onboarding tickets: the runtime's handle on pages coming up into G1.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Shared;
 use crate::error::Result;
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, lock, wait, wait_timeout};
 
 /// What an onboarding achieved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,23 +32,114 @@ impl OnboardOutcome {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Inner {
     done: Option<OnboardOutcome>,
     held: Vec<BlockId>,
     dropped: bool,
 }
 
-pub(crate) struct TicketState {
+/// The state a [`Ticket`] shares with the worker that fills its blocks: the handoff of the
+/// held blocks between the two sides. Whatever the order of [`TicketCell::complete`] (worker)
+/// and [`TicketCell::abandon`] (ticket dropped), every block ends up returned by exactly one
+/// of them, so the caller releases it exactly once. Exposed for the loom models
+/// (`tests/loom_engine.rs`); the engine is its only other user.
+///
+/// ```
+/// use kvtier::offload::{OnboardOutcome, TicketCell};
+/// use kvtier::BlockId;
+/// let cell = TicketCell::new();
+/// cell.hold(vec![BlockId(0)], None);
+/// assert_eq!(cell.poll(), None);
+/// assert_eq!(cell.complete(OnboardOutcome::default(), vec![BlockId(1)]), None); // the ticket keeps them
+/// assert!(cell.wait().failed == 0);
+/// assert_eq!(cell.abandon(), vec![BlockId(0), BlockId(1)]); // dropped: release both
+/// assert_eq!(cell.complete(OnboardOutcome::default(), vec![BlockId(2)]), Some(vec![BlockId(2)]));
+/// ```
+#[derive(Debug, Default)]
+pub struct TicketCell {
     inner: Mutex<Inner>,
     ready: Condvar,
 }
 
-impl TicketState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+impl TicketCell {
+    /// A pending ticket holding nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Gives the ticket blocks to hold (the leading G1 hits) and, for a ticket with nothing
+    /// to copy, its outcome at once.
+    pub fn hold(&self, held: Vec<BlockId>, done: Option<OnboardOutcome>) {
+        let mut g = self.lock();
+        g.held.extend(held);
+        if done.is_some() {
+            g.done = done;
+        }
+        drop(g);
+        if done.is_some() {
+            self.ready.notify_all();
+        }
+    }
+
+    /// The worker's side: publishes the outcome and hands over the blocks it filled. Returns
+    /// them back (for the caller to release) if the ticket was already dropped.
+    pub fn complete(&self, outcome: OnboardOutcome, held: Vec<BlockId>) -> Option<Vec<BlockId>> {
+        let orphaned = {
+            let mut g = self.lock();
+            g.done = Some(outcome);
+            if g.dropped {
+                Some(held)
+            } else {
+                g.held.extend(held);
+                None
+            }
+        };
+        self.ready.notify_all();
+        orphaned
+    }
+
+    /// The ticket's side when it is dropped: returns every block it holds (for the caller to
+    /// release); blocks completed later are returned by [`TicketCell::complete`] instead.
+    pub fn abandon(&self) -> Vec<BlockId> {
+        let mut g = self.lock();
+        g.dropped = true;
+        std::mem::take(&mut g.held)
+    }
+
+    /// The outcome if the copies are done.
+    pub fn poll(&self) -> Option<OnboardOutcome> {
+        self.lock().done
+    }
+
+    /// Blocks until the copies are done.
+    pub fn wait(&self) -> OnboardOutcome {
+        let mut g = self.lock();
+        loop {
+            if let Some(o) = g.done {
+                return o;
+            }
+            g = wait(&self.ready, g);
+        }
+    }
+
+    /// Waits up to `timeout`; `None` if still pending.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<OnboardOutcome> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if g.done.is_some() {
+                return g.done;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            g = wait_timeout(&self.ready, g, left);
         }
     }
 }
@@ -63,13 +154,13 @@ pub(crate) struct OnboardJob {
     /// count towards the prefix only if that block arrives.
     pub(crate) g1_after: Vec<usize>,
     pub(crate) outcome: OnboardOutcome,
-    pub(crate) state: Arc<TicketState>,
+    pub(crate) state: Arc<TicketCell>,
 }
 
 /// A pending onboarding. Poll it or wait on it; once ready, admit the request (its prefix
 /// now hits in G1), then drop the ticket to release the blocks it holds.
 pub struct Ticket {
-    state: Arc<TicketState>,
+    state: Arc<TicketCell>,
     shared: Arc<Shared>,
 }
 
@@ -82,7 +173,7 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     /// The outcome if the copies are done.
     pub fn poll(&self) -> Option<OnboardOutcome> {
-        self.state.lock().done
+        self.state.poll()
     }
 
     /// True once the copies are done.
@@ -92,36 +183,18 @@ impl Ticket {
 
     /// Blocks until the copies are done.
     pub fn wait(&self) -> OnboardOutcome {
-        let mut g = self.state.lock();
-        loop {
-            if let Some(o) = g.done {
-                return o;
-            }
-            g = match self.state.ready.wait(g) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
+        self.state.wait()
     }
 
     /// Waits up to `timeout`; `None` if still pending.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<OnboardOutcome> {
-        let g = self.state.lock();
-        let (g, _) = match self.state.ready.wait_timeout_while(g, timeout, |i| i.done.is_none()) {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        g.done
+        self.state.wait_timeout(timeout)
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let held = {
-            let mut g = self.state.lock();
-            g.dropped = true;
-            std::mem::take(&mut g.held)
-        };
+        let held = self.state.abandon();
         // The references are ours; a failure here would mean a broken pool, already reported
         // by the invariant checks, and a destructor has nobody to return it to.
         let _ = self.shared.g1.lock().release_blocks(&held);
@@ -131,7 +204,7 @@ impl Drop for Ticket {
 /// Holds the leading G1 hits, allocates blocks for the run found only below, and returns the
 /// ticket plus the job to run (none if nothing needs copying).
 pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticket, Option<OnboardJob>)> {
-    let state = Arc::new(TicketState { inner: Mutex::new(Inner::default()), ready: Condvar::new() });
+    let state = Arc::new(TicketCell::new());
     let ticket = Ticket { state: state.clone(), shared: shared.clone() };
     let mut held = Vec::new();
     let mut blocks = Vec::new();
@@ -166,13 +239,7 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
     }
     let outcome = OnboardOutcome { g1_hits: held.len(), prefix_blocks: leading, ..OnboardOutcome::default() };
     let run = wanted.len();
-    {
-        let mut g = state.lock();
-        g.held = held;
-        if run == 0 {
-            g.done = Some(outcome);
-        }
-    }
+    state.hold(held, (run == 0).then_some(outcome));
     if run == 0 {
         return Ok((ticket, None));
     }
@@ -183,18 +250,7 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
 /// Publishes a finished job: the blocks now held go to the ticket, or straight back to the
 /// pool if the ticket was dropped meanwhile.
 pub(crate) fn complete(shared: &Shared, job: &OnboardJob, held: Vec<BlockId>, outcome: OnboardOutcome) -> Result<()> {
-    let orphaned = {
-        let mut g = job.state.lock();
-        g.done = Some(outcome);
-        if g.dropped {
-            Some(held)
-        } else {
-            g.held.extend(held);
-            None
-        }
-    };
-    job.state.ready.notify_all();
-    match orphaned {
+    match job.state.complete(outcome, held) {
         Some(h) => shared.g1.lock().release_blocks(&h),
         None => Ok(()),
     }

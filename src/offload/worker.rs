@@ -2,33 +2,29 @@
 //! spill, retention expiry).
 #![allow(unsafe_code)]
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-
 use super::ticket::{self, OnboardJob};
-use super::{Job, Shared};
+use super::{Job, Next, Shared};
 use crate::error::{Error, Result, Tier};
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
+use crate::sync::lock;
 
-/// A worker's loop: jobs first, maintenance whenever a tick has passed.
-pub(crate) fn run(shared: &Shared, rx: &Receiver<Job>) {
+/// A worker's loop: jobs first, maintenance whenever a tick has passed. Parks in
+/// [`super::WorkQueue::next`] while the workers are paused.
+pub(crate) fn run(shared: &Shared) {
     let mut last = Instant::now();
     loop {
-        match rx.recv_timeout(shared.config.tick) {
-            Ok(job) => {
-                run_jobs(shared, rx, job);
+        match shared.queue.next(shared.config.tick) {
+            Next::Job(job) => {
+                run_jobs(shared, job);
                 if last.elapsed() < shared.config.tick {
                     continue;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        if shared.stop.load(Ordering::Acquire) {
-            return;
+            Next::Tick => {}
+            Next::Stop => return,
         }
         // A failed pass is retried on the next tick; its pages stayed where they were.
         let _ = maintain(shared);
@@ -38,8 +34,8 @@ pub(crate) fn run(shared: &Shared, rx: &Receiver<Job>) {
 
 /// Runs `first` and the onboarding jobs queued behind it, up to a batch of pages, as one: their
 /// G3 reads go to the disk in one submission, which keeps the queue full instead of draining
-/// it after every (often short) prefix.
-fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
+/// it after every (often short) prefix. Every job taken is marked finished on the queue.
+pub(crate) fn run_jobs(shared: &Shared, first: Job) {
     let mut onboards = Vec::new();
     let mut pages = 0;
     let mut next = Some(first);
@@ -50,7 +46,7 @@ fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
                 pages += j.blocks.len();
                 onboards.push(j);
                 if pages < shared.batch {
-                    next = rx.try_recv().ok();
+                    next = shared.queue.try_next();
                 }
             }
             Job::Prefetch(h) => prefetch_after = Some(h),
@@ -59,11 +55,11 @@ fn run_jobs(shared: &Shared, rx: &Receiver<Job>, first: Job) {
     let jobs = onboards.len() as u64;
     if jobs > 0 {
         onboard_batch(shared, onboards);
-        shared.queued.fetch_sub(jobs, Ordering::AcqRel);
+        shared.queue.finish(jobs);
     }
     if let Some(h) = prefetch_after {
         prefetch(shared, &h);
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        shared.queue.finish(1);
     }
 }
 
@@ -193,7 +189,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(Bloc
         } else if !shared.admits(h) {
             shared.g2.decline_spill(slot)?;
             declined += 1;
-        } else if !shared.budget.lock().map(|mut b| b.try_take(shared.page_bytes as u64)).unwrap_or(false) {
+        } else if !lock(&shared.budget).try_take(shared.page_bytes as u64) {
             shared.g2.finish_spill(slot, false)?;
             deferred += 1;
         } else {

@@ -351,6 +351,47 @@ impl DiskTier {
         m
     }
 
+    /// Checks the slot bookkeeping: every slot is in exactly one pool state and they sum to
+    /// the capacity, a VALID or WRITING slot is indexed under its hash, the gauges match the
+    /// slots. With `idle` (no read or write in flight), also that no slot is WRITING and every
+    /// slot in use is explained by [`DiskTier::pin`]s alone: anything else is a leaked pin.
+    #[doc(hidden)]
+    pub fn check_invariants(&self, idle: bool) -> std::result::Result<(), String> {
+        use crate::pool::BlockState;
+        let inner = lock(&self.inner);
+        inner.pool.check_invariants()?;
+        let (mut valid, mut pinned) = (0u64, 0u64);
+        for (i, slot) in inner.slots.iter().enumerate() {
+            let b = BlockId(i as u32);
+            let state = inner.pool.state(b).map_err(|e| e.to_string())?;
+            let refs = inner.pool.refcount(b).map_err(|e| e.to_string())?;
+            if matches!(slot.state, SlotState::Valid | SlotState::Writing) {
+                let hash = inner.pool.hash_of(b).map_err(|e| e.to_string())?;
+                if hash.is_none_or(|h| inner.pool.lookup(h) != Some(b)) || state == BlockState::Free {
+                    return Err(format!("slot {i} is {:?} but not indexed ({state:?})", slot.state));
+                }
+            }
+            valid += (slot.state == SlotState::Valid) as u64;
+            pinned += (slot.user_pins > 0) as u64;
+            if refs < slot.user_pins {
+                return Err(format!("slot {i}: {} pins but refcount {refs}", slot.user_pins));
+            }
+            if idle && (refs != slot.user_pins || slot.state == SlotState::Writing) {
+                return Err(format!(
+                    "slot {i} ({:?}): refcount {refs} with {} pins and nothing in flight",
+                    slot.state, slot.user_pins
+                ));
+            }
+        }
+        if valid != inner.m.used_slots || pinned != inner.m.pinned_slots {
+            return Err(format!(
+                "gauges: used {} for {valid} valid slots, pinned {} for {pinned}",
+                inner.m.used_slots, inner.m.pinned_slots
+            ));
+        }
+        Ok(())
+    }
+
     /// Flushes slab data and the index to stable storage (for power loss; a killed process
     /// loses nothing that `write_pages` reported as stored even without it).
     pub fn sync(&self) -> Result<()> {

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use kvtier::policy::PolicyKind;
 use kvtier::{
     BatchTables, BlockHash, BlockId, BlockState, CacheConfig, CacheCore, CacheMetrics, Dtype, Error, ExtraKeys,
     KvCache, KvEventKind, KvLayout, SeqId,
@@ -70,12 +71,24 @@ struct Setup {
     num_blocks: usize,
     watermark: f64,
     max_seq_len: usize,
+    policy: PolicyKind,
 }
 
 fn setup_strategy() -> impl Strategy<Value = Setup> {
-    (2u32..=4, 8usize..=40, prop::sample::select(vec![0.0, 0.1, 0.25]), 12usize..=40).prop_map(
-        |(block_size, num_blocks, watermark, max_seq_len)| Setup { block_size, num_blocks, watermark, max_seq_len },
+    (
+        2u32..=4,
+        8usize..=40,
+        prop::sample::select(vec![0.0, 0.1, 0.25]),
+        12usize..=40,
+        prop::sample::select(PolicyKind::ALL.to_vec()),
     )
+        .prop_map(|(block_size, num_blocks, watermark, max_seq_len, policy)| Setup {
+            block_size,
+            num_blocks,
+            watermark,
+            max_seq_len,
+            policy,
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +148,10 @@ type Fingerprint = (CacheMetrics, Vec<BlockHash>, Vec<(SeqId, Vec<BlockId>, Vec<
 impl Harness {
     fn new(s: &Setup) -> Self {
         let layout = KvLayout::new(1, 1, 4, Dtype::F32, s.block_size).unwrap();
-        let cfg = CacheConfig::new(layout, s.num_blocks).with_watermark(s.watermark).with_max_seq_len(s.max_seq_len);
+        let cfg = CacheConfig::new(layout, s.num_blocks)
+            .with_watermark(s.watermark)
+            .with_max_seq_len(s.max_seq_len)
+            .with_policy(s.policy);
         let cache = KvCache::new(cfg).unwrap();
         Self {
             cache,

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, KvEvent};
 use crate::layout::KvLayout;
 use crate::metrics::CacheMetrics;
+use crate::policy::{AnyPolicy, PolicyKind};
 use crate::pool::{Arena, BlockId, BlockPool, BlockState};
 use crate::prefix::{BlockHash, ExtraKeys};
 use crate::seq::{SeqId, SeqState, SeqTable};
@@ -38,6 +39,9 @@ pub struct CacheConfig {
     pub arena: bool,
     /// Undrained KV events kept before the oldest are dropped (0 disables). Default: 65536.
     pub event_capacity: usize,
+    /// Which cached block to evict first. Default: [`PolicyKind::Lru`], chosen by replaying
+    /// real and synthetic traces (README, "Eviction policies").
+    pub policy: PolicyKind,
 }
 
 impl Default for CacheConfig {
@@ -53,7 +57,20 @@ impl Default for CacheConfig {
 impl CacheConfig {
     /// Defaults for everything but the layout and the pool size.
     pub fn new(layout: KvLayout, num_blocks: usize) -> Self {
-        Self { layout, num_blocks, watermark: 0.01, max_seq_len: 1 << 20, arena: true, event_capacity: 1 << 16 }
+        Self {
+            layout,
+            num_blocks,
+            watermark: 0.01,
+            max_seq_len: 1 << 20,
+            arena: true,
+            event_capacity: 1 << 16,
+            policy: PolicyKind::default(),
+        }
+    }
+    /// Sets the eviction policy (default LRU).
+    pub fn with_policy(mut self, policy: PolicyKind) -> Self {
+        self.policy = policy;
+        self
     }
     /// Sets the admission watermark fraction (default 0.01).
     pub fn with_watermark(mut self, fraction: f64) -> Self {
@@ -141,7 +158,7 @@ pub struct CacheCore {
     block_shift: Option<u32>,
     watermark: usize,
     max_seq_len: usize,
-    pool: BlockPool,
+    pool: BlockPool<AnyPolicy>,
     arena: Option<Arc<Arena>>,
     seqs: SeqTable,
     cow_copies: u64,
@@ -159,11 +176,8 @@ impl CacheCore {
             true => Some(Arc::new(Arena::new(config.num_blocks, config.layout.page_bytes())?)),
             false => None,
         };
-        let pool = BlockPool::with_policy(
-            config.num_blocks,
-            crate::policy::Lru::new(config.num_blocks),
-            config.event_capacity,
-        )?;
+        let pool =
+            BlockPool::with_policy(config.num_blocks, config.policy.build(config.num_blocks), config.event_capacity)?;
         Ok(Self {
             layout: config.layout,
             block_size: config.layout.block_size() as usize,
@@ -187,7 +201,7 @@ impl CacheCore {
         &self.layout
     }
     /// The block pool, for inspection.
-    pub fn pool(&self) -> &BlockPool {
+    pub fn pool(&self) -> &BlockPool<AnyPolicy> {
         &self.pool
     }
     /// True unless the cache is metadata-only.

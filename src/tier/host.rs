@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result, Tier};
+use crate::policy::PolicyKind;
 use crate::pool::{Arena, BlockId, BlockPool};
 use crate::prefix::BlockHash;
 use crate::sync::{Mutex, lock};
@@ -24,11 +25,13 @@ pub struct HostConfig {
     pub huge_pages: bool,
     /// Lock the memory (best effort; needs RLIMIT_MEMLOCK). Default: false.
     pub mlock: bool,
+    /// Which page to evict first. Default: [`PolicyKind::Lru`].
+    pub policy: PolicyKind,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { capacity_pages: 1024, huge_pages: true, mlock: false }
+        Self { capacity_pages: 1024, huge_pages: true, mlock: false, policy: PolicyKind::default() }
     }
 }
 
@@ -46,6 +49,11 @@ impl HostConfig {
     /// Requests mlock or not (default false).
     pub fn with_mlock(mut self, on: bool) -> Self {
         self.mlock = on;
+        self
+    }
+    /// Sets the eviction policy (default LRU).
+    pub fn with_policy(mut self, policy: PolicyKind) -> Self {
+        self.policy = policy;
         self
     }
     /// Checks the configuration.
@@ -87,7 +95,7 @@ pub struct HostMetrics {
 }
 
 struct State {
-    slots: BlockPool,
+    slots: BlockPool<crate::policy::AnyPolicy>,
     pins: HashMap<BlockHash, (BlockId, u32)>,
     m: HostMetrics,
 }
@@ -122,7 +130,7 @@ impl HostTier {
         crate::pool::check_memory(Tier::G2, bytes)?;
         let (arena, locked) =
             Arena::for_tier(config.capacity_pages, page_bytes, Tier::G2, config.huge_pages, config.mlock)?;
-        let slots = BlockPool::with_policy(config.capacity_pages, crate::policy::Lru::new(config.capacity_pages), 0)?;
+        let slots = BlockPool::with_policy(config.capacity_pages, config.policy.build(config.capacity_pages), 0)?;
         let m = HostMetrics { capacity: config.capacity_pages, ..HostMetrics::default() };
         Ok(Self { arena, state: Mutex::new(State { slots, pins: HashMap::new(), m }), page_bytes, locked })
     }

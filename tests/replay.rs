@@ -287,3 +287,47 @@ fn engine_mode_writes_report_and_chart() {
     assert_eq!(leftovers.len(), 2, "{leftovers:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn policy_all_compares_every_policy_and_charts_them() {
+    let dir = tmp("cli-policies");
+    let out = dir.join("out");
+    let o = kvtier(&["--mode", "sim", "--policy", "all", "--capacity", "100,400", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for name in ["fifo", "lru", "s3fifo", "arc", "opt"] {
+        assert!(stdout.contains(name), "{name} missing: {stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("replay_sim.json")).unwrap()).unwrap();
+    let points = json["report"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 10);
+    // OPT bounds every online policy at each capacity.
+    for row in points.chunks(5) {
+        let opt = row[4]["hit_rate"].as_f64().unwrap();
+        assert_eq!(row[4]["policy"], "opt");
+        assert!(row.iter().all(|p| p["hit_rate"].as_f64().unwrap() <= opt + 1e-12), "{row:?}");
+    }
+    assert!(std::fs::read_to_string(out.join("replay_sim.svg")).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn synth_writes_a_trace_the_replay_reads() {
+    let dir = tmp("cli-synth");
+    let csv = dir.join("a.csv");
+    let rows: Vec<String> = (0..200)
+        .map(|i| format!("2023-11-16 18:{:02}:{:02}.0000000,{},{}", i / 60, i % 60, 300 + 37 * (i % 20), 50 + i % 90))
+        .collect();
+    std::fs::write(&csv, format!("TIMESTAMP,ContextTokens,GeneratedTokens\n{}\n", rows.join("\n"))).unwrap();
+    let trace = dir.join("t.jsonl");
+    let o = kvtier(&["synth", "--csv", csv.to_str().unwrap(), "--preset", "conv", "--out", trace.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = Trace::read_path(&trace, &TraceOptions::default()).unwrap();
+    assert_eq!(t.len(), 200);
+    let plan = PrefixPlan::build(&t);
+    assert!(plan.unique_blocks() < plan.block_events(), "a conversation workload reuses blocks");
+    let bad = kvtier(&["synth", "--csv", trace.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap()]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("TIMESTAMP"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -394,7 +394,7 @@ fn policy_churn(kind: PolicyKind, n: usize, total: usize, rng: &mut Rng) -> f64 
         } else if let Some(v) = p.pop_victim() {
             // Reuse with new content; every 8th key is an old one coming back (ghost hits).
             key += 1;
-            let k = if key % 8 == 0 { key.saturating_sub(n as u64 / 2).max(1) } else { key };
+            let k = if key.is_multiple_of(8) { key.saturating_sub(n as u64 / 2).max(1) } else { key };
             p.on_register(v, k);
             p.insert(v);
         }

@@ -529,3 +529,46 @@ fn threads_hammering_one_engine_never_see_wrong_bytes() {
     drop(t);
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn every_policy_in_every_tier_serves_exact_bytes() {
+    use kvtier::policy::PolicyKind;
+    for kind in PolicyKind::ALL {
+        let d = dir(&format!("policy-{}", kind.name()));
+        let disk = DiskConfig::new(&d).with_capacity_slots(24).with_policy(kind);
+        let config = OffloadConfig::default()
+            .with_host(HostConfig::default().with_capacity_pages(10).with_policy(kind))
+            .with_disk(disk)
+            .with_admission(Admission::All)
+            .with_g1_low_watermark(0.5)
+            .with_g2_low_watermark(0.5)
+            .with_workers(0);
+        let cache = CacheConfig::new(layout(), 16).with_watermark(0.0).with_policy(kind);
+        let t = TieredCache::new(cache, config).unwrap();
+        assert_eq!(t.g1().lock().pool().policy_name(), kind.name());
+        // Twelve prompts, the first three coming back often (hits for the frequency policies),
+        // then every prompt onboarded and byte-checked wherever it is.
+        let prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 3)).collect();
+        let mut hashes = vec![Vec::new(); prompts.len()];
+        for round in 0..3 {
+            for (i, p) in prompts.iter().enumerate() {
+                if round == 0 || i < 3 {
+                    hashes[i] = serve(&t, p);
+                    t.quiesce().unwrap();
+                    t.check_invariants().unwrap();
+                }
+            }
+        }
+        let mut served = 0;
+        for (p, h) in prompts.iter().zip(&hashes) {
+            served += onboard_and_verify(&t, p, h).cached_blocks();
+            t.check_invariants().unwrap();
+        }
+        assert!(served >= 3 * 3, "{kind:?}: the often-used prompts must survive somewhere, served {served}");
+        let m = t.metrics();
+        assert!(m.engine.g2_to_g3.pages > 0, "{kind:?}: {m:?}");
+        assert_eq!(m.g3.unwrap().corrupt, 0);
+        drop(t);
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

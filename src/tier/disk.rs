@@ -167,7 +167,7 @@ impl DiskTier {
             Self::open_slabs(&config, &expected, &mut lost_files)?
         };
         let index = map_index(&index_file)?;
-        let inner = Inner::recover(index, &expected, page_bytes, &lost_files)?;
+        let inner = Inner::recover(index, &expected, page_bytes, &lost_files, config.policy)?;
         Ok(Self {
             slot_bytes: expected.slot_bytes as usize,
             header: expected,

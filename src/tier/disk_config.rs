@@ -52,6 +52,9 @@ pub struct DiskConfig {
     /// checksums add to the batch's time. Smaller chunks shorten that tail but keep fewer
     /// operations in flight.
     pub read_chunk_bytes: usize,
+    /// Which slot to evict first (slots whose copy was dropped always go before the policy's
+    /// victims). Default: [`crate::policy::PolicyKind::Lru`].
+    pub policy: crate::policy::PolicyKind,
 }
 
 impl Default for DiskConfig {
@@ -67,6 +70,7 @@ impl Default for DiskConfig {
             wipe_on_mismatch: false,
             enospc_backoff: Duration::from_secs(1),
             read_chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
+            policy: crate::policy::PolicyKind::default(),
         }
     }
 }
@@ -75,6 +79,11 @@ impl DiskConfig {
     /// The default configuration for directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into(), ..Self::default() }
+    }
+    /// Sets the eviction policy (default LRU).
+    pub fn with_policy(mut self, policy: crate::policy::PolicyKind) -> Self {
+        self.policy = policy;
+        self
     }
     /// Sets the directory. Default: empty (must be set).
     pub fn with_dir(mut self, dir: impl Into<PathBuf>) -> Self {

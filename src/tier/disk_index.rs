@@ -10,7 +10,7 @@ use memmap2::MmapMut;
 use super::disk_config::DiskMetrics;
 use super::disk_format::{HEADER_BYTES, Header, RECORD_BYTES, STATE_VALID, STATE_WRITING, SlotRecord};
 use crate::error::{Error, Result, Tier};
-use crate::policy::EvictionPolicy;
+use crate::policy::{AnyPolicy, EvictionPolicy, PolicyKind};
 use crate::pool::list::IndexList;
 use crate::pool::{BlockId, BlockPool, BlockState};
 use crate::prefix::BlockHash;
@@ -42,43 +42,60 @@ pub(super) struct Slot {
     pub(super) user_pins: u32,
 }
 
-/// LRU over slots where dropped ("doomed") slots jump the queue, so they are reused first.
+/// The tier's eviction policy over slots, with dropped ("doomed") slots jumping the queue so
+/// they are reused first.
 ///
 /// The pool owns the policy, so the doomed flags are shared with the tier through a mutex that is
 /// only ever taken while the tier's own lock is held (no lock-order cycle).
-pub(super) struct SlotLru {
-    order: IndexList,
+pub(super) struct SlotPolicy {
+    inner: AnyPolicy,
+    doomed_first: IndexList,
     doomed: Arc<Mutex<Vec<bool>>>,
 }
 
-impl EvictionPolicy for SlotLru {
+impl EvictionPolicy for SlotPolicy {
     fn name(&self) -> &'static str {
-        "lru"
+        self.inner.name()
+    }
+    fn on_register(&mut self, block: BlockId, key: u64) {
+        self.inner.on_register(block, key);
     }
     fn insert(&mut self, block: BlockId) {
         if lock(&self.doomed).get(block.index()).copied().unwrap_or(false) {
-            self.order.push_front(block.0);
+            self.inner.on_forget(block);
+            self.doomed_first.push_back(block.0);
         } else {
-            self.order.push_back(block.0);
+            self.inner.insert(block);
         }
     }
+    fn readmit(&mut self, block: BlockId) {
+        self.inner.readmit(block);
+    }
     fn remove(&mut self, block: BlockId) {
-        self.order.remove(block.0);
+        if !self.doomed_first.remove(block.0) {
+            self.inner.remove(block);
+        }
     }
     fn pop_victim(&mut self) -> Option<BlockId> {
-        self.order.pop_front().map(BlockId)
+        self.doomed_first.pop_front().map(BlockId).or_else(|| self.inner.pop_victim())
+    }
+    fn on_hit(&mut self, block: BlockId) {
+        self.inner.on_hit(block);
+    }
+    fn on_forget(&mut self, block: BlockId) {
+        self.inner.on_forget(block);
     }
     fn len(&self) -> usize {
-        self.order.len()
+        self.doomed_first.len() + self.inner.len()
     }
     fn bytes_per_entry(&self) -> usize {
-        IndexList::bytes_per_element() + 1
+        self.inner.bytes_per_entry() + IndexList::bytes_per_element() + 1
     }
 }
 
 /// Bookkeeping guarded by the tier's lock.
 pub(super) struct Inner {
-    pub(super) pool: BlockPool<SlotLru>,
+    pub(super) pool: BlockPool<SlotPolicy>,
     pub(super) slots: Vec<Slot>,
     doomed: Arc<Mutex<Vec<bool>>>,
     pub(super) index: MmapMut,
@@ -124,10 +141,20 @@ fn write_record(index: &mut MmapMut, slot: usize, record: &SlotRecord) {
 impl Inner {
     /// Rebuilds the in-memory index from the records: intact VALID slots become evictable in
     /// generation order (oldest first out), everything else is cleared and freed.
-    pub(super) fn recover(mut index: MmapMut, header: &Header, page_bytes: usize, lost_files: &[u64]) -> Result<Self> {
+    pub(super) fn recover(
+        mut index: MmapMut,
+        header: &Header,
+        page_bytes: usize,
+        lost_files: &[u64],
+        kind: PolicyKind,
+    ) -> Result<Self> {
         let capacity = header.slot_count as usize;
         let doomed = Arc::new(Mutex::new(vec![false; capacity]));
-        let policy = SlotLru { order: IndexList::new(capacity), doomed: Arc::clone(&doomed) };
+        let policy = SlotPolicy {
+            inner: kind.build(capacity),
+            doomed_first: IndexList::new(capacity),
+            doomed: Arc::clone(&doomed),
+        };
         let mut pool = BlockPool::with_policy(capacity, policy, 0)?;
         let empty = Slot { state: SlotState::Empty, generation: 0, checksum: 0, user_pins: 0 };
         let mut slots = vec![empty; capacity];

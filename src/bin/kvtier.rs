@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvtier::KvLayout;
 use kvtier::io::BackendKind;
 use kvtier::offload::Admission;
+use kvtier::policy::PolicyKind;
 use kvtier::replay::{EngineConfig, EngineRun, PrefixPlan, SimConfig, SimPolicy, SimReport, chart, engine};
 use kvtier::trace::{Trace, TraceOptions};
 
@@ -124,6 +125,9 @@ struct ReplayArgs {
     /// Engine mode: pages G3 takes from G2.
     #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
     admission: AdmissionArg,
+    /// Engine mode: eviction policy of every tier.
+    #[arg(long, value_enum, default_value_t = TierPolicy::Lru)]
+    tier_policy: TierPolicy,
     /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
     #[arg(long)]
     no_write_through: bool,
@@ -164,6 +168,13 @@ enum Mode {
     Engine,
     /// Both, one after the other.
     Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TierPolicy {
+    Lru,
+    S3fifo,
+    Arc,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -320,6 +331,11 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
             AdmissionArg::SeenTwice => Admission::SeenTwice,
         })
         .with_write_through_g2(!args.no_write_through)
+        .with_policy(match args.tier_policy {
+            TierPolicy::Lru => PolicyKind::Lru,
+            TierPolicy::S3fifo => PolicyKind::S3Fifo,
+            TierPolicy::Arc => PolicyKind::Arc,
+        })
         .with_full_data(args.full_data)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
         .with_io_backend(match args.io_backend {

@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::io::{BackendKind, IoConfig};
 use crate::layout::{Dtype, KvLayout};
 use crate::offload::{Admission, OffloadConfig, TieredCache};
+use crate::policy::PolicyKind;
 use crate::tier::DiskConfig;
 use crate::tier::host::HostConfig;
 use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceRecord};
@@ -127,6 +128,8 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Points of the time series (hit rate and occupancy over time). Default: 200.
     pub samples: usize,
+    /// Eviction policy of every tier. Default: LRU.
+    pub policy: PolicyKind,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +154,7 @@ impl Default for EngineConfig {
             g3_onboard_bytes_per_sec: 6e9,
             max_batch: 256,
             samples: 200,
+            policy: PolicyKind::Lru,
         }
     }
 }
@@ -166,6 +170,11 @@ impl EngineConfig {
     /// ```
     pub fn with_layout(mut self, layout: KvLayout) -> Self {
         self.layout = layout;
+        self
+    }
+    /// Sets the eviction policy of every tier (default LRU).
+    pub fn with_policy(mut self, policy: PolicyKind) -> Self {
+        self.policy = policy;
         self
     }
     /// Sets the capacities in blocks (defaults 32,768 / 65,536 / 131,072; G3 0 = none).
@@ -276,9 +285,11 @@ impl Drop for TempDir {
 pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) -> Result<EngineRun> {
     config.validate()?;
     let started = Instant::now();
-    let cache = CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0);
+    let cache =
+        CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0).with_policy(config.policy);
+    let host = HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false);
     let mut offload = OffloadConfig::default()
-        .with_host(HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false))
+        .with_host(host.with_policy(config.policy))
         .with_admission(config.admission)
         .with_write_through_g2(config.write_through_g2)
         .with_workers(0);
@@ -291,7 +302,8 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
         dir.0 = Some(d.clone());
         // Direct IO only pays off, and only measures the drive, with full-size pages.
         let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);
-        offload = offload.with_disk(DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io));
+        let disk = DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io).with_policy(config.policy);
+        offload = offload.with_disk(disk);
     }
     let tiers = TieredCache::new(cache, offload)?;
     let mut replay = Replay::new(trace, config, &tiers);

@@ -82,7 +82,8 @@ fn ticket_wait_is_woken() {
     });
 }
 
-/// A worker loop as the engine runs it: jobs until the queue closes.
+/// A worker loop as the engine runs it: jobs until the queue closes (the caller counted it in
+/// with `add_worker`).
 fn worker_loop(queue: &WorkQueue<u32>, ran: &AtomicUsize, running: &AtomicUsize) {
     loop {
         match queue.next(Duration::from_millis(1)) {
@@ -93,7 +94,7 @@ fn worker_loop(queue: &WorkQueue<u32>, ran: &AtomicUsize, running: &AtomicUsize)
                 queue.finish(1);
             }
             Next::Tick => {}
-            Next::Stop => return,
+            Next::Stop => return queue.remove_worker(),
         }
     }
 }
@@ -109,6 +110,7 @@ fn queue_handoff_runs_every_job_once() {
         let workers: Vec<_> = (0..2)
             .map(|_| {
                 let (queue, ran, running) = (queue.clone(), ran.clone(), running.clone());
+                queue.add_worker();
                 thread::spawn(move || worker_loop(&queue, &ran, &running))
             })
             .collect();
@@ -136,10 +138,11 @@ fn pause_parks_the_worker() {
         let running = Arc::new(AtomicUsize::new(0));
         let worker = {
             let (queue, ran, running) = (queue.clone(), ran.clone(), running.clone());
+            queue.add_worker();
             thread::spawn(move || worker_loop(&queue, &ran, &running))
         };
         queue.push(1).unwrap();
-        queue.pause(1);
+        queue.pause();
         let before = ran.load(Ordering::SeqCst);
         assert_eq!(running.load(Ordering::SeqCst), 0, "a job runs while paused");
         queue.push(2).unwrap();
@@ -151,6 +154,32 @@ fn pause_parks_the_worker() {
         assert_eq!(ran.load(Ordering::SeqCst), 2);
         queue.close();
         worker.join().unwrap();
+    });
+}
+
+/// A worker that exits (a panic in a pass, say) while a pause waits for it does not hold the
+/// pause up; the one that parks does.
+#[test]
+fn pause_does_not_wait_for_a_dead_worker() {
+    model("pause_does_not_wait_for_a_dead_worker", || {
+        let queue: Arc<WorkQueue<u32>> = Arc::new(WorkQueue::new());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        queue.add_worker();
+        queue.add_worker();
+        let dying = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.remove_worker())
+        };
+        let alive = {
+            let (queue, ran, running) = (queue.clone(), ran.clone(), running.clone());
+            thread::spawn(move || worker_loop(&queue, &ran, &running))
+        };
+        queue.pause();
+        queue.resume();
+        queue.close();
+        dying.join().unwrap();
+        alive.join().unwrap();
     });
 }
 

@@ -358,11 +358,19 @@ impl TieredCache {
         let mut me = Self { shared, workers: Vec::new() };
         for i in 0..me.shared.config.workers {
             let shared = me.shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("kvtier-offload-{i}"))
-                .spawn(move || worker::run(&shared))
-                .map_err(|source| Error::Io { tier: Tier::G2, op: "spawn worker", source })?;
-            me.workers.push(handle);
+            me.shared.queue.add_worker();
+            let spawned = std::thread::Builder::new().name(format!("kvtier-offload-{i}")).spawn(move || {
+                // Counted out however the worker ends, so that a pause never waits for it.
+                let _live = worker::Live(&shared.queue);
+                worker::run(&shared);
+            });
+            match spawned {
+                Ok(handle) => me.workers.push(handle),
+                Err(source) => {
+                    me.shared.queue.remove_worker();
+                    return Err(Error::Io { tier: Tier::G2, op: "spawn worker", source });
+                }
+            }
         }
         Ok(me)
     }
@@ -461,7 +469,7 @@ impl TieredCache {
     /// # Ok::<(), kvtier::Error>(())
     /// ```
     pub fn pause_workers(&self) -> PauseGuard<'_> {
-        self.shared.queue.pause(self.workers.len());
+        self.shared.queue.pause();
         PauseGuard { cache: self }
     }
 

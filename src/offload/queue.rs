@@ -8,9 +8,11 @@
 //! 3. The worker calls [`WorkQueue::finish`]: it no longer counts as pending, and
 //!    [`WorkQueue::wait_idle`] wakes up once nothing is pending.
 //!
-//! A pause ([`WorkQueue::pause`]) returns once the given number of workers are parked in
-//! `next`, so that no job or maintenance pass is running until [`WorkQueue::resume`]; jobs
-//! pushed meanwhile stay queued. [`WorkQueue::close`] wakes everyone up for good.
+//! Workers are counted ([`WorkQueue::add_worker`] before one starts, [`WorkQueue::remove_worker`]
+//! when it exits, even by unwinding). A pause ([`WorkQueue::pause`]) returns once every live
+//! worker is parked in `next`, so that no job or maintenance pass is running until
+//! [`WorkQueue::resume`]; jobs pushed meanwhile stay queued. A worker that died does not hold a
+//! pause up. [`WorkQueue::close`] wakes everyone up for good.
 //!
 //! Built on `crate::sync`, so `tests/loom_engine.rs` checks this very code.
 
@@ -40,6 +42,8 @@ struct State<T> {
     pauses: usize,
     /// Workers parked in `next`.
     parked: usize,
+    /// Workers started and not exited.
+    workers: usize,
 }
 
 /// A job queue shared by the runtime and the workers. `Send + Sync` for `T: Send`.
@@ -75,7 +79,7 @@ impl<T> Default for WorkQueue<T> {
 impl<T> WorkQueue<T> {
     /// An empty, open queue.
     pub fn new() -> Self {
-        let state = State { jobs: VecDeque::new(), pending: 0, closed: false, pauses: 0, parked: 0 };
+        let state = State { jobs: VecDeque::new(), pending: 0, closed: false, pauses: 0, parked: 0, workers: 0 };
         Self { state: Mutex::new(state), changed: Condvar::new() }
     }
 
@@ -151,13 +155,27 @@ impl<T> WorkQueue<T> {
         }
     }
 
-    /// Asks every worker to park and waits until `workers` of them are parked in
+    /// Counts one more worker; call it before the worker starts, so that a pause right after
+    /// waits for it.
+    pub fn add_worker(&self) {
+        lock(&self.state).workers += 1;
+    }
+
+    /// Counts a worker out (it exited, or failed to start).
+    pub fn remove_worker(&self) {
+        let mut st = lock(&self.state);
+        st.workers = st.workers.saturating_sub(1);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Asks every worker to park and waits until all live ones are parked in
     /// [`WorkQueue::next`]. Pauses nest; each needs its [`WorkQueue::resume`].
-    pub fn pause(&self, workers: usize) {
+    pub fn pause(&self) {
         let mut st = lock(&self.state);
         st.pauses += 1;
         self.changed.notify_all();
-        while st.parked < workers && !st.closed {
+        while st.parked < st.workers && !st.closed {
             st = wait(&self.changed, st);
         }
     }

@@ -11,6 +11,15 @@ use crate::pool::BlockId;
 use crate::prefix::BlockHash;
 use crate::sync::lock;
 
+/// Counts a worker out of its queue when dropped (on return or unwind).
+pub(crate) struct Live<'a>(pub(crate) &'a super::WorkQueue<Job>);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.remove_worker();
+    }
+}
+
 /// A worker's loop: jobs first, maintenance whenever a tick has passed. Parks in
 /// [`super::WorkQueue::next`] while the workers are paused.
 pub(crate) fn run(shared: &Shared) {

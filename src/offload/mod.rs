@@ -24,6 +24,7 @@
 mod admission;
 mod metrics;
 mod queue;
+mod retention;
 mod ticket;
 mod worker;
 
@@ -33,22 +34,22 @@ pub use queue::{Next, WorkQueue};
 pub use ticket::{OnboardOutcome, Ticket, TicketCell};
 
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::io::IoBackend;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::AtomicU64;
 use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result, Tier};
 use crate::metrics::CacheMetrics;
-use crate::pool::BlockId;
 use crate::prefix::BlockHash;
 use crate::tier::disk::{DiskConfig, DiskMetrics, DiskTier};
 use crate::tier::host::{HostConfig, HostMetrics, HostTier};
 
 use admission::{FrequencySketch, WriteBudget};
 use metrics::Histogram;
+use retention::Retention;
 
 /// Configuration of the offload engine.
 #[derive(Debug, Clone)]
@@ -208,14 +209,6 @@ pub struct TierMetrics {
 /// Handle of a retained prefix ([`TieredCache::retain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetentionId(u64);
-
-pub(crate) struct Retention {
-    id: u64,
-    g1_blocks: Vec<BlockId>,
-    g2: Vec<BlockHash>,
-    g3: Vec<BlockHash>,
-    pub(crate) expires: Option<Instant>,
-}
 
 pub(crate) enum Job {
     Onboard(ticket::OnboardJob),
@@ -570,59 +563,5 @@ impl Shared {
         s.m.hit_blocks[2] += hit.g3 as u64;
         s.m.miss_blocks += (hashes.len() - hit.total) as u64;
         hit
-    }
-
-    fn retain(&self, hashes: &[BlockHash], ttl: Option<Duration>) -> Result<RetentionId> {
-        let id = self.next_retention.fetch_add(1, Ordering::Relaxed);
-        let mut r = Retention { id, g1_blocks: Vec::new(), g2: Vec::new(), g3: Vec::new(), expires: None };
-        r.expires = ttl.map(|t| Instant::now() + t);
-        {
-            let mut core = self.g1.lock();
-            for &h in hashes {
-                match core.hold_cached(h)? {
-                    Some(b) => r.g1_blocks.push(b),
-                    None => break,
-                }
-            }
-        }
-        for &h in hashes {
-            if self.g2.pin(h) {
-                r.g2.push(h);
-            }
-            if let Some(d) = &self.g3
-                && d.pin(h)
-            {
-                r.g3.push(h);
-            }
-        }
-        self.retained_lock().push(r);
-        Ok(RetentionId(id))
-    }
-
-    pub(crate) fn retained_lock(&self) -> MutexGuard<'_, Vec<Retention>> {
-        lock(&self.retained)
-    }
-
-    fn release(&self, id: u64) -> Result<bool> {
-        let r = {
-            let mut list = self.retained_lock();
-            let Some(pos) = list.iter().position(|r| r.id == id) else { return Ok(false) };
-            list.swap_remove(pos)
-        };
-        self.drop_retention(r)?;
-        Ok(true)
-    }
-
-    pub(crate) fn drop_retention(&self, r: Retention) -> Result<()> {
-        self.g1.lock().release_blocks(&r.g1_blocks)?;
-        for h in r.g2 {
-            self.g2.unpin(h);
-        }
-        if let Some(d) = &self.g3 {
-            for h in r.g3 {
-                d.unpin(h);
-            }
-        }
-        Ok(())
     }
 }

@@ -103,6 +103,7 @@ fn engine(setup: &Setup, d: &PathBuf) -> (TieredCache, kvtier::io::FaultTally) {
         Ok(b) => b,
         Err(_) => open_backend(&io.with_backend(BackendKind::Psync)).unwrap(), // no io_uring here
     };
+    eprintln!("[faults {}] G3 IO: faults injected over {}", setup.name, inner.name());
     let faulty = FaultyBackend::new(inner, Fault::Random(setup.rates));
     let tally = faulty.tally();
     let cache = CacheConfig::new(layout(), 48).with_watermark(0.0);

@@ -149,7 +149,7 @@ struct ReplayArgs {
     #[arg(long, value_name = "DIR")]
     ssd_dir: Option<PathBuf>,
     /// Eviction policies to replay at each capacity, comma-separated; `all` is every one
-    /// (fifo, lru, s3fifo, arc, opt). Sim mode only: the engine uses the tiers' policy.
+    /// (fifo, lru, s3fifo, arc, lhd, opt). Sim mode only: the engine uses the tiers' policy.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Opt])]
     policy: Vec<Policy>,
     /// Directory for the JSON report (created if missing).
@@ -175,6 +175,7 @@ enum TierPolicy {
     Lru,
     S3fifo,
     Arc,
+    Lhd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,6 +250,7 @@ enum Policy {
     Lru,
     S3fifo,
     Arc,
+    Lhd,
     Opt,
     All,
 }
@@ -262,6 +264,7 @@ fn sim_policies(named: &[Policy]) -> Vec<SimPolicy> {
             Policy::Lru => &[SimPolicy::Lru],
             Policy::S3fifo => &[SimPolicy::S3Fifo],
             Policy::Arc => &[SimPolicy::Arc],
+            Policy::Lhd => &[SimPolicy::Lhd],
             Policy::Opt => &[SimPolicy::Opt],
             Policy::All => &SimPolicy::ALL,
         };
@@ -335,6 +338,7 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
             TierPolicy::Lru => PolicyKind::Lru,
             TierPolicy::S3fifo => PolicyKind::S3Fifo,
             TierPolicy::Arc => PolicyKind::Arc,
+            TierPolicy::Lhd => PolicyKind::Lhd,
         })
         .with_full_data(args.full_data)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))

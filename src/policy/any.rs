@@ -1,6 +1,6 @@
 //! Choosing a policy at run time without a vtable.
 
-use super::{Arc, EvictionPolicy, Lru, S3Fifo};
+use super::{Arc, EvictionPolicy, Lhd, Lru, S3Fifo};
 use crate::pool::BlockId;
 
 /// The eviction policies a tier can be configured with.
@@ -14,13 +14,15 @@ pub enum PolicyKind {
     S3Fifo,
     /// Adaptive replacement cache.
     Arc,
+    /// Least hit density.
+    Lhd,
 }
 
 impl PolicyKind {
     /// Every kind, in report order.
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Arc];
+    pub const ALL: [PolicyKind; 4] = [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd];
 
-    /// Lower-case name ("lru", "s3fifo", "arc").
+    /// Lower-case name ("lru", "s3fifo", "arc", "lhd").
     ///
     /// ```
     /// assert_eq!(kvtier::policy::PolicyKind::S3Fifo.name(), "s3fifo");
@@ -30,6 +32,7 @@ impl PolicyKind {
             PolicyKind::Lru => "lru",
             PolicyKind::S3Fifo => "s3fifo",
             PolicyKind::Arc => "arc",
+            PolicyKind::Lhd => "lhd",
         }
     }
 
@@ -44,6 +47,7 @@ impl PolicyKind {
             PolicyKind::Lru => AnyPolicy::Lru(Lru::new(universe)),
             PolicyKind::S3Fifo => AnyPolicy::S3Fifo(S3Fifo::for_universe(universe, capacity, 0.1)),
             PolicyKind::Arc => AnyPolicy::Arc(Arc::for_universe(universe, capacity)),
+            PolicyKind::Lhd => AnyPolicy::Lhd(Lhd::for_universe(universe, capacity)),
         }
     }
 }
@@ -57,6 +61,8 @@ pub enum AnyPolicy {
     S3Fifo(S3Fifo),
     /// [`Arc`].
     Arc(Arc),
+    /// [`Lhd`].
+    Lhd(Lhd),
 }
 
 macro_rules! each {
@@ -65,6 +71,7 @@ macro_rules! each {
             AnyPolicy::Lru($p) => $e,
             AnyPolicy::S3Fifo($p) => $e,
             AnyPolicy::Arc($p) => $e,
+            AnyPolicy::Lhd($p) => $e,
         }
     };
 }

@@ -6,7 +6,7 @@
 //! when it is taken back by a prefix hit ([`EvictionPolicy::remove`] then
 //! [`EvictionPolicy::on_hit`]), and asks it for a victim when it needs space
 //! ([`EvictionPolicy::pop_victim`]). Every operation is O(1) (amortised for the second-chance
-//! moves of [`S3Fifo`]).
+//! moves of [`S3Fifo`], a constant number of samples for [`Lhd`]).
 //!
 //! The policies:
 //! - [`Lru`]: least recently released first (the baseline every serving stack uses).
@@ -14,6 +14,8 @@
 //!   ghost of recent evictions (Yang et al., SOSP '23). Scan resistant.
 //! - [`Arc`]: adaptive replacement (Megiddo & Modha, FAST '03): recency and frequency lists
 //!   whose split adapts to hits in ghosts of both.
+//! - [`Lhd`]: least hit density (Beckmann et al., NSDI '18): learns, per age and hit count, the
+//!   hits an entry can still expect per unit of space-time, and evicts the lowest of a sample.
 //!
 //! [`PolicyKind`] names them for configs and CLIs; [`AnyPolicy`] dispatches without a vtable.
 //! Belady's offline OPT exists only in the replay tool ([`crate::replay::sim`]), where the future
@@ -22,11 +24,13 @@
 mod any;
 mod arc;
 mod ghost;
+mod lhd;
 mod lru;
 mod s3fifo;
 
 pub use any::{AnyPolicy, PolicyKind};
 pub use arc::Arc;
+pub use lhd::Lhd;
 pub use lru::Lru;
 pub use s3fifo::S3Fifo;
 
@@ -146,6 +150,42 @@ mod tests {
                 assert!(model.is_empty() && p.is_empty(), "{kind:?} seed {seed}");
             }
         }
+    }
+
+    /// Hits of a flat cache of `slots` entries replaying `keys` with policy `p`.
+    fn flat_hits(mut p: AnyPolicy, slots: usize, keys: &[u64]) -> usize {
+        let mut slot_of = std::collections::HashMap::new();
+        let mut key_of = vec![None; slots];
+        let mut hits = 0;
+        for &k in keys {
+            if let Some(&s) = slot_of.get(&k) {
+                hits += 1;
+                p.remove(BlockId(s));
+                p.on_hit(BlockId(s));
+                p.insert(BlockId(s));
+                continue;
+            }
+            let s = match key_of.iter().position(Option::is_none) {
+                Some(s) => s as u32,
+                None => p.pop_victim().unwrap().0,
+            };
+            if let Some(old) = key_of[s as usize].replace(k) {
+                slot_of.remove(&old);
+            }
+            slot_of.insert(k, s);
+            p.on_register(BlockId(s), k);
+            p.insert(BlockId(s));
+        }
+        hits
+    }
+
+    #[test]
+    fn lhd_learns_a_loop_that_lru_always_misses() {
+        // 100 keys in a loop through 80 slots: LRU evicts each key just before it comes back.
+        let keys: Vec<u64> = (0..200).flat_map(|_| 1..=100).collect();
+        assert_eq!(flat_hits(PolicyKind::Lru.build(80), 80, &keys), 0);
+        let lhd = flat_hits(PolicyKind::Lhd.build(80), 80, &keys);
+        assert!(lhd > keys.len() / 4, "LHD hit {lhd} of {}", keys.len());
     }
 
     #[test]

@@ -35,8 +35,9 @@ const RESIDENT: u8 = 0b1000;
 /// }
 /// p.on_hit(BlockId(0)); // 0 was used again: it gets promoted instead of evicted
 /// assert_eq!(p.pop_victim(), Some(BlockId(1)));
-/// assert_eq!(p.pop_victim(), Some(BlockId(2)));
+/// // The small queue (target 1 entry) is within its share now: the main queue's oldest goes.
 /// assert_eq!(p.pop_victim(), Some(BlockId(0)));
+/// assert_eq!(p.pop_victim(), Some(BlockId(2)));
 /// assert_eq!(p.pop_victim(), None);
 /// ```
 pub struct S3Fifo {

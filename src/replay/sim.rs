@@ -45,6 +45,8 @@ pub enum SimPolicy {
     S3Fifo,
     /// [`crate::policy::Arc`] over the evictable leaves.
     Arc,
+    /// [`crate::policy::Lhd`] over the evictable leaves.
+    Lhd,
 }
 
 impl SimPolicy {
@@ -60,12 +62,13 @@ impl SimPolicy {
             SimPolicy::Opt => "opt",
             SimPolicy::S3Fifo => "s3fifo",
             SimPolicy::Arc => "arc",
+            SimPolicy::Lhd => "lhd",
         }
     }
 
     /// Every policy, online ones first and the offline bound last.
-    pub const ALL: [SimPolicy; 5] =
-        [SimPolicy::Fifo, SimPolicy::Lru, SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Opt];
+    pub const ALL: [SimPolicy; 6] =
+        [SimPolicy::Fifo, SimPolicy::Lru, SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Lhd, SimPolicy::Opt];
 
     /// The tier policy this replays, if it is one ([`SimPolicy::Fifo`] and [`SimPolicy::Opt`]
     /// exist only here).
@@ -74,6 +77,7 @@ impl SimPolicy {
             SimPolicy::Lru => Some(PolicyKind::Lru),
             SimPolicy::S3Fifo => Some(PolicyKind::S3Fifo),
             SimPolicy::Arc => Some(PolicyKind::Arc),
+            SimPolicy::Lhd => Some(PolicyKind::Lhd),
             SimPolicy::Fifo | SimPolicy::Opt => None,
         }
     }
@@ -258,7 +262,7 @@ impl PrefixPlan {
             SimPolicy::Fifo => self.fifo(capacity_blocks),
             SimPolicy::Lru => Lru::new(self.parent.len()).run(self, capacity_blocks),
             SimPolicy::Opt => self.opt(capacity_blocks),
-            SimPolicy::S3Fifo | SimPolicy::Arc => {
+            SimPolicy::S3Fifo | SimPolicy::Arc | SimPolicy::Lhd => {
                 let kind = policy.tier_policy().unwrap_or_default();
                 self.simulate_with(&mut kind.build_for(self.parent.len(), capacity_blocks as usize), capacity_blocks)
             }
@@ -778,7 +782,7 @@ mod tests {
             let plan = PrefixPlan::build(&random_trace(seed, 150));
             let ceiling = plan.ceiling_hit_tokens();
             for capacity in [1, 4, 16, 64, 1000] {
-                for policy in [SimPolicy::S3Fifo, SimPolicy::Arc] {
+                for policy in [SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Lhd] {
                     let a = plan.simulate(policy, capacity);
                     assert!(a.hit_tokens <= ceiling, "{policy:?} seed {seed} cap {capacity}");
                     assert_eq!(a, plan.simulate(policy, capacity));

@@ -455,6 +455,7 @@ fn main() -> Result<()> {
         row("policy lru: evict+admit / revive", "ns/op", None),
         row("policy s3fifo: evict+admit / revive", "ns/op", None),
         row("policy arc: evict+admit / revive", "ns/op", None),
+        row("policy lhd: evict+admit / revive", "ns/op", None),
     ];
     let mut meta_bytes = Vec::new();
     for &n in &plan.sizes {

@@ -3,7 +3,8 @@
 use super::EvictionPolicy;
 use crate::pool::BlockId;
 
-/// Coarse age bins per class; together they span [`AGE_SPAN`] times the capacity in events.
+/// Coarse age bins per class; together they span at least [`AGE_SPAN`] times the capacity in
+/// events (a bin is a power-of-two number of events, so an age is a shift).
 const BINS: usize = 256;
 const AGE_SPAN: usize = 4;
 /// Classes: hits since the content arrived, 0..=3+.
@@ -15,6 +16,16 @@ const SAMPLES: usize = 16;
 const DECAY: f64 = 0.9;
 const NOT_LINKED: u32 = u32::MAX;
 const RESIDENT: u8 = 0x80;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Policy clock at the entry's arrival or last hit.
+    stamp: u64,
+    /// Position in `linked`, or `NOT_LINKED`.
+    pos: u32,
+    /// `RESIDENT` bit plus hits since arrival (saturating).
+    state: u8,
+}
 
 /// Least Hit Density eviction (Beckmann, Chen & Cidon, "LHD: Improving Cache Hit Rate by
 /// Maximizing Hit Density", NSDI '18), over evictable entries.
@@ -49,15 +60,11 @@ const RESIDENT: u8 = 0x80;
 pub struct Lhd {
     /// Evictable entries, in no order (sampled at random; swap-removed).
     linked: Vec<u32>,
-    /// Position of each entry in `linked`, or `NOT_LINKED`.
-    pos: Vec<u32>,
-    /// Policy clock at the entry's arrival or last hit.
-    stamp: Vec<u64>,
-    /// `RESIDENT` bit plus hits since arrival (saturating).
-    state: Vec<u8>,
+    /// Per entry, packed so that a sample touches one cache line.
+    entries: Vec<Entry>,
     clock: u64,
-    /// Clock ticks per age bin.
-    granularity: u64,
+    /// log2 of the clock ticks per age bin.
+    granularity_shift: u32,
     hits: Box<[[f64; BINS]; CLASSES]>,
     evictions: Box<[[f64; BINS]; CLASSES]>,
     density: Box<[[f64; BINS]; CLASSES]>,
@@ -84,11 +91,9 @@ impl Lhd {
         }
         Self {
             linked: Vec::with_capacity(capacity),
-            pos: vec![NOT_LINKED; universe],
-            stamp: vec![0; universe],
-            state: vec![0; universe],
+            entries: vec![Entry { stamp: 0, pos: NOT_LINKED, state: 0 }; universe],
             clock: 0,
-            granularity: ((AGE_SPAN * capacity) / BINS).max(1) as u64,
+            granularity_shift: ((AGE_SPAN * capacity) / BINS).max(1).next_power_of_two().trailing_zeros(),
             hits: Box::new([[0.0; BINS]; CLASSES]),
             evictions: Box::new([[0.0; BINS]; CLASSES]),
             density,
@@ -99,44 +104,44 @@ impl Lhd {
     }
 
     #[inline]
-    fn class(&self, i: usize) -> usize {
-        ((self.state[i] & !RESIDENT) as usize).min(CLASSES - 1)
+    fn class_of(e: &Entry) -> usize {
+        ((e.state & !RESIDENT) as usize).min(CLASSES - 1)
     }
 
     #[inline]
-    fn age(&self, i: usize) -> usize {
-        (((self.clock - self.stamp[i]) / self.granularity) as usize).min(BINS - 1)
+    fn age_of(&self, e: &Entry) -> usize {
+        (((self.clock - e.stamp) >> self.granularity_shift) as usize).min(BINS - 1)
     }
 
     #[inline]
     fn admit(&mut self, i: usize) {
         self.unlink(i);
         self.clock += 1;
-        self.stamp[i] = self.clock;
-        self.state[i] = RESIDENT;
+        self.entries[i].stamp = self.clock;
+        self.entries[i].state = RESIDENT;
     }
 
     #[inline]
     fn link(&mut self, i: usize) {
-        if self.pos[i] == NOT_LINKED {
-            self.pos[i] = self.linked.len() as u32;
+        if self.entries[i].pos == NOT_LINKED {
+            self.entries[i].pos = self.linked.len() as u32;
             self.linked.push(i as u32);
         }
     }
 
     #[inline]
     fn unlink(&mut self, i: usize) -> bool {
-        let p = self.pos[i];
+        let p = self.entries[i].pos;
         if p == NOT_LINKED {
             return false;
         }
-        self.pos[i] = NOT_LINKED;
+        self.entries[i].pos = NOT_LINKED;
         let last = self.linked.pop();
         if let Some(last) = last
             && last as usize != i
         {
             self.linked[p as usize] = last;
-            self.pos[last as usize] = p;
+            self.entries[last as usize].pos = p;
         }
         true
     }
@@ -178,7 +183,7 @@ impl EvictionPolicy for Lhd {
 
     #[inline]
     fn on_register(&mut self, block: BlockId, _key: u64) {
-        if block.index() < self.state.len() {
+        if block.index() < self.entries.len() {
             self.admit(block.index());
         }
     }
@@ -186,8 +191,8 @@ impl EvictionPolicy for Lhd {
     #[inline]
     fn insert(&mut self, block: BlockId) {
         let i = block.index();
-        if i < self.state.len() {
-            if self.state[i] & RESIDENT == 0 {
+        if i < self.entries.len() {
+            if self.entries[i].state & RESIDENT == 0 {
                 self.admit(i);
             }
             self.link(i);
@@ -196,21 +201,22 @@ impl EvictionPolicy for Lhd {
 
     #[inline]
     fn remove(&mut self, block: BlockId) {
-        if block.index() < self.state.len() {
+        if block.index() < self.entries.len() {
             self.unlink(block.index());
         }
     }
 
     #[inline]
     fn on_hit(&mut self, block: BlockId) {
-        let i = block.index();
-        if i < self.state.len() && self.state[i] & RESIDENT != 0 {
+        let Some(&e) = self.entries.get(block.index()) else { return };
+        if e.state & RESIDENT != 0 {
             self.clock += 1;
-            let (c, a) = (self.class(i), self.age(i));
+            let (c, a) = (Self::class_of(&e), self.age_of(&e));
             self.hits[c][a] += 1.0;
-            self.stamp[i] = self.clock;
-            if self.state[i] & !RESIDENT < 0x7f {
-                self.state[i] += 1;
+            let e = &mut self.entries[block.index()];
+            e.stamp = self.clock;
+            if e.state & !RESIDENT < 0x7f {
+                e.state += 1;
             }
         }
     }
@@ -218,9 +224,9 @@ impl EvictionPolicy for Lhd {
     #[inline]
     fn on_forget(&mut self, block: BlockId) {
         let i = block.index();
-        if i < self.state.len() {
+        if i < self.entries.len() {
             self.unlink(i);
-            self.state[i] = 0;
+            self.entries[i].state = 0;
         }
     }
 
@@ -230,21 +236,29 @@ impl EvictionPolicy for Lhd {
             return None;
         }
         // Lowest density first; among equals (nothing learned that tells them apart), the
-        // least recently used.
+        // least recently used. The candidates are drawn first so that their cache misses
+        // overlap instead of queueing behind one another.
+        let k = SAMPLES.min(n);
+        let mut candidates = [0u32; SAMPLES];
+        for c in candidates.iter_mut().take(k) {
+            // Multiply-shift maps the random word onto 0..n without a division.
+            let r = ((self.next_random() as u128 * n as u128) >> 64) as usize;
+            *c = self.linked[r];
+        }
         let mut best = (f64::INFINITY, u64::MAX, 0usize);
-        for _ in 0..SAMPLES.min(n) {
-            let r = (self.next_random() % n as u64) as usize;
-            let i = self.linked[r] as usize;
-            let d = self.density[self.class(i)][self.age(i)];
-            if d < best.0 || (d == best.0 && self.stamp[i] < best.1) {
-                best = (d, self.stamp[i], i);
+        for &c in &candidates[..k] {
+            let e = &self.entries[c as usize];
+            let d = self.density[Self::class_of(e)][self.age_of(e)];
+            if d < best.0 || (d == best.0 && e.stamp < best.1) {
+                best = (d, e.stamp, c as usize);
             }
         }
         let i = best.2;
-        let (c, a) = (self.class(i), self.age(i));
+        let e = self.entries[i];
+        let (c, a) = (Self::class_of(&e), self.age_of(&e));
         self.evictions[c][a] += 1.0;
         self.unlink(i);
-        self.state[i] = 0;
+        self.entries[i].state = 0;
         self.evictions_since_estimate += 1;
         if self.evictions_since_estimate >= self.estimate_every {
             self.evictions_since_estimate = 0;
@@ -259,6 +273,6 @@ impl EvictionPolicy for Lhd {
     }
 
     fn bytes_per_entry(&self) -> usize {
-        4 + 4 + 8 + 1
+        std::mem::size_of::<Entry>() + std::mem::size_of::<u32>()
     }
 }

@@ -85,7 +85,12 @@ fn tiny_layout() -> Result<KvLayout> {
 
 /// A pool whose free queue holds every block in a random order.
 fn churned_pool(n: usize, rng: &mut Rng, events: usize) -> Result<BlockPool> {
-    let mut pool = BlockPool::with_policy(n, Lru::new(n), events)?;
+    churned_pool_with(n, rng, events, Lru::new(n))
+}
+
+/// [`churned_pool`] evicting with `policy`.
+fn churned_pool_with<P: EvictionPolicy>(n: usize, rng: &mut Rng, events: usize, policy: P) -> Result<BlockPool<P>> {
+    let mut pool = BlockPool::with_policy(n, policy, events)?;
     let mut all = Vec::with_capacity(n);
     pool.allocate(n, &mut all)?;
     rng.shuffle(&mut all);
@@ -115,7 +120,17 @@ fn cached_pool(n: usize, rng: &mut Rng) -> Result<(BlockPool, Vec<BlockHash>)> {
 
 /// [`cached_pool`] with a given KV event buffer (0: events off).
 fn cached_pool_with_events(n: usize, rng: &mut Rng, events: usize) -> Result<(BlockPool, Vec<BlockHash>)> {
-    let mut pool = churned_pool(n, rng, events)?;
+    cached_pool_with(n, rng, events, Lru::new(n))
+}
+
+/// [`cached_pool_with_events`] evicting with `policy`.
+fn cached_pool_with<P: EvictionPolicy>(
+    n: usize,
+    rng: &mut Rng,
+    events: usize,
+    policy: P,
+) -> Result<(BlockPool<P>, Vec<BlockHash>)> {
+    let mut pool = churned_pool_with(n, rng, events, policy)?;
     let prefixes = n / PREFIX_BLOCKS;
     let keys = ExtraKeys::default();
     let mut hashes = Vec::with_capacity(prefixes * PREFIX_BLOCKS);
@@ -180,8 +195,8 @@ fn acquire_release(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, r
 /// One block's life in steady state (the pool is full of cached blocks, so every allocation
 /// evicts the LRU victim): allocate, write 16 tokens of K/V into its page, chain-hash,
 /// register, release to evictable. ns per block.
-fn lifecycle(
-    pool: &mut BlockPool,
+fn lifecycle<P: EvictionPolicy>(
+    pool: &mut BlockPool<P>,
     arena: &mut Arena,
     stream: &[u32],
     blocks: usize,
@@ -337,6 +352,14 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
         lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
     });
     col(rows, 11, Some(c));
+    drop(pool);
+    // the same evicting with LHD instead of LRU
+    let (mut pool, hashes) = cached_pool_with(n, &mut rng, 1 << 16, kvtier::policy::Lhd::new(n))?;
+    drop(hashes);
+    let c = measure(plan.repeats, || {
+        lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
+    });
+    col(rows, 16, Some(c));
     drop((pool, arena));
 
     // 4. decode steps of 256 sequences, short and (where the pool holds them) long contexts.
@@ -456,6 +479,7 @@ fn main() -> Result<()> {
         row("policy s3fifo: evict+admit / revive", "ns/op", None),
         row("policy arc: evict+admit / revive", "ns/op", None),
         row("policy lhd: evict+admit / revive", "ns/op", None),
+        row("lifecycle evicting with LHD", "ns/block", None),
     ];
     let mut meta_bytes = Vec::new();
     for &n in &plan.sizes {

@@ -156,8 +156,13 @@ fn sharing_raises_refcounts_and_hits_revive_evictable_blocks() {
 
 #[test]
 fn free_releases_tail_first_so_eviction_takes_the_tail_before_the_head() {
+    for policy in kvtier::policy::PolicyKind::ALL {
+        tail_before_head(KvCache::new(cfg(4, 4).with_policy(policy)).unwrap());
+    }
+}
+
+fn tail_before_head(c: KvCache) {
     // 4 blocks: A takes all of them (3 full committed + 1 partial)
-    let c = cache(4, 4);
     let p = toks(0..13);
     let a = c.add_sequence(&p, &no_keys()).unwrap();
     c.commit(a.seq).unwrap();

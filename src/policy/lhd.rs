@@ -31,7 +31,7 @@ struct Entry {
 /// Maximizing Hit Density", NSDI '18), over evictable entries.
 ///
 /// The policy learns from the workload instead of assuming that older means colder. Each entry
-/// has an age (policy events since its content arrived or was last hit, in coarse bins) and a
+/// has an age (policy events since it was last released or hit, in coarse bins) and a
 /// class (how often it was hit since it arrived, 0 to 3+). For every class and age the policy
 /// counts the hits and evictions it observes, and from them estimates an entry's *hit density*:
 /// the hits it can still expect divided by the cache space-time it will still occupy. To evict,
@@ -116,7 +116,6 @@ impl Lhd {
     #[inline]
     fn admit(&mut self, i: usize) {
         self.unlink(i);
-        self.clock += 1;
         self.entries[i].stamp = self.clock;
         self.entries[i].state = RESIDENT;
     }
@@ -188,8 +187,26 @@ impl EvictionPolicy for Lhd {
         }
     }
 
+    /// A release is the end of a use: the age restarts, one clock tick apart per release, so
+    /// a sequence released tail first ages its tail first and (among equal densities) gives it
+    /// up before its head, as LRU does.
     #[inline]
     fn insert(&mut self, block: BlockId) {
+        let i = block.index();
+        if i < self.entries.len() {
+            if self.entries[i].state & RESIDENT == 0 {
+                self.admit(i);
+            }
+            self.clock += 1;
+            self.entries[i].stamp = self.clock;
+            self.link(i);
+        }
+    }
+
+    /// Evictable again without a use (a prefix-tree node whose last child went): its age runs
+    /// on from its last use.
+    #[inline]
+    fn readmit(&mut self, block: BlockId) {
         let i = block.index();
         if i < self.entries.len() {
             if self.entries[i].state & RESIDENT == 0 {
@@ -257,8 +274,10 @@ impl EvictionPolicy for Lhd {
         let e = self.entries[i];
         let (c, a) = (Self::class_of(&e), self.age_of(&e));
         self.evictions[c][a] += 1.0;
+        // The entry stays resident (age and hits kept) until its content is really dropped
+        // (`on_forget`) or replaced (`on_register`): a tier may stage a victim, copy it down and
+        // put it back, and hits on it must still be learned.
         self.unlink(i);
-        self.entries[i].state = 0;
         self.evictions_since_estimate += 1;
         if self.evictions_since_estimate >= self.estimate_every {
             self.evictions_since_estimate = 0;

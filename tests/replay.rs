@@ -295,17 +295,18 @@ fn policy_all_compares_every_policy_and_charts_them() {
     let o = kvtier(&["--mode", "sim", "--policy", "all", "--capacity", "100,400", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    for name in ["fifo", "lru", "s3fifo", "arc", "opt"] {
+    for name in ["fifo", "lru", "s3fifo", "arc", "lhd", "opt"] {
         assert!(stdout.contains(name), "{name} missing: {stdout}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("replay_sim.json")).unwrap()).unwrap();
     let points = json["report"]["points"].as_array().unwrap();
-    assert_eq!(points.len(), 10);
+    let n = SimPolicy::ALL.len();
+    assert_eq!(points.len(), 2 * n);
     // OPT bounds every online policy at each capacity.
-    for row in points.chunks(5) {
-        let opt = row[4]["hit_rate"].as_f64().unwrap();
-        assert_eq!(row[4]["policy"], "opt");
+    for row in points.chunks(n) {
+        let opt = row[n - 1]["hit_rate"].as_f64().unwrap();
+        assert_eq!(row[n - 1]["policy"], "opt");
         assert!(row.iter().all(|p| p["hit_rate"].as_f64().unwrap() <= opt + 1e-12), "{row:?}");
     }
     assert!(std::fs::read_to_string(out.join("replay_sim.svg")).unwrap().starts_with("<svg"));

@@ -152,6 +152,10 @@ struct ReplayArgs {
     /// (fifo, lru, s3fifo, arc, lhd, opt). Sim mode only: the engine uses the tiers' policy.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Opt])]
     policy: Vec<Policy>,
+    /// Sim mode: run the tier policies in a real block pool (which knows nothing of the prefix
+    /// tree) instead of the prefix-tree model. FIFO and OPT still run in the model.
+    #[arg(long)]
+    in_pool: bool,
     /// Directory for the JSON report (created if missing).
     #[arg(long, value_name = "DIR", default_value = "out")]
     out: PathBuf,
@@ -363,7 +367,8 @@ fn replay_sim(
     let plan_time = plan_started.elapsed();
 
     let policies = sim_policies(&args.policy);
-    let config = SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies);
+    let config =
+        SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies).with_pool(args.in_pool);
     config.validate()?;
     let points = config.capacities_for(&plan).len() * config.policies().len();
     let bar = ProgressBar::new(points as u64).with_style(

@@ -379,8 +379,8 @@ impl CacheCore {
         }
         let mut registered = 0;
         for i in st.committed_blocks..full {
-            let parent = i.checked_sub(1).map(|p| st.hashes[p]);
-            if self.pool.register(st.blocks[i], st.hashes[i], parent, bs as u32)? {
+            let parent = i.checked_sub(1).map(|p| (st.hashes[p], Some(st.blocks[p])));
+            if self.pool.register_linked(st.blocks[i], st.hashes[i], parent, bs as u32)? {
                 registered += 1;
                 if let Some(log) = self.committed.as_mut()
                     && let Some(h) = self.pool.stage_block(st.blocks[i])?

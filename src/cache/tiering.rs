@@ -111,7 +111,10 @@ impl CacheCore {
             let h = hashes.get(i).copied();
             match h {
                 Some(h) if i < loaded => {
-                    if self.pool.register(b, h, parent, self.block_size as u32)? {
+                    // The ticket holds the whole chain above, so the block cached under the
+                    // parent hash is one it holds.
+                    let linked = parent.map(|p| (p, self.pool.lookup(p)));
+                    if self.pool.register_linked(b, h, linked, self.block_size as u32)? {
                         self.pool.set_backed(b, true)?;
                         self.hold(b);
                         held.push(b);

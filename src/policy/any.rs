@@ -108,6 +108,9 @@ impl EvictionPolicy for AnyPolicy {
     fn on_forget(&mut self, block: BlockId) {
         each!(self, p => p.on_forget(block))
     }
+    fn prefers_leaves(&self) -> bool {
+        each!(self, p => p.prefers_leaves())
+    }
     #[inline]
     fn len(&self) -> usize {
         each!(self, p => p.len())

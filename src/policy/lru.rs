@@ -58,6 +58,9 @@ impl EvictionPolicy for Lru {
     fn pop_victim(&mut self) -> Option<BlockId> {
         self.order.pop_front().map(BlockId)
     }
+    fn prefers_leaves(&self) -> bool {
+        false
+    }
     #[inline]
     fn len(&self) -> usize {
         self.order.len()

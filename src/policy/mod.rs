@@ -65,6 +65,13 @@ pub trait EvictionPolicy: Send {
     /// `block`'s content was dropped outside [`EvictionPolicy::pop_victim`] (it is not evictable
     /// now); its per-entry state ends.
     fn on_forget(&mut self, _block: BlockId) {}
+    /// Whether a pool should keep prefix-tree parents out of this policy until their cached
+    /// children are gone (leaves first). LRU does not need it: a sequence releases its blocks
+    /// tail first and holds its whole prefix while in use, so LRU order already takes leaves
+    /// first. Policies that rank by anything else do.
+    fn prefers_leaves(&self) -> bool {
+        true
+    }
     /// Number of evictable entries tracked.
     fn len(&self) -> usize;
     /// True when nothing is evictable.

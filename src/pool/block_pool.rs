@@ -35,6 +35,10 @@ const DECLINED: u8 = 8;
 const READY: u8 = 16;
 /// Physically in the ready ring (possibly removed logically since: skipped when popped).
 const QUEUED: u8 = 32;
+/// Evictable, but kept out of the policy while cached children hang below it (leaves first).
+const HELD: u8 = 64;
+/// No parent link.
+const NO_PARENT: u32 = u32::MAX;
 /// Evicted hashes kept for the owner before it drains them (beyond: not recorded).
 const EVICTION_LOG_CAP: usize = 1 << 16;
 /// How far ahead in the free ring [`BlockPool::allocate_one`] touches metadata.
@@ -103,6 +107,52 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     /// Hashes evicted since the owner last drained them, when it asked (tiers tell the tier
     /// above that a copy it counted on is gone).
     evicted: Option<Vec<BlockHash>>,
+    tree: Tree,
+}
+
+/// The prefix tree over cached blocks, so that eviction takes leaves first.
+///
+/// A block registered under a parent hash whose block its registrant holds is linked to that
+/// block; a block with cached children is not offered to the policy when it becomes
+/// evictable (it is `HELD`), and is offered ([`EvictionPolicy::readmit`]) when its last
+/// child goes. Without this, a policy that does not follow release order (anything but LRU)
+/// evicts prefix heads and strands their tails, cached but unreachable. Links carry the
+/// parent's generation, bumped whenever a block's content is dropped, so a link to content
+/// that is gone is recognised and ignored.
+struct Tree {
+    parent: Vec<u32>,
+    parent_gen: Vec<u32>,
+    children: Vec<u32>,
+    generation: Vec<u32>,
+    held: usize,
+    /// Whether the policy wants leaves first ([`EvictionPolicy::prefers_leaves`]); if not,
+    /// nothing is linked or held and the pool behaves as without a tree.
+    on: bool,
+}
+
+impl Tree {
+    fn new(capacity: usize, on: bool) -> Self {
+        let capacity = if on { capacity } else { 0 };
+        Self {
+            on,
+            parent: vec![NO_PARENT; capacity],
+            parent_gen: vec![0; capacity],
+            children: vec![0; capacity],
+            generation: vec![0; capacity],
+            held: 0,
+        }
+    }
+
+    /// The live parent of `b`, if its link is still valid.
+    #[inline]
+    fn parent_of(&self, b: usize) -> Option<usize> {
+        let p = *self.parent.get(b)?;
+        (p != NO_PARENT && self.generation[p as usize] == self.parent_gen[b]).then_some(p as usize)
+    }
+
+    fn bytes_per_block(&self) -> usize {
+        if self.on { 4 * std::mem::size_of::<u32>() } else { 0 }
+    }
 }
 
 impl BlockPool<Lru> {
@@ -123,6 +173,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             return Err(Error::InvalidConfig { field: "num_blocks", reason: "exceeds 2^31 - 1" });
         }
         let meta = vec![Meta { hash: [0; 2], refcount: 0, state: BlockState::Free, flags: 0 }; capacity];
+        let tree = Tree::new(capacity, policy.prefers_leaves());
         Ok(Self {
             meta,
             free: IndexRing::full(capacity),
@@ -133,6 +184,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             events: EventLog::new(event_capacity),
             in_use: 0,
             counters: PoolCounters::default(),
+            tree,
             evicted: None,
         })
     }
@@ -150,7 +202,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Cached blocks without a reference.
     #[inline]
     pub fn num_evictable(&self) -> usize {
-        self.policy.len() + self.ready_len
+        self.policy.len() + self.ready_len + self.tree.held
     }
     /// Evictable blocks already backed by a lower tier (evicted first, at no loss).
     #[inline]
@@ -162,10 +214,13 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn num_in_use(&self) -> usize {
         self.in_use
     }
-    /// Blocks an allocation could get: free plus evictable.
+    /// Blocks an allocation could get: free plus evictable. (A block held for its children is
+    /// counted: evicting the children frees it. The children of a held block are in use only
+    /// while pinned by a copy in flight; an allocation that runs into that returns
+    /// [`Error::OutOfBlocks`] and takes nothing.)
     #[inline]
     pub fn available(&self) -> usize {
-        self.free.len() + self.ready_len + self.policy.len()
+        self.free.len() + self.ready_len + self.policy.len() + self.tree.held
     }
     /// True when `n` blocks can be allocated now.
     #[inline]
@@ -242,10 +297,64 @@ impl<P: EvictionPolicy> BlockPool<P> {
             return Err(Error::OutOfBlocks { requested: n, available });
         }
         out.reserve(n);
+        let start = out.len();
         for _ in 0..n {
-            out.push(self.allocate_one()?);
+            match self.allocate_one() {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    // All or nothing: hand back what this call took.
+                    for b in out.drain(start..) {
+                        self.release(b)?;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// A block without references that is still cached becomes evictable: offered to the
+    /// policy, or held while cached children hang below it.
+    #[inline]
+    fn offer(&mut self, b: BlockId) {
+        if self.tree.on && self.tree.children[b.index()] > 0 {
+            self.meta[b.index()].flags |= HELD;
+            self.tree.held += 1;
+        } else {
+            self.policy.insert(b);
+        }
+    }
+
+    /// Takes an evictable block out of the policy (or out of the held set).
+    #[inline]
+    fn unoffer(&mut self, b: BlockId) {
+        let m = &mut self.meta[b.index()];
+        if m.flags & HELD != 0 {
+            m.flags &= !HELD;
+            self.tree.held -= 1;
+        } else {
+            self.policy.remove(b);
+        }
+    }
+
+    /// `b`'s content is being dropped: it leaves its parent (which, if that was its last
+    /// cached child and it is held, goes to the policy) and its own links die.
+    fn unlink_tree(&mut self, b: BlockId) {
+        let i = b.index();
+        if !self.tree.on {
+            return;
+        }
+        if let Some(p) = self.tree.parent_of(i) {
+            self.tree.children[p] -= 1;
+            if self.tree.children[p] == 0 && self.meta[p].flags & HELD != 0 {
+                self.meta[p].flags &= !HELD;
+                self.tree.held -= 1;
+                self.policy.readmit(BlockId(p as u32));
+            }
+        }
+        self.tree.parent[i] = NO_PARENT;
+        self.tree.children[i] = 0;
+        self.tree.generation[i] = self.tree.generation[i].wrapping_add(1);
     }
 
     fn forget_hash(&mut self, b: BlockId) {
@@ -255,6 +364,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             m.flags &= !HASHED;
             let hash = m.hash();
             self.policy.on_forget(b);
+            self.unlink_tree(b);
             self.index.remove(hash, b.0);
             self.events.push(KvEventKind::Removed { hash });
             if let Some(log) = self.evicted.as_mut()
@@ -292,7 +402,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             self.in_use -= 1;
             if m.flags & HASHED != 0 {
                 m.state = BlockState::Evictable;
-                self.policy.insert(b);
+                self.offer(b);
             } else {
                 m.state = BlockState::Free;
                 self.free.push_back(b.0);
@@ -351,7 +461,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 m.flags &= !DECLINED;
                 self.in_use += 1;
                 if !self.ready_remove(b) {
-                    self.policy.remove(b);
+                    self.unoffer(b);
                 }
                 self.policy.on_hit(b);
             }
@@ -368,6 +478,22 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// another block already holds `h` (the caller keeps its block unshared) or if this block
     /// is already registered.
     pub fn register(&mut self, b: BlockId, h: BlockHash, parent: Option<BlockHash>, num_tokens: u32) -> Result<bool> {
+        self.register_linked(b, h, parent.map(|p| (p, None)), num_tokens)
+    }
+
+    /// [`BlockPool::register`] with the block that holds the parent's content, if the
+    /// registrant holds it too (its own previous block, or one it took a reference on). The
+    /// two are linked in the prefix tree when that block is the one cached under the parent
+    /// hash, so a policy that prefers leaves never evicts the parent first.
+    pub fn register_linked(
+        &mut self,
+        b: BlockId,
+        h: BlockHash,
+        parent: Option<(BlockHash, Option<BlockId>)>,
+        num_tokens: u32,
+    ) -> Result<bool> {
+        let parent_block = parent.and_then(|(h, b)| Some((h, b?)));
+        let parent = parent.map(|(h, _)| h);
         let m = *self.meta(b)?;
         if m.state != BlockState::InUse || m.flags & HASHED != 0 {
             return Ok(false);
@@ -377,6 +503,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         match self.index.insert(h, b.0, |e| meta[e as usize].hash()) {
             Insert::Inserted => {
                 self.policy.on_register(b, crate::policy::hash_key(h.0));
+                self.link_parent(b, parent_block);
                 let m = &mut self.meta[b.index()];
                 m.flags |= HASHED;
                 self.events.push(KvEventKind::Stored { hash: h, parent, block: b, num_tokens });
@@ -391,6 +518,25 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
     }
 
+    /// Links a newly registered `b` below `parent` = (hash, block the registrant holds), if
+    /// that block is the one cached under the hash. Whoever holds `b` then holds its parent
+    /// too (prefix walks and forks take whole chains), so a held parent's children are
+    /// evictable, except while pinned by a copy.
+    fn link_parent(&mut self, b: BlockId, parent: Option<(BlockHash, BlockId)>) {
+        if !self.tree.on {
+            return;
+        }
+        let Some((h, p)) = parent else { return };
+        let Some(pm) = self.meta.get(p.index()) else { return };
+        if p == b || pm.state != BlockState::InUse || pm.flags & HASHED == 0 || pm.hash() != h {
+            return;
+        }
+        let (i, pi) = (b.index(), p.index());
+        self.tree.parent[i] = p.0;
+        self.tree.parent_gen[i] = self.tree.generation[pi];
+        self.tree.children[pi] += 1;
+    }
+
     /// Drops every evictable block's content (a prefix-cache reset). Returns false and changes
     /// nothing while any block is in use, as in-use blocks may still be shared by hash.
     pub fn reset_prefix_cache(&mut self) -> bool {
@@ -403,6 +549,21 @@ impl<P: EvictionPolicy> BlockPool<P> {
             m.state = BlockState::Free;
             self.free.push_back(b.0);
         }
+        // Nothing is in use, so every held block is evictable: drop them too, and every link.
+        for (i, m) in self.meta.iter_mut().enumerate() {
+            if m.flags & HELD != 0 {
+                m.flags &= !(HELD | HASHED | BACKED | DECLINED);
+                m.state = BlockState::Free;
+                self.free.push_back(i as u32);
+                self.policy.on_forget(BlockId(i as u32));
+            }
+            if self.tree.on {
+                self.tree.parent[i] = NO_PARENT;
+                self.tree.children[i] = 0;
+                self.tree.generation[i] = self.tree.generation[i].wrapping_add(1);
+            }
+        }
+        self.tree.held = 0;
         self.index.clear();
         self.events.push(KvEventKind::AllCleared);
         true
@@ -429,14 +590,18 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     /// Bytes of bookkeeping per block: metadata, free-queue links, policy entry, index slots.
     pub fn metadata_bytes_per_block(&self) -> f64 {
-        (std::mem::size_of::<Meta>() + 2 * IndexRing::bytes_per_element() + self.policy.bytes_per_entry()) as f64
+        (std::mem::size_of::<Meta>()
+            + 2 * IndexRing::bytes_per_element()
+            + self.policy.bytes_per_entry()
+            + self.tree.bytes_per_block()) as f64
             + self.index.bytes_per_entry(self.capacity())
     }
 
     /// Checks every pool invariant; returns a description of the first one broken.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        let (mut free, mut used, mut evictable, mut hashed) = (0, 0, 0, 0);
+        let (mut free, mut used, mut evictable, mut hashed, mut held) = (0, 0, 0, 0, 0);
+        let mut children = vec![0u32; self.meta.len()];
         let mut queued = vec![false; self.meta.len()];
         for i in self.free.iter() {
             match queued.get_mut(i as usize) {
@@ -468,6 +633,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
                     if m.flags & READY != 0 && m.flags & (BACKED | DECLINED) == 0 {
                         return Err(format!("{b:?} ready for eviction but neither backed nor declined"));
                     }
+                    if m.flags & HELD != 0
+                        && (m.flags & READY != 0 || self.tree.children.get(i).is_none_or(|&c| c == 0))
+                    {
+                        return Err(format!("{b:?} held but ready or without children"));
+                    }
                 }
             }
             if m.flags & HASHED != 0 {
@@ -475,13 +645,27 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 if self.lookup(m.hash()) != Some(b) {
                     return Err(format!("{b:?} hashed but the index points elsewhere"));
                 }
+                if let Some(p) = self.tree.parent_of(i) {
+                    children[p] += 1;
+                    if self.meta[p].flags & HASHED == 0 {
+                        return Err(format!("{b:?} linked below unhashed BlockId({p})"));
+                    }
+                }
+            } else if self.tree.children.get(i).is_some_and(|&c| c != 0) || self.tree.parent_of(i).is_some() {
+                return Err(format!("{b:?} unhashed but linked in the prefix tree"));
+            }
+            if m.flags & HELD != 0 {
+                held += 1;
             }
         }
-        if free != self.free.len() || evictable != self.policy.len() + self.ready_len || used != self.in_use {
+        if (self.tree.on && children != self.tree.children) || held != self.tree.held {
+            return Err("prefix tree child counts or held count out of date".into());
+        }
+        if free != self.free.len() || evictable != self.num_evictable() || used != self.in_use {
             return Err(format!(
                 "counts: free {free}/{} evictable {evictable}/{} used {used}/{}",
                 self.free.len(),
-                self.policy.len() + self.ready_len,
+                self.num_evictable(),
                 self.in_use
             ));
         }
@@ -495,6 +679,46 @@ impl<P: EvictionPolicy> BlockPool<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaf_preferring_policies_evict_children_before_parents() {
+        use crate::policy::PolicyKind;
+        for kind in [PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd] {
+            let mut p = BlockPool::with_policy(8, kind.build(8), 64).unwrap();
+            let mut chain = Vec::new();
+            p.allocate(4, &mut chain).unwrap();
+            let hashes: Vec<BlockHash> = (1..=4).map(|i| BlockHash(i as u128)).collect();
+            for i in 0..4usize {
+                let parent = i.checked_sub(1).map(|j| (hashes[j], Some(chain[j])));
+                assert!(p.register_linked(chain[i], hashes[i], parent, 16).unwrap());
+            }
+            // Released head first, the order LRU would get wrong: the policy sees only the leaf.
+            for &b in &chain {
+                p.release(b).unwrap();
+            }
+            assert_eq!(p.num_evictable(), 4);
+            p.check_invariants().unwrap();
+            let mut out = Vec::new();
+            p.drain_events(&mut out);
+            // Fill the free half, then every allocation evicts: leaf first, up the chain.
+            let mut got = Vec::new();
+            p.allocate(8, &mut got).unwrap();
+            out.clear();
+            p.drain_events(&mut out);
+            let removed: Vec<BlockHash> = out
+                .iter()
+                .filter_map(|e| match e.kind {
+                    KvEventKind::Removed { hash } => Some(hash),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(removed, hashes.iter().rev().copied().collect::<Vec<_>>(), "{kind:?}");
+            p.check_invariants().unwrap();
+            // A revived parent leaves the held set; released again, it is held again.
+            p.release_all(got).unwrap();
+            p.check_invariants().unwrap();
+        }
+    }
 
     #[test]
     fn alloc_free_roundtrip() {

@@ -56,11 +56,12 @@ pub const DEFAULT_CAPACITY_PERCENTS: [u32; 5] = [1, 5, 10, 25, 50];
 pub struct SimConfig {
     capacities: Vec<u32>,
     policies: Vec<SimPolicy>,
+    in_pool: bool,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self { capacities: Vec::new(), policies: vec![SimPolicy::Lru, SimPolicy::Opt] }
+        Self { capacities: Vec::new(), policies: vec![SimPolicy::Lru, SimPolicy::Opt], in_pool: false }
     }
 }
 
@@ -85,6 +86,13 @@ impl SimConfig {
     /// ```
     pub fn with_policies(mut self, policies: Vec<SimPolicy>) -> Self {
         self.policies = policies;
+        self
+    }
+
+    /// Replays the tier policies through a real [`crate::BlockPool`] instead of the prefix-tree
+    /// model ([`PrefixPlan::simulate_pool`]). Default: false.
+    pub fn with_pool(mut self, in_pool: bool) -> Self {
+        self.in_pool = in_pool;
         self
     }
 
@@ -156,7 +164,11 @@ impl SimReport {
         let mut points = Vec::new();
         for capacity in config.capacities_for(plan) {
             for &policy in &config.policies {
-                let result = plan.simulate(policy, capacity);
+                let result = if config.in_pool {
+                    plan.simulate_in_pool(policy, capacity)?
+                } else {
+                    plan.simulate(policy, capacity)
+                };
                 on_point(&result);
                 points.push(result);
             }

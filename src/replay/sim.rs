@@ -270,6 +270,18 @@ impl PrefixPlan {
         SimResult::new(policy, capacity_blocks, hit_tokens, self.measured_tokens, filled)
     }
 
+    /// As [`PrefixPlan::simulate`], but tier policies run in a real pool
+    /// ([`PrefixPlan::simulate_pool`]); FIFO and OPT, which exist only in the model, run there.
+    pub fn simulate_in_pool(&self, policy: SimPolicy, capacity_blocks: u32) -> crate::Result<SimResult> {
+        match policy.tier_policy() {
+            Some(kind) if capacity_blocks > 0 => {
+                let (hit_tokens, filled) = self.simulate_pool(kind, capacity_blocks)?;
+                Ok(SimResult::new(policy, capacity_blocks, hit_tokens, self.measured_tokens, filled))
+            }
+            _ => Ok(self.simulate(policy, capacity_blocks)),
+        }
+    }
+
     /// Counts the hit tokens of the longest present prefix of `request` (if measured) and calls
     /// `on_hit` for each node of that prefix.
     #[inline]
@@ -364,6 +376,52 @@ impl PrefixPlan {
             }
         }
         (hit_tokens, filled)
+    }
+
+    /// Replays the trace through a real [`crate::BlockPool`] of `capacity_blocks` blocks (one per
+    /// 512-token node) evicting with `kind`, instead of through the prefix-tree model: each
+    /// request takes a reference on its longest cached prefix, allocates and registers the rest
+    /// (evicting through the pool's policy; blocks in use are never evicted), then releases
+    /// everything tail first. The pool knows nothing of the tree: a policy that gives up a
+    /// parent before its child leaves the child unreachable, which costs hits here. Returns
+    /// the hit tokens and whether the pool filled during warm-up.
+    pub fn simulate_pool(&self, kind: PolicyKind, capacity_blocks: u32) -> crate::Result<(u64, bool)> {
+        let capacity = capacity_blocks as usize;
+        let mut pool = crate::BlockPool::with_policy(capacity, kind.build(capacity), 0)?;
+        let (mut hit_tokens, mut filled) = (0u64, false);
+        let hash = |node: u32| crate::BlockHash(node as u128 + 1);
+        let mut held: Vec<BlockId> = Vec::new();
+        for request in 0..self.requests() {
+            held.clear();
+            let events = self.events_of(request);
+            let mut e = events.start;
+            let mut tokens = 0u64;
+            while e < events.end {
+                let Some(b) = pool.lookup(hash(self.node_for_event[e])) else { break };
+                pool.acquire_block(b)?;
+                held.push(b);
+                tokens += self.tokens[e] as u64;
+                e += 1;
+            }
+            if request >= self.warmup_requests {
+                hit_tokens += tokens;
+            }
+            let mut parent = e
+                .checked_sub(1)
+                .filter(|&p| p >= events.start)
+                .map(|p| (hash(self.node_for_event[p]), held.last().copied()));
+            while e < events.end {
+                let Ok(b) = pool.allocate_one() else { break };
+                held.push(b);
+                let h = hash(self.node_for_event[e]);
+                pool.register_linked(b, h, parent, self.tokens[e] as u32)?;
+                parent = Some((h, Some(b)));
+                e += 1;
+            }
+            filled |= request < self.warmup_requests && pool.num_free() == 0;
+            pool.release_all(held.drain(..).rev())?;
+        }
+        Ok((hit_tokens, filled))
     }
 
     /// Prefix-tree nodes including the root: the universe a policy passed to

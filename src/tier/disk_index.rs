@@ -85,6 +85,9 @@ impl EvictionPolicy for SlotPolicy {
     fn on_forget(&mut self, block: BlockId) {
         self.inner.on_forget(block);
     }
+    fn prefers_leaves(&self) -> bool {
+        self.inner.prefers_leaves()
+    }
     fn len(&self) -> usize {
         self.doomed_first.len() + self.inner.len()
     }

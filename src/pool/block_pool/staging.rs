@@ -68,7 +68,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             if backed {
                 self.ready_push(b);
             } else {
-                self.policy.insert(b);
+                self.offer(b);
             }
         }
         Ok(())

@@ -125,9 +125,10 @@ struct ReplayArgs {
     /// Engine mode: pages G3 takes from G2.
     #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
     admission: AdmissionArg,
-    /// Engine mode: eviction policy of every tier.
-    #[arg(long, value_enum, default_value_t = TierPolicy::Lru)]
-    tier_policy: TierPolicy,
+    /// Engine mode: eviction policy of every tier (default: each tier's own, G1 LHD, G2 and
+    /// G3 LRU).
+    #[arg(long, value_enum)]
+    tier_policy: Option<TierPolicy>,
     /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
     #[arg(long)]
     no_write_through: bool,
@@ -327,6 +328,17 @@ fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::Error>> {
+    let config = engine_config_base(args)?;
+    Ok(match args.tier_policy {
+        None => config,
+        Some(TierPolicy::Lru) => config.with_policy(PolicyKind::Lru),
+        Some(TierPolicy::S3fifo) => config.with_policy(PolicyKind::S3Fifo),
+        Some(TierPolicy::Arc) => config.with_policy(PolicyKind::Arc),
+        Some(TierPolicy::Lhd) => config.with_policy(PolicyKind::Lhd),
+    })
+}
+
+fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::Error>> {
     let layout = KvLayout::preset(&args.layout, args.block_size)?;
     let page = layout.page_bytes();
     let config = EngineConfig::default()
@@ -338,12 +350,6 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
             AdmissionArg::SeenTwice => Admission::SeenTwice,
         })
         .with_write_through_g2(!args.no_write_through)
-        .with_policy(match args.tier_policy {
-            TierPolicy::Lru => PolicyKind::Lru,
-            TierPolicy::S3fifo => PolicyKind::S3Fifo,
-            TierPolicy::Arc => PolicyKind::Arc,
-            TierPolicy::Lhd => PolicyKind::Lhd,
-        })
         .with_full_data(args.full_data)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
         .with_io_backend(match args.io_backend {

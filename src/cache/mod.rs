@@ -39,8 +39,11 @@ pub struct CacheConfig {
     pub arena: bool,
     /// Undrained KV events kept before the oldest are dropped (0 disables). Default: 65536.
     pub event_capacity: usize,
-    /// Which cached block to evict first. Default: [`PolicyKind::Lru`], chosen by replaying
-    /// real and synthetic traces (README, "Eviction policies").
+    /// Which cached block to evict first. Default: [`PolicyKind::Lhd`], chosen by replaying the
+    /// Mooncake conversation trace and 18 synthetic traces through a real pool at 1/5/10/25 %
+    /// of their unique blocks (README, "Eviction policies"): it beat LRU at 75 of 76 points
+    /// (mean +1.6 points of hit rate, up to +6.6; the one loss 0.2 points), for about 100 ns
+    /// per eviction instead of 8. [`PolicyKind::Lru`] gives the cheapest evictions.
     pub policy: PolicyKind,
 }
 
@@ -64,10 +67,10 @@ impl CacheConfig {
             max_seq_len: 1 << 20,
             arena: true,
             event_capacity: 1 << 16,
-            policy: PolicyKind::default(),
+            policy: PolicyKind::Lhd,
         }
     }
-    /// Sets the eviction policy (default LRU).
+    /// Sets the eviction policy (default LHD).
     pub fn with_policy(mut self, policy: PolicyKind) -> Self {
         self.policy = policy;
         self

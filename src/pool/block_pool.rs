@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexRing, MAX_INDEX};
+use crate::pool::list::{IndexList, IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 mod staging;
@@ -125,6 +125,10 @@ struct Tree {
     children: Vec<u32>,
     generation: Vec<u32>,
     held: usize,
+    /// The held blocks, oldest first: taken (stranding their children) only when nothing else
+    /// can be evicted, which happens while a child is pinned by a copy in flight. So every
+    /// evictable block stays obtainable, and [`BlockPool::available`] stays exact.
+    held_list: IndexList,
     /// Whether the policy wants leaves first ([`EvictionPolicy::prefers_leaves`]); if not,
     /// nothing is linked or held and the pool behaves as without a tree.
     on: bool,
@@ -140,6 +144,7 @@ impl Tree {
             children: vec![0; capacity],
             generation: vec![0; capacity],
             held: 0,
+            held_list: IndexList::new(capacity),
         }
     }
 
@@ -151,7 +156,7 @@ impl Tree {
     }
 
     fn bytes_per_block(&self) -> usize {
-        if self.on { 4 * std::mem::size_of::<u32>() } else { 0 }
+        if self.on { 4 * std::mem::size_of::<u32>() + IndexList::bytes_per_element() } else { 0 }
     }
 }
 
@@ -214,10 +219,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn num_in_use(&self) -> usize {
         self.in_use
     }
-    /// Blocks an allocation could get: free plus evictable. (A block held for its children is
-    /// counted: evicting the children frees it. The children of a held block are in use only
-    /// while pinned by a copy in flight; an allocation that runs into that returns
-    /// [`Error::OutOfBlocks`] and takes nothing.)
+    /// Blocks an allocation could get: free plus evictable.
     #[inline]
     pub fn available(&self) -> usize {
         self.free.len() + self.ready_len + self.policy.len() + self.tree.held
@@ -268,7 +270,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             None => {
                 let victim = match self.ready_pop() {
                     Some(b) => Some(b),
-                    None => self.policy.pop_victim(),
+                    None => self.policy.pop_victim().or_else(|| self.pop_held()),
                 };
                 let Some(b) = victim else {
                     return Err(Error::OutOfBlocks { requested: 1, available: 0 });
@@ -320,6 +322,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if self.tree.on && self.tree.children[b.index()] > 0 {
             self.meta[b.index()].flags |= HELD;
             self.tree.held += 1;
+            self.tree.held_list.push_back(b.0);
         } else {
             self.policy.insert(b);
         }
@@ -328,13 +331,29 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Takes an evictable block out of the policy (or out of the held set).
     #[inline]
     fn unoffer(&mut self, b: BlockId) {
-        let m = &mut self.meta[b.index()];
-        if m.flags & HELD != 0 {
-            m.flags &= !HELD;
-            self.tree.held -= 1;
-        } else {
+        if !self.unhold(b) {
             self.policy.remove(b);
         }
+    }
+
+    /// Takes `b` out of the held set; false if it was not held.
+    #[inline]
+    fn unhold(&mut self, b: BlockId) -> bool {
+        let m = &mut self.meta[b.index()];
+        if m.flags & HELD == 0 {
+            return false;
+        }
+        m.flags &= !HELD;
+        self.tree.held -= 1;
+        self.tree.held_list.remove(b.0);
+        true
+    }
+
+    /// The oldest held block, when nothing else can be evicted (its children are pinned).
+    fn pop_held(&mut self) -> Option<BlockId> {
+        let b = BlockId(self.tree.held_list.front()?);
+        self.unhold(b);
+        Some(b)
     }
 
     /// `b`'s content is being dropped: it leaves its parent (which, if that was its last
@@ -346,9 +365,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
         if let Some(p) = self.tree.parent_of(i) {
             self.tree.children[p] -= 1;
-            if self.tree.children[p] == 0 && self.meta[p].flags & HELD != 0 {
-                self.meta[p].flags &= !HELD;
-                self.tree.held -= 1;
+            if self.tree.children[p] == 0 && self.unhold(BlockId(p as u32)) {
                 self.policy.readmit(BlockId(p as u32));
             }
         }
@@ -543,21 +560,16 @@ impl<P: EvictionPolicy> BlockPool<P> {
         if self.in_use != 0 {
             return false;
         }
-        while let Some(b) = self.ready_pop().or_else(|| self.policy.pop_victim()) {
+        while let Some(b) = self.ready_pop().or_else(|| self.policy.pop_victim()).or_else(|| self.pop_held()) {
             let m = &mut self.meta[b.index()];
             m.flags &= !(HASHED | BACKED | DECLINED);
             m.state = BlockState::Free;
             self.free.push_back(b.0);
+            self.policy.on_forget(b);
         }
-        // Nothing is in use, so every held block is evictable: drop them too, and every link.
-        for (i, m) in self.meta.iter_mut().enumerate() {
-            if m.flags & HELD != 0 {
-                m.flags &= !(HELD | HASHED | BACKED | DECLINED);
-                m.state = BlockState::Free;
-                self.free.push_back(i as u32);
-                self.policy.on_forget(BlockId(i as u32));
-            }
-            if self.tree.on {
+        // Every link goes with the content.
+        if self.tree.on {
+            for i in 0..self.meta.len() {
                 self.tree.parent[i] = NO_PARENT;
                 self.tree.children[i] = 0;
                 self.tree.generation[i] = self.tree.generation[i].wrapping_add(1);
@@ -658,7 +670,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 held += 1;
             }
         }
-        if (self.tree.on && children != self.tree.children) || held != self.tree.held {
+        if (self.tree.on && children != self.tree.children)
+            || held != self.tree.held
+            || held != self.tree.held_list.len()
+        {
             return Err("prefix tree child counts or held count out of date".into());
         }
         if free != self.free.len() || evictable != self.num_evictable() || used != self.in_use {

@@ -128,8 +128,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Points of the time series (hit rate and occupancy over time). Default: 200.
     pub samples: usize,
-    /// Eviction policy of every tier. Default: LRU.
-    pub policy: PolicyKind,
+    /// Eviction policy of every tier. Default: each tier's own default (G1 LHD, G2 and G3
+    /// LRU) when `None`.
+    pub policy: Option<PolicyKind>,
 }
 
 impl Default for EngineConfig {
@@ -154,7 +155,7 @@ impl Default for EngineConfig {
             g3_onboard_bytes_per_sec: 6e9,
             max_batch: 256,
             samples: 200,
-            policy: PolicyKind::Lru,
+            policy: None,
         }
     }
 }
@@ -172,9 +173,9 @@ impl EngineConfig {
         self.layout = layout;
         self
     }
-    /// Sets the eviction policy of every tier (default LRU).
+    /// Sets the eviction policy of every tier (default: each tier's own).
     pub fn with_policy(mut self, policy: PolicyKind) -> Self {
-        self.policy = policy;
+        self.policy = Some(policy);
         self
     }
     /// Sets the capacities in blocks (defaults 32,768 / 65,536 / 131,072; G3 0 = none).
@@ -285,11 +286,13 @@ impl Drop for TempDir {
 pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) -> Result<EngineRun> {
     config.validate()?;
     let started = Instant::now();
-    let cache =
-        CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0).with_policy(config.policy);
-    let host = HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false);
+    let mut cache = CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0);
+    let mut host = HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false);
+    if let Some(policy) = config.policy {
+        (cache, host) = (cache.with_policy(policy), host.with_policy(policy));
+    }
     let mut offload = OffloadConfig::default()
-        .with_host(host.with_policy(config.policy))
+        .with_host(host)
         .with_admission(config.admission)
         .with_write_through_g2(config.write_through_g2)
         .with_workers(0);
@@ -302,7 +305,10 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
         dir.0 = Some(d.clone());
         // Direct IO only pays off, and only measures the drive, with full-size pages.
         let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);
-        let disk = DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io).with_policy(config.policy);
+        let mut disk = DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io);
+        if let Some(policy) = config.policy {
+            disk = disk.with_policy(policy);
+        }
         offload = offload.with_disk(disk);
     }
     let tiers = TieredCache::new(cache, offload)?;

@@ -17,7 +17,9 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn stage_victims(&mut self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
         let mut seen = 0;
         while seen < n {
-            let Some(b) = self.policy.pop_victim() else { break };
+            // Leaves first; then blocks held for their children (which may be staged or
+            // ready themselves: a copy down does not wait for the eviction order).
+            let Some(b) = self.policy.pop_victim().or_else(|| self.pop_held()) else { break };
             seen += 1;
             let m = &mut self.meta[b.index()];
             if m.flags & (BACKED | DECLINED) != 0 {

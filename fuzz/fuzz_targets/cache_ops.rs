@@ -448,7 +448,10 @@ impl Harness {
                 let hs = self.hashes(&p, salt);
                 let in_g1 = self.t().g1().longest_prefix(&hs);
                 let hit = self.t().longest_prefix(&hs);
-                assert_eq!(hit.g1, in_g1);
+                // G1 may hold a block whose parent it gave up (a parent evicted while a child
+                // was pinned by a copy, or from the ready queue): the walk over all tiers
+                // counts it, G1's own walk stops before it.
+                assert!(hit.g1 >= in_g1, "{hit:?} vs {in_g1} in G1");
                 assert_eq!(hit.g1 + hit.g2 + hit.g3, hit.total);
                 assert!(hit.total <= self.reachable(&hs));
                 self.assert_committed(&hs[..hit.total], "longest_prefix");

@@ -61,7 +61,7 @@ pub mod trace;
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
 pub use error::{Error, Result, Tier};
 pub use events::{CacheSnapshot, KvEvent, KvEventKind};
-pub use layout::{Dtype, KvLayout};
+pub use layout::{Dtype, KvLayout, MAX_PAGE_BYTES};
 pub use metrics::CacheMetrics;
 pub use pool::{Arena, BlockId, BlockPool, BlockState};
 pub use prefix::{BlockHash, ExtraKeys, HASH_SEED, HASH_VERSION, HashIndex, Insert, MmInput};

@@ -151,7 +151,7 @@ struct ReplayArgs {
     ssd_dir: Option<PathBuf>,
     /// Eviction policies to replay at each capacity, comma-separated; `all` is every one
     /// (fifo, lru, s3fifo, arc, lhd, opt). Sim mode only: the engine uses the tiers' policy.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Opt])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Lhd, Policy::Opt])]
     policy: Vec<Policy>,
     /// Sim mode: run the tier policies in a real block pool (which knows nothing of the prefix
     /// tree) instead of the prefix-tree model. FIFO and OPT still run in the model.

@@ -18,6 +18,13 @@ const NOT_LINKED: u32 = u32::MAX;
 const RESIDENT: u8 = 0x80;
 
 #[derive(Clone, Copy)]
+struct Linked {
+    stamp: u64,
+    id: u32,
+    state: u8,
+}
+
+#[derive(Clone, Copy)]
 struct Entry {
     /// Policy clock at the entry's arrival or last hit.
     stamp: u64,
@@ -58,9 +65,10 @@ struct Entry {
 /// assert_eq!(p.len(), 3);
 /// ```
 pub struct Lhd {
-    /// Evictable entries, in no order (sampled at random; swap-removed).
-    linked: Vec<u32>,
-    /// Per entry, packed so that a sample touches one cache line.
+    /// Evictable entries, in no order (sampled at random; swap-removed), each with a copy of
+    /// its stamp and hit count so that a sample costs one cache miss.
+    linked: Vec<Linked>,
+    /// Per entry (the copy in `linked` is kept equal while the entry is linked).
     entries: Vec<Entry>,
     clock: u64,
     /// log2 of the clock ticks per age bin.
@@ -104,13 +112,24 @@ impl Lhd {
     }
 
     #[inline]
-    fn class_of(e: &Entry) -> usize {
-        ((e.state & !RESIDENT) as usize).min(CLASSES - 1)
+    fn class_of(state: u8) -> usize {
+        ((state & !RESIDENT) as usize).min(CLASSES - 1)
     }
 
     #[inline]
-    fn age_of(&self, e: &Entry) -> usize {
-        (((self.clock - e.stamp) >> self.granularity_shift) as usize).min(BINS - 1)
+    fn age_of(&self, stamp: u64) -> usize {
+        (((self.clock - stamp) >> self.granularity_shift) as usize).min(BINS - 1)
+    }
+
+    /// Refreshes the copy in `linked` of entry `i`, if it is linked.
+    #[inline]
+    fn sync(&mut self, i: usize) {
+        let e = self.entries[i];
+        if e.pos != NOT_LINKED {
+            let l = &mut self.linked[e.pos as usize];
+            l.stamp = e.stamp;
+            l.state = e.state;
+        }
     }
 
     #[inline]
@@ -122,9 +141,10 @@ impl Lhd {
 
     #[inline]
     fn link(&mut self, i: usize) {
-        if self.entries[i].pos == NOT_LINKED {
+        let e = self.entries[i];
+        if e.pos == NOT_LINKED {
             self.entries[i].pos = self.linked.len() as u32;
-            self.linked.push(i as u32);
+            self.linked.push(Linked { stamp: e.stamp, id: i as u32, state: e.state });
         }
     }
 
@@ -137,10 +157,10 @@ impl Lhd {
         self.entries[i].pos = NOT_LINKED;
         let last = self.linked.pop();
         if let Some(last) = last
-            && last as usize != i
+            && last.id as usize != i
         {
             self.linked[p as usize] = last;
-            self.entries[last as usize].pos = p;
+            self.entries[last.id as usize].pos = p;
         }
         true
     }
@@ -199,6 +219,7 @@ impl EvictionPolicy for Lhd {
             }
             self.clock += 1;
             self.entries[i].stamp = self.clock;
+            self.sync(i);
             self.link(i);
         }
     }
@@ -228,13 +249,14 @@ impl EvictionPolicy for Lhd {
         let Some(&e) = self.entries.get(block.index()) else { return };
         if e.state & RESIDENT != 0 {
             self.clock += 1;
-            let (c, a) = (Self::class_of(&e), self.age_of(&e));
+            let (c, a) = (Self::class_of(e.state), self.age_of(e.stamp));
             self.hits[c][a] += 1.0;
             let e = &mut self.entries[block.index()];
             e.stamp = self.clock;
             if e.state & !RESIDENT < 0x7f {
                 e.state += 1;
             }
+            self.sync(block.index());
         }
     }
 
@@ -256,23 +278,22 @@ impl EvictionPolicy for Lhd {
         // least recently used. The candidates are drawn first so that their cache misses
         // overlap instead of queueing behind one another.
         let k = SAMPLES.min(n);
-        let mut candidates = [0u32; SAMPLES];
+        let mut candidates = [Linked { stamp: 0, id: 0, state: 0 }; SAMPLES];
         for c in candidates.iter_mut().take(k) {
             // Multiply-shift maps the random word onto 0..n without a division.
             let r = ((self.next_random() as u128 * n as u128) >> 64) as usize;
             *c = self.linked[r];
         }
-        let mut best = (f64::INFINITY, u64::MAX, 0usize);
-        for &c in &candidates[..k] {
-            let e = &self.entries[c as usize];
-            let d = self.density[Self::class_of(e)][self.age_of(e)];
-            if d < best.0 || (d == best.0 && e.stamp < best.1) {
-                best = (d, e.stamp, c as usize);
+        let mut best = (f64::INFINITY, u64::MAX, 0usize, 0usize);
+        for c in &candidates[..k] {
+            let (class, age) = (Self::class_of(c.state), self.age_of(c.stamp));
+            let d = self.density[class][age];
+            if d < best.0 || (d == best.0 && c.stamp < best.1) {
+                best = (d, c.stamp, c.id as usize, class * BINS + age);
             }
         }
         let i = best.2;
-        let e = self.entries[i];
-        let (c, a) = (Self::class_of(&e), self.age_of(&e));
+        let (c, a) = (best.3 / BINS, best.3 % BINS);
         self.evictions[c][a] += 1.0;
         // The entry stays resident (age and hits kept) until its content is really dropped
         // (`on_forget`) or replaced (`on_register`): a tier may stage a victim, copy it down and
@@ -292,6 +313,6 @@ impl EvictionPolicy for Lhd {
     }
 
     fn bytes_per_entry(&self) -> usize {
-        std::mem::size_of::<Entry>() + std::mem::size_of::<u32>()
+        std::mem::size_of::<Entry>() + std::mem::size_of::<Linked>()
     }
 }

@@ -18,13 +18,6 @@ const NOT_LINKED: u32 = u32::MAX;
 const RESIDENT: u8 = 0x80;
 
 #[derive(Clone, Copy)]
-struct Linked {
-    stamp: u64,
-    id: u32,
-    state: u8,
-}
-
-#[derive(Clone, Copy)]
 struct Entry {
     /// Policy clock at the entry's arrival or last hit.
     stamp: u64,
@@ -65,10 +58,9 @@ struct Entry {
 /// assert_eq!(p.len(), 3);
 /// ```
 pub struct Lhd {
-    /// Evictable entries, in no order (sampled at random; swap-removed), each with a copy of
-    /// its stamp and hit count so that a sample costs one cache miss.
-    linked: Vec<Linked>,
-    /// Per entry (the copy in `linked` is kept equal while the entry is linked).
+    /// Evictable entries, in no order (sampled at random; swap-removed).
+    linked: Vec<u32>,
+    /// Per entry, packed so that a sample touches one cache line.
     entries: Vec<Entry>,
     clock: u64,
     /// log2 of the clock ticks per age bin.
@@ -112,24 +104,13 @@ impl Lhd {
     }
 
     #[inline]
-    fn class_of(state: u8) -> usize {
-        ((state & !RESIDENT) as usize).min(CLASSES - 1)
+    fn class_of(e: &Entry) -> usize {
+        ((e.state & !RESIDENT) as usize).min(CLASSES - 1)
     }
 
     #[inline]
-    fn age_of(&self, stamp: u64) -> usize {
-        (((self.clock - stamp) >> self.granularity_shift) as usize).min(BINS - 1)
-    }
-
-    /// Refreshes the copy in `linked` of entry `i`, if it is linked.
-    #[inline]
-    fn sync(&mut self, i: usize) {
-        let e = self.entries[i];
-        if e.pos != NOT_LINKED {
-            let l = &mut self.linked[e.pos as usize];
-            l.stamp = e.stamp;
-            l.state = e.state;
-        }
+    fn age_of(&self, e: &Entry) -> usize {
+        (((self.clock - e.stamp) >> self.granularity_shift) as usize).min(BINS - 1)
     }
 
     #[inline]
@@ -141,10 +122,9 @@ impl Lhd {
 
     #[inline]
     fn link(&mut self, i: usize) {
-        let e = self.entries[i];
-        if e.pos == NOT_LINKED {
+        if self.entries[i].pos == NOT_LINKED {
             self.entries[i].pos = self.linked.len() as u32;
-            self.linked.push(Linked { stamp: e.stamp, id: i as u32, state: e.state });
+            self.linked.push(i as u32);
         }
     }
 
@@ -157,10 +137,10 @@ impl Lhd {
         self.entries[i].pos = NOT_LINKED;
         let last = self.linked.pop();
         if let Some(last) = last
-            && last.id as usize != i
+            && last as usize != i
         {
             self.linked[p as usize] = last;
-            self.entries[last.id as usize].pos = p;
+            self.entries[last as usize].pos = p;
         }
         true
     }
@@ -219,7 +199,6 @@ impl EvictionPolicy for Lhd {
             }
             self.clock += 1;
             self.entries[i].stamp = self.clock;
-            self.sync(i);
             self.link(i);
         }
     }
@@ -249,14 +228,13 @@ impl EvictionPolicy for Lhd {
         let Some(&e) = self.entries.get(block.index()) else { return };
         if e.state & RESIDENT != 0 {
             self.clock += 1;
-            let (c, a) = (Self::class_of(e.state), self.age_of(e.stamp));
+            let (c, a) = (Self::class_of(&e), self.age_of(&e));
             self.hits[c][a] += 1.0;
             let e = &mut self.entries[block.index()];
             e.stamp = self.clock;
             if e.state & !RESIDENT < 0x7f {
                 e.state += 1;
             }
-            self.sync(block.index());
         }
     }
 
@@ -278,22 +256,23 @@ impl EvictionPolicy for Lhd {
         // least recently used. The candidates are drawn first so that their cache misses
         // overlap instead of queueing behind one another.
         let k = SAMPLES.min(n);
-        let mut candidates = [Linked { stamp: 0, id: 0, state: 0 }; SAMPLES];
+        let mut candidates = [0u32; SAMPLES];
         for c in candidates.iter_mut().take(k) {
             // Multiply-shift maps the random word onto 0..n without a division.
             let r = ((self.next_random() as u128 * n as u128) >> 64) as usize;
             *c = self.linked[r];
         }
-        let mut best = (f64::INFINITY, u64::MAX, 0usize, 0usize);
-        for c in &candidates[..k] {
-            let (class, age) = (Self::class_of(c.state), self.age_of(c.stamp));
-            let d = self.density[class][age];
-            if d < best.0 || (d == best.0 && c.stamp < best.1) {
-                best = (d, c.stamp, c.id as usize, class * BINS + age);
+        let mut best = (f64::INFINITY, u64::MAX, 0usize);
+        for &c in &candidates[..k] {
+            let e = &self.entries[c as usize];
+            let d = self.density[Self::class_of(e)][self.age_of(e)];
+            if d < best.0 || (d == best.0 && e.stamp < best.1) {
+                best = (d, e.stamp, c as usize);
             }
         }
         let i = best.2;
-        let (c, a) = (best.3 / BINS, best.3 % BINS);
+        let e = self.entries[i];
+        let (c, a) = (Self::class_of(&e), self.age_of(&e));
         self.evictions[c][a] += 1.0;
         // The entry stays resident (age and hits kept) until its content is really dropped
         // (`on_forget`) or replaced (`on_register`): a tier may stage a victim, copy it down and
@@ -313,6 +292,6 @@ impl EvictionPolicy for Lhd {
     }
 
     fn bytes_per_entry(&self) -> usize {
-        std::mem::size_of::<Entry>() + std::mem::size_of::<Linked>()
+        std::mem::size_of::<Entry>() + std::mem::size_of::<u32>()
     }
 }

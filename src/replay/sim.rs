@@ -834,6 +834,43 @@ mod tests {
         }
     }
 
+    /// A real pool with LRU (released tail first, no tree links) makes the model's choices.
+    #[test]
+    fn lru_in_a_real_pool_is_the_model_lru() {
+        for seed in 0..40 {
+            let plan = PrefixPlan::build(&random_trace_with(seed, 150, 1));
+            for capacity in [8, 13, 30, 60] {
+                let model = plan.simulate(SimPolicy::Lru, capacity);
+                let (hits, _) = plan.simulate_pool(PolicyKind::Lru, capacity).unwrap();
+                assert_eq!(hits, model.hit_tokens, "seed {seed} cap {capacity}");
+            }
+        }
+    }
+
+    /// Leaf-first holding makes the pool replay of a leaf-preferring policy follow the model
+    /// replay of the same policy. Not decision for decision: the pool (unlike the model) also
+    /// protects the blocks a request has just added, and LHD's samples fall differently; so
+    /// they are held to a margin on a real trace.
+    #[test]
+    fn leaf_first_pool_replays_follow_the_model() {
+        let sample = crate::trace::Trace::parse_str(
+            include_str!("../../data/conversation_sample.jsonl"),
+            &crate::trace::TraceOptions::default(),
+        )
+        .unwrap();
+        let plan = PrefixPlan::build(&sample);
+        let capacity = plan.unique_blocks() as u32 / 20;
+        for (policy, kind) in [
+            (SimPolicy::S3Fifo, PolicyKind::S3Fifo),
+            (SimPolicy::Arc, PolicyKind::Arc),
+            (SimPolicy::Lhd, PolicyKind::Lhd),
+        ] {
+            let model = plan.simulate(policy, capacity).hit_rate;
+            let pool = plan.simulate_in_pool(policy, capacity).unwrap().hit_rate;
+            assert!((model - pool).abs() < 0.02, "{kind:?}: model {model}, pool {pool}");
+        }
+    }
+
     #[test]
     fn every_online_policy_stays_within_the_ceiling_and_is_deterministic() {
         for seed in 0..20 {

@@ -8,10 +8,13 @@ use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexList, IndexRing, MAX_INDEX};
+use crate::pool::list::{IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 mod staging;
+mod tree;
+
+use tree::Tree;
 
 /// The state a block is in. Every block is in exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +40,6 @@ const READY: u8 = 16;
 const QUEUED: u8 = 32;
 /// Evictable, but kept out of the policy while cached children hang below it (leaves first).
 const HELD: u8 = 64;
-/// No parent link.
-const NO_PARENT: u32 = u32::MAX;
 /// Evicted hashes kept for the owner before it drains them (beyond: not recorded).
 const EVICTION_LOG_CAP: usize = 1 << 16;
 /// How far ahead in the free ring [`BlockPool::allocate_one`] touches metadata.
@@ -110,56 +111,6 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     tree: Tree,
 }
 
-/// The prefix tree over cached blocks, so that eviction takes leaves first.
-///
-/// A block registered under a parent hash whose block its registrant holds is linked to that
-/// block; a block with cached children is not offered to the policy when it becomes
-/// evictable (it is `HELD`), and is offered ([`EvictionPolicy::readmit`]) when its last
-/// child goes. Without this, a policy that does not follow release order (anything but LRU)
-/// evicts prefix heads and strands their tails, cached but unreachable. Links carry the
-/// parent's generation, bumped whenever a block's content is dropped, so a link to content
-/// that is gone is recognised and ignored.
-struct Tree {
-    parent: Vec<u32>,
-    parent_gen: Vec<u32>,
-    children: Vec<u32>,
-    generation: Vec<u32>,
-    held: usize,
-    /// The held blocks, oldest first: taken (stranding their children) only when nothing else
-    /// can be evicted, which happens while a child is pinned by a copy in flight. So every
-    /// evictable block stays obtainable, and [`BlockPool::available`] stays exact.
-    held_list: IndexList,
-    /// Whether the policy wants leaves first ([`EvictionPolicy::prefers_leaves`]); if not,
-    /// nothing is linked or held and the pool behaves as without a tree.
-    on: bool,
-}
-
-impl Tree {
-    fn new(capacity: usize, on: bool) -> Self {
-        let capacity = if on { capacity } else { 0 };
-        Self {
-            on,
-            parent: vec![NO_PARENT; capacity],
-            parent_gen: vec![0; capacity],
-            children: vec![0; capacity],
-            generation: vec![0; capacity],
-            held: 0,
-            held_list: IndexList::new(capacity),
-        }
-    }
-
-    /// The live parent of `b`, if its link is still valid.
-    #[inline]
-    fn parent_of(&self, b: usize) -> Option<usize> {
-        let p = *self.parent.get(b)?;
-        (p != NO_PARENT && self.generation[p as usize] == self.parent_gen[b]).then_some(p as usize)
-    }
-
-    fn bytes_per_block(&self) -> usize {
-        if self.on { 4 * std::mem::size_of::<u32>() + IndexList::bytes_per_element() } else { 0 }
-    }
-}
-
 impl BlockPool<Lru> {
     /// A pool of `capacity` blocks with LRU eviction and a 64 Ki-event buffer.
     pub fn new(capacity: usize) -> Result<Self> {
@@ -207,7 +158,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Cached blocks without a reference.
     #[inline]
     pub fn num_evictable(&self) -> usize {
-        self.policy.len() + self.ready_len + self.tree.held
+        self.policy.len() + self.ready_len + self.tree.held()
     }
     /// Evictable blocks already backed by a lower tier (evicted first, at no loss).
     #[inline]
@@ -222,7 +173,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// Blocks an allocation could get: free plus evictable.
     #[inline]
     pub fn available(&self) -> usize {
-        self.free.len() + self.ready_len + self.policy.len() + self.tree.held
+        self.free.len() + self.ready_len + self.policy.len() + self.tree.held()
     }
     /// True when `n` blocks can be allocated now.
     #[inline]
@@ -313,65 +264,6 @@ impl<P: EvictionPolicy> BlockPool<P> {
             }
         }
         Ok(())
-    }
-
-    /// A block without references that is still cached becomes evictable: offered to the
-    /// policy, or held while cached children hang below it.
-    #[inline]
-    fn offer(&mut self, b: BlockId) {
-        if self.tree.on && self.tree.children[b.index()] > 0 {
-            self.meta[b.index()].flags |= HELD;
-            self.tree.held += 1;
-            self.tree.held_list.push_back(b.0);
-        } else {
-            self.policy.insert(b);
-        }
-    }
-
-    /// Takes an evictable block out of the policy (or out of the held set).
-    #[inline]
-    fn unoffer(&mut self, b: BlockId) {
-        if !self.unhold(b) {
-            self.policy.remove(b);
-        }
-    }
-
-    /// Takes `b` out of the held set; false if it was not held.
-    #[inline]
-    fn unhold(&mut self, b: BlockId) -> bool {
-        let m = &mut self.meta[b.index()];
-        if m.flags & HELD == 0 {
-            return false;
-        }
-        m.flags &= !HELD;
-        self.tree.held -= 1;
-        self.tree.held_list.remove(b.0);
-        true
-    }
-
-    /// The oldest held block, when nothing else can be evicted (its children are pinned).
-    fn pop_held(&mut self) -> Option<BlockId> {
-        let b = BlockId(self.tree.held_list.front()?);
-        self.unhold(b);
-        Some(b)
-    }
-
-    /// `b`'s content is being dropped: it leaves its parent (which, if that was its last
-    /// cached child and it is held, goes to the policy) and its own links die.
-    fn unlink_tree(&mut self, b: BlockId) {
-        let i = b.index();
-        if !self.tree.on {
-            return;
-        }
-        if let Some(p) = self.tree.parent_of(i) {
-            self.tree.children[p] -= 1;
-            if self.tree.children[p] == 0 && self.unhold(BlockId(p as u32)) {
-                self.policy.readmit(BlockId(p as u32));
-            }
-        }
-        self.tree.parent[i] = NO_PARENT;
-        self.tree.children[i] = 0;
-        self.tree.generation[i] = self.tree.generation[i].wrapping_add(1);
     }
 
     fn forget_hash(&mut self, b: BlockId) {
@@ -535,25 +427,6 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
     }
 
-    /// Links a newly registered `b` below `parent` = (hash, block the registrant holds), if
-    /// that block is the one cached under the hash. Whoever holds `b` then holds its parent
-    /// too (prefix walks and forks take whole chains), so a held parent's children are
-    /// evictable, except while pinned by a copy.
-    fn link_parent(&mut self, b: BlockId, parent: Option<(BlockHash, BlockId)>) {
-        if !self.tree.on {
-            return;
-        }
-        let Some((h, p)) = parent else { return };
-        let Some(pm) = self.meta.get(p.index()) else { return };
-        if p == b || pm.state != BlockState::InUse || pm.flags & HASHED == 0 || pm.hash() != h {
-            return;
-        }
-        let (i, pi) = (b.index(), p.index());
-        self.tree.parent[i] = p.0;
-        self.tree.parent_gen[i] = self.tree.generation[pi];
-        self.tree.children[pi] += 1;
-    }
-
     /// Drops every evictable block's content (a prefix-cache reset). Returns false and changes
     /// nothing while any block is in use, as in-use blocks may still be shared by hash.
     pub fn reset_prefix_cache(&mut self) -> bool {
@@ -567,15 +440,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             self.free.push_back(b.0);
             self.policy.on_forget(b);
         }
-        // Every link goes with the content.
-        if self.tree.on {
-            for i in 0..self.meta.len() {
-                self.tree.parent[i] = NO_PARENT;
-                self.tree.children[i] = 0;
-                self.tree.generation[i] = self.tree.generation[i].wrapping_add(1);
-            }
-        }
-        self.tree.held = 0;
+        self.tree.clear();
         self.index.clear();
         self.events.push(KvEventKind::AllCleared);
         true
@@ -670,10 +535,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 held += 1;
             }
         }
-        if (self.tree.on && children != self.tree.children)
-            || held != self.tree.held
-            || held != self.tree.held_list.len()
-        {
+        if (self.tree.on && children != self.tree.children) || held != self.tree.held() {
             return Err("prefix tree child counts or held count out of date".into());
         }
         if free != self.free.len() || evictable != self.num_evictable() || used != self.in_use {

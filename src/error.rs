@@ -5,7 +5,6 @@
 
 use crate::pool::BlockId;
 use crate::seq::SeqId;
-use crate::trace::TraceReason;
 
 /// Result alias used throughout kvtier.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -153,23 +152,6 @@ pub enum Error {
         tier: Tier,
         /// Slot index.
         slot: u64,
-    },
-    /// A line of a request trace is malformed; nothing of the trace was used.
-    #[error("trace line {line}: {reason}")]
-    Trace {
-        /// 1-based line number in the trace file.
-        line: usize,
-        /// What is wrong with the line.
-        reason: TraceReason,
-    },
-    /// Reading a request trace failed.
-    #[error("cannot read trace {}: {source}", path.display())]
-    TraceIo {
-        /// The trace file.
-        path: std::path::PathBuf,
-        /// OS error.
-        #[source]
-        source: std::io::Error,
     },
     /// A tier's capacity exceeds what this machine can hold: its memory (pages plus block
     /// metadata) is more than RAM + swap (or the cgroup's memory limit), or its SSD slots need

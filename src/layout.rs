@@ -112,7 +112,15 @@ impl KvLayout {
         Self::new(32, 8, 128, Dtype::Bf16, block_size)
     }
 
-    /// Looks a preset up by name (`llama-3.1-8b`, `llama-3.1-70b`, `qwen2.5-7b`, `mistral-7b`).
+    /// Names [`KvLayout::preset`] accepts, so that a front end can list them.
+    ///
+    /// ```
+    /// # use kvtier::KvLayout;
+    /// assert!(KvLayout::PRESETS.iter().all(|name| KvLayout::preset(name, 16).is_ok()));
+    /// ```
+    pub const PRESETS: [&'static str; 4] = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b"];
+
+    /// Looks a preset up by name (one of [`KvLayout::PRESETS`]).
     pub fn preset(name: &str, block_size: u32) -> Result<Self> {
         match name {
             "llama-3.1-8b" => Self::llama_3_1_8b(block_size),

@@ -51,12 +51,10 @@ pub mod offload;
 pub mod policy;
 pub mod pool;
 mod prefix;
-pub mod replay;
 mod seq;
 mod sync;
 mod table;
 pub mod tier;
-pub mod trace;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
 pub use error::{Error, Result, Tier};

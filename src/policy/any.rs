@@ -4,8 +4,7 @@ use super::{Arc, EvictionPolicy, Lhd, Lru, S3Fifo};
 use crate::pool::BlockId;
 
 /// The eviction policies a tier can be configured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PolicyKind {
     /// Least recently released first.
     #[default]

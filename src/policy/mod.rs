@@ -18,8 +18,8 @@
 //!   hits an entry can still expect per unit of space-time, and evicts the lowest of a sample.
 //!
 //! [`PolicyKind`] names them for configs and CLIs; [`AnyPolicy`] dispatches without a vtable.
-//! Belady's offline OPT exists only in the replay tool ([`crate::replay::sim`]), where the future
-//! is known.
+//! Belady's offline OPT exists only in the replay tool (`kvtier_cli::replay::sim`, in the
+//! workspace's `kvtier-cli` crate), where the future is known.
 
 mod any;
 mod arc;

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use kvtier::Error;
 use kvtier::io::BackendKind;
-use kvtier::replay::{EngineConfig, PrefixPlan, SimConfig, SimPolicy, SimReport, engine};
-use kvtier::trace::{Trace, TraceOptions, TraceReason, TraceRecord};
+use kvtier_cli::Error;
+use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimPolicy, SimReport, engine};
+use kvtier_cli::trace::{Trace, TraceOptions, TraceReason, TraceRecord};
 
 const SAMPLE: &str = include_str!("../data/conversation_sample.jsonl");
 
@@ -43,7 +43,7 @@ fn parser_reads_good_lines_and_names_the_first_bad_one() {
     for (bad, reason) in cases {
         let text = format!("{good}\n\n{bad}\n{}\n", line(512, "9"));
         match Trace::parse_str(&text, &TraceOptions::default()) {
-            Err(Error::Trace { line, reason: got }) => assert_eq!((line, got), (5, reason), "{bad}"),
+            Err(Error::Trace { line, reason: got, .. }) => assert_eq!((line, got), (5, reason), "{bad}"),
             other => panic!("{bad}: {other:?}"),
         }
         let skipped = Trace::parse_str(&text, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
@@ -54,7 +54,7 @@ fn parser_reads_good_lines_and_names_the_first_bad_one() {
 #[test]
 fn reading_a_missing_file_is_an_io_error() {
     let err = Trace::read_path("/nonexistent/kvtier/trace.jsonl", &TraceOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::TraceIo { .. }), "{err:?}");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
 }
 
 #[test]
@@ -234,25 +234,66 @@ fn malformed_trace_fails_with_its_line_number_and_writes_nothing() {
         let o = kvtier(&["replay", "--mode", mode, "--trace", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         assert!(!o.status.success(), "{mode}");
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(stderr.contains("trace line 3: field `input_length` is negative"), "{mode}: {stderr}");
+        let expected = format!("{}: line 3: field `input_length` is negative", bad.display());
+        assert!(stderr.contains(&expected), "{mode}: {stderr}");
         assert!(!out.exists(), "{mode}: a failed run left {}", out.display());
     }
-    // Bad sizes and capacities are refused before anything runs or is written, too.
-    let out = dir.join("out-size");
-    for size in ["4XB", "0"] {
-        let o = kvtier(&[
-            "--mode",
-            "engine",
-            "--g1",
-            size,
-            "--trace",
-            bad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(!o.status.success(), "--g1 {size}");
+    // Bad flags are refused before anything runs or is written, too, and the error says which
+    // flag, which value, and what it accepts.
+    let good = dir.join("good.jsonl");
+    std::fs::write(&good, [line(1000, "0, 1"), line(512, "0")].join("\n")).unwrap();
+    let out = dir.join("out-flags");
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--g1", "4XB"], &["--g1", "4XB", "unknown unit"]),
+        (&["--g1", "0"], &["--g1 0", "at least 1 block"]),
+        (&["--g2", "1KiB"], &["--g2 1024B (0 blocks)", "at least 1 block"]),
+        (&["--capacity", "0"], &["--capacity 0", "at least 1 block"]),
+        (&["--layout", "foo"], &["--layout", "foo", "llama-3.1-8b", "mistral-7b"]),
+        (&["--block-size", "24"], &["--block-size 24", "must divide 512"]),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["--mode", "both", "--trace", good.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let o = kvtier(&args);
+        assert!(!o.status.success(), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(expected.iter().all(|e| stderr.contains(e)), "{flags:?}: {stderr}");
         assert!(!out.exists());
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_a_bad_line_the_reader_and_the_command_can_skip() {
+    let dir = tmp("utf8");
+    let path = dir.join("latin1.jsonl");
+    let mut bytes = [line(1000, "0, 1"), line(512, "0")].join("\n").into_bytes();
+    bytes.extend_from_slice(b"\n{\"timestamp\": 1, \"note\": \"caf\xe9\"}\n");
+    bytes.extend_from_slice(line(512, "0").as_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    match Trace::read_path(&path, &TraceOptions::default()) {
+        Err(Error::Trace { path: Some(p), line, reason }) => {
+            assert_eq!((p, line, reason), (path.clone(), 3, TraceReason::InvalidUtf8))
+        }
+        other => panic!("{other:?}"),
+    }
+    let trace = Trace::read_path(&path, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
+    assert_eq!((trace.len(), trace.skipped_lines()), (3, 1));
+    assert_eq!(trace.first_skipped(), Some((3, TraceReason::InvalidUtf8)));
+    let last = TraceRecord { timestamp_ms: 10, input_length: 512, output_length: 7, hash_ids: vec![0] };
+    assert_eq!(trace.records()[2], last, "the line after the skipped one is read");
+
+    let out = dir.join("out");
+    let (path, out_dir) = (path.to_str().unwrap(), out.to_str().unwrap());
+    let o =
+        kvtier(&["replay", "--mode", "sim", "--skip-bad-lines", "--capacity", "4", "--trace", path, "--out", out_dir]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("requests     3 (1 warm-up, 2 measured), bad lines skipped: 1"), "{stdout}");
+    assert!(stdout.contains("first skipped: line 3: not UTF-8 text"), "{stdout}");
+    let o = kvtier(&["replay", "--mode", "sim", "--capacity", "4", "--trace", path, "--out", out_dir]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{path}: line 3: not UTF-8 text")));
     let _ = std::fs::remove_dir_all(dir);
 }
 

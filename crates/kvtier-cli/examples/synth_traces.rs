@@ -1,26 +1,30 @@
 //! Builds every synthetic preset from both Azure traces and prints how much of each one is reused.
 //!
-//! `cargo run --release --example synth_traces [OUT_DIR] [SEED]` writes
+//! `cargo run --release -p kvtier-cli --example synth_traces [OUT_DIR] [SEED]` writes
 //! `OUT_DIR/azure_{code,conv}_{conv,code,mixed}.jsonl` (default `target/synth/`, seed 1), ready
 //! for `kvtier replay --trace` or `../shared/tools/refsim.sh TRACE 512 1,5,10,25`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kvtier::Result;
-use kvtier::replay::synth::{SynthPreset, read_azure_csv, synthesize, trace_stats, write_jsonl_path};
+use kvtier_cli::replay::synth::{SynthPreset, read_azure_csv, synthesize, trace_stats, write_jsonl_path};
 
-const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/traces");
+use kvtier_cli::{Error, Result};
+
+const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/traces");
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(args.next().unwrap_or_else(|| "target/synth".into()));
-    let seed = match args.next().map(|s| s.parse::<u64>()) {
-        Some(Ok(seed)) => seed,
-        Some(Err(_)) => return Err(kvtier::Error::InvalidConfig { field: "seed", reason: "must be an integer" }),
+    let seed = match args.next() {
+        Some(value) => value.parse::<u64>().map_err(|_| Error::InvalidConfig {
+            setting: "seed",
+            value,
+            reason: "must be a non-negative integer".into(),
+        })?,
         None => 1,
     };
-    std::fs::create_dir_all(&out).map_err(|source| kvtier::Error::TraceIo { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io { op: "create directory", path: out.clone(), source })?;
     println!(
         "{:<26} {:>8} {:>9} {:>9} {:>7} {:>9} {:>8}",
         "trace", "requests", "blocks", "unique", "reused", "avg in", "ms"

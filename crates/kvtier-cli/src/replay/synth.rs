@@ -66,7 +66,7 @@
 //!   400 documents of 2K-16K tokens: a scan-polluted workload where recency alone misleads.
 //!
 //! ```
-//! use kvtier::replay::synth::{AzureRecord, SynthPreset, synthesize};
+//! use kvtier_cli::replay::synth::{AzureRecord, SynthPreset, synthesize};
 //! let rows: Vec<AzureRecord> = (0..50)
 //!     .map(|i| AzureRecord { timestamp_ms: 1_000 * i, context_tokens: 700, generated_tokens: 90 })
 //!     .collect();
@@ -74,7 +74,7 @@
 //! assert_eq!(trace.len(), 50);
 //! let r = &trace.records()[0];
 //! assert_eq!(r.hash_ids.len(), r.input_length.div_ceil(512) as usize);
-//! # Ok::<(), kvtier::Error>(())
+//! # Ok::<(), kvtier_cli::Error>(())
 //! ```
 
 use std::cmp::Reverse;
@@ -112,28 +112,29 @@ pub struct AzureRecord {
 /// `TooLarge`.
 ///
 /// ```
-/// # use kvtier::replay::synth::parse_azure_csv;
+/// # use kvtier_cli::replay::synth::parse_azure_csv;
 /// let rows = parse_azure_csv("TIMESTAMP,ContextTokens,GeneratedTokens\n1970-01-01 00:00:01.5,300,20\n")?;
 /// assert_eq!((rows[0].timestamp_ms, rows[0].context_tokens, rows[0].generated_tokens), (1_500, 300, 20));
-/// # Ok::<(), kvtier::Error>(())
+/// # Ok::<(), kvtier_cli::Error>(())
 /// ```
 pub fn parse_azure_csv(text: &str) -> Result<Vec<AzureRecord>> {
     let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
     let Some((header_index, header)) = lines.next() else {
-        return Err(Error::Trace { line: 1, reason: TraceReason::MissingField(AZURE_COLUMNS[0]) });
+        return Err(Error::Trace { path: None, line: 1, reason: TraceReason::MissingField(AZURE_COLUMNS[0]) });
     };
     let names: Vec<&str> = header.trim_start_matches('\u{feff}').split(',').map(str::trim).collect();
     let mut at = [0usize; 3];
     for (slot, column) in at.iter_mut().zip(AZURE_COLUMNS) {
-        *slot = names
-            .iter()
-            .position(|name| *name == column)
-            .ok_or(Error::Trace { line: header_index + 1, reason: TraceReason::MissingField(column) })?;
+        *slot = names.iter().position(|name| *name == column).ok_or(Error::Trace {
+            path: None,
+            line: header_index + 1,
+            reason: TraceReason::MissingField(column),
+        })?;
     }
     let mut records = Vec::new();
     for (index, line) in lines {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let bad = |reason| Error::Trace { line: index + 1, reason };
+        let bad = |reason| Error::Trace { path: None, line: index + 1, reason };
         let cell = |column: usize| cells.get(at[column]).ok_or(bad(TraceReason::MissingField(AZURE_COLUMNS[column])));
         let timestamp_ms = parse_timestamp_ms(cell(0)?).ok_or(bad(TraceReason::WrongType(AZURE_COLUMNS[0])))?;
         let context_tokens = parse_count(AZURE_COLUMNS[1], cell(1)?).map_err(bad)?;
@@ -143,11 +144,13 @@ pub fn parse_azure_csv(text: &str) -> Result<Vec<AzureRecord>> {
     Ok(records)
 }
 
-/// Reads and parses an Azure trace CSV file ([`Error::TraceIo`] when it cannot be read).
+/// Reads and parses an Azure trace CSV file ([`Error::Io`] when it cannot be read or is not
+/// UTF-8; errors of its lines name the file).
 pub fn read_azure_csv(path: impl AsRef<Path>) -> Result<Vec<AzureRecord>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::TraceIo { path: path.to_path_buf(), source })?;
-    parse_azure_csv(&text)
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { op: "read", path: path.to_path_buf(), source })?;
+    parse_azure_csv(&text).map_err(|e| e.in_file(path))
 }
 
 fn parse_count(column: &'static str, cell: &str) -> std::result::Result<u32, TraceReason> {
@@ -291,52 +294,65 @@ impl SynthConfig {
     /// Checks every field ([`Error::InvalidConfig`] names the first bad one).
     ///
     /// ```
-    /// # use kvtier::replay::synth::SynthConfig;
+    /// # use kvtier_cli::replay::synth::SynthConfig;
     /// assert!(SynthConfig { chat_turns: 0.5, ..SynthConfig::default() }.validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
-        let unit = |p: f64| (0.0..=1.0).contains(&p);
+        let bad = |setting, value: &dyn std::fmt::Debug, reason: &str| {
+            Err(Error::invalid(setting, format!("{value:?}"), reason))
+        };
         let weights = [self.mix.chat, self.mix.code, self.mix.scan, self.mix.document];
         if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || weights.iter().sum::<f64>() <= 0.0 {
-            return bad("mix", "weights must be finite, >= 0 and not all 0");
+            return bad("mix", &self.mix, "weights must be finite, >= 0 and not all 0");
         }
         if !(self.popularity_zipf.is_finite() && self.popularity_zipf >= 0.0) {
-            return bad("popularity_zipf", "must be finite and >= 0");
+            return bad("popularity_zipf", &self.popularity_zipf, "must be finite and >= 0");
         }
-        let pools = [self.system_prompts, self.tool_preambles, self.projects, self.documents, self.file_tokens];
-        if pools.contains(&0) || self.max_files == 0 {
-            return bad(
-                "pool size",
-                "system_prompts, tool_preambles, projects, documents, file_tokens, max_files must be >= 1",
-            );
+        let pools = [
+            ("system_prompts", self.system_prompts),
+            ("tool_preambles", self.tool_preambles),
+            ("projects", self.projects),
+            ("documents", self.documents),
+            ("file_tokens", self.file_tokens),
+            ("max_files", self.max_files),
+        ];
+        if let Some((setting, value)) = pools.into_iter().find(|(_, value)| *value == 0) {
+            return bad(setting, &value, "must be >= 1");
         }
-        let ranges = [self.system_prompt_tokens, self.tool_preamble_tokens, self.project_files, self.document_tokens];
-        if ranges.iter().any(|(lo, hi)| lo > hi || *hi == 0) {
-            return bad("range", "token and file ranges need 0 < hi and lo <= hi");
+        let ranges = [
+            ("system_prompt_tokens", self.system_prompt_tokens),
+            ("tool_preamble_tokens", self.tool_preamble_tokens),
+            ("project_files", self.project_files),
+            ("document_tokens", self.document_tokens),
+        ];
+        if let Some((setting, range)) = ranges.into_iter().find(|(_, (lo, hi))| lo > hi || *hi == 0) {
+            return bad(setting, &range, "needs 0 < hi and lo <= hi");
         }
-        if !(unit(self.tool_share) && unit(self.edit_prob) && unit(self.tail_fraction)) {
-            return bad("probability", "tool_share, edit_prob, tail_fraction must be in 0..=1");
+        let shares =
+            [("tool_share", self.tool_share), ("edit_prob", self.edit_prob), ("tail_fraction", self.tail_fraction)];
+        if let Some((setting, share)) = shares.into_iter().find(|(_, p)| !(0.0..=1.0).contains(p)) {
+            return bad(setting, &share, "must be in 0..=1");
         }
-        if !(self.chat_turns >= 1.0
-            && self.code_turns >= 1.0
-            && self.chat_turns.is_finite()
-            && self.code_turns.is_finite())
-        {
-            return bad("turns", "chat_turns and code_turns must be finite and >= 1");
+        let turns = [("chat_turns", self.chat_turns), ("code_turns", self.code_turns)];
+        if let Some((setting, mean)) = turns.into_iter().find(|(_, t)| !(t.is_finite() && *t >= 1.0)) {
+            return bad(setting, &mean, "must be finite and >= 1");
         }
-        if !(self.think_time_ms.is_finite() && self.think_time_ms >= 0.0 && (0.0..=8.0).contains(&self.think_sigma)) {
-            return bad("think_time_ms", "must be finite and >= 0, think_sigma in 0..=8");
+        if !(self.think_time_ms.is_finite() && self.think_time_ms >= 0.0) {
+            return bad("think_time_ms", &self.think_time_ms, "must be finite and >= 0");
+        }
+        if !(0.0..=8.0).contains(&self.think_sigma) {
+            return bad("think_sigma", &self.think_sigma, "must be in 0..=8");
         }
         if !(self.scan_scale.is_finite() && self.scan_scale > 0.0) {
-            return bad("scan_scale", "must be finite and > 0");
+            return bad("scan_scale", &self.scan_scale, "must be finite and > 0");
         }
         let preamble =
             self.system_prompt_tokens.1 as u64 + self.tool_preamble_tokens.1.max(self.document_tokens.1) as u64;
         if self.max_context_tokens > 1 << 24 || preamble >= self.max_context_tokens as u64 {
             return bad(
                 "max_context_tokens",
-                "must exceed the longest system prompt + preamble or document, at most 2^24",
+                &self.max_context_tokens,
+                &format!("must exceed the longest system prompt + preamble or document ({preamble}), at most 2^24"),
             );
         }
         Ok(())
@@ -367,19 +383,19 @@ impl SynthPreset {
         }
     }
 
-    /// The preset named `name` ([`Error::InvalidConfig`] for an unknown one).
+    /// The preset named `name` ([`Error::InvalidConfig`] naming the presets for an unknown one).
     ///
     /// ```
-    /// # use kvtier::replay::synth::SynthPreset;
+    /// # use kvtier_cli::replay::synth::SynthPreset;
     /// assert_eq!(SynthPreset::from_name("code")?, SynthPreset::Code);
     /// assert!(SynthPreset::from_name("zip").is_err());
-    /// # Ok::<(), kvtier::Error>(())
+    /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
             .find(|preset| preset.name() == name)
-            .ok_or(Error::InvalidConfig { field: "preset", reason: "unknown preset (expected conv, code or mixed)" })
+            .ok_or_else(|| Error::invalid("preset", name, "unknown preset (expected conv, code or mixed)"))
     }
 
     /// The preset's parameters.
@@ -440,10 +456,10 @@ pub fn write_jsonl<W: Write>(trace: &Trace, mut out: W) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Writes a trace as Mooncake JSONL to a file ([`Error::TraceIo`] on failure).
+/// Writes a trace as Mooncake JSONL to a file ([`Error::Io`] on failure).
 pub fn write_jsonl_path(trace: &Trace, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let io = |source| Error::TraceIo { path: path.to_path_buf(), source };
+    let io = |source| Error::Io { op: "write", path: path.to_path_buf(), source };
     let file = std::fs::File::create(path).map_err(io)?;
     write_jsonl(trace, std::io::BufWriter::new(file)).map_err(io)
 }
@@ -467,8 +483,8 @@ pub struct TraceStats {
 /// Counts [`TraceStats`] for a trace.
 ///
 /// ```
-/// # use kvtier::trace::{Trace, TraceRecord};
-/// # use kvtier::replay::synth::trace_stats;
+/// # use kvtier_cli::trace::{Trace, TraceRecord};
+/// # use kvtier_cli::replay::synth::trace_stats;
 /// let r = |ids: &[u64]| TraceRecord { timestamp_ms: 0, input_length: 512 * ids.len() as u32, output_length: 1, hash_ids: ids.to_vec() };
 /// let stats = trace_stats(&Trace::from_records(vec![r(&[1, 2]), r(&[1, 3])]));
 /// assert_eq!((stats.blocks, stats.unique_blocks, stats.reused_block_share), (4, 3, 0.25));

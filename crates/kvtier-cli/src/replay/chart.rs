@@ -4,13 +4,15 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::engine_report::{EngineReport, Sample};
+use super::engine::report::{EngineReport, Sample};
+use crate::error::{Error, Result};
 
 type Series<'a> = (&'a str, ShapeStyle, fn(&Sample) -> f64);
 
-/// Draws the report's time series into an SVG file at `path`.
-pub fn write_svg(report: &EngineReport, path: &Path) -> std::io::Result<()> {
-    draw(report, path).map_err(|e| std::io::Error::other(e.to_string()))
+/// Draws the report's time series into an SVG file at `path` ([`Error::Chart`] naming it when
+/// drawing or writing fails).
+pub fn write_svg(report: &EngineReport, path: &Path) -> Result<()> {
+    draw(report, path).map_err(|e| Error::Chart { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 fn draw(report: &EngineReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -63,9 +65,9 @@ fn panel(
 }
 
 /// Draws a compatible replay's hit rate against capacity, one line per policy (and the
-/// unbounded-cache ceiling), into an SVG file at `path`.
-pub fn write_sim_svg(report: &super::SimReport, title: &str, path: &Path) -> std::io::Result<()> {
-    draw_sim(report, title, path).map_err(|e| std::io::Error::other(e.to_string()))
+/// unbounded-cache ceiling), into an SVG file at `path` ([`Error::Chart`] naming it on failure).
+pub fn write_sim_svg(report: &super::SimReport, title: &str, path: &Path) -> Result<()> {
+    draw_sim(report, title, path).map_err(|e| Error::Chart { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 fn draw_sim(report: &super::SimReport, title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,9 +1,10 @@
 //! Replays of the tier policies: through the prefix-tree model with any [`EvictionPolicy`], or
-//! through a real [`crate::BlockPool`].
+//! through a real [`kvtier::BlockPool`].
+
+use kvtier::policy::{EvictionPolicy, PolicyKind};
+use kvtier::pool::BlockId;
 
 use super::{PrefixPlan, ROOT, SimPolicy, SimResult};
-use crate::policy::{EvictionPolicy, PolicyKind};
-use crate::pool::BlockId;
 
 impl PrefixPlan {
     /// As [`PrefixPlan::simulate`], but tier policies run in a real pool
@@ -26,7 +27,7 @@ impl PrefixPlan {
     /// of the current request is protected, a node whose last child is evicted becomes
     /// evictable again ([`EvictionPolicy::readmit`]). The policy sees a prefix hit on every node
     /// of the hit path ([`EvictionPolicy::on_hit`]) and registers each inserted node under a
-    /// key unique to the node. With [`crate::policy::Lru`] this reproduces the exact LRU replay
+    /// key unique to the node. With [`kvtier::policy::Lru`] this reproduces the exact LRU replay
     /// hit for hit on traces where every prompt ends in a new block (a test checks it); where a
     /// prompt ends inside the tree, a node it used can be readmitted colder than LRU would.
     pub fn simulate_with(&self, policy: &mut impl EvictionPolicy, capacity: u32) -> (u64, bool) {
@@ -100,7 +101,7 @@ impl PrefixPlan {
         (hit_tokens, filled)
     }
 
-    /// Replays the trace through a real [`crate::BlockPool`] of `capacity_blocks` blocks (one per
+    /// Replays the trace through a real [`kvtier::BlockPool`] of `capacity_blocks` blocks (one per
     /// 512-token node) evicting with `kind`, instead of through the prefix-tree model: each
     /// request takes a reference on its longest cached prefix, allocates and registers the rest
     /// (evicting through the pool's policy; blocks in use are never evicted), then releases
@@ -109,9 +110,9 @@ impl PrefixPlan {
     /// the hit tokens and whether the pool filled during warm-up.
     pub fn simulate_pool(&self, kind: PolicyKind, capacity_blocks: u32) -> crate::Result<(u64, bool)> {
         let capacity = capacity_blocks as usize;
-        let mut pool = crate::BlockPool::with_policy(capacity, kind.build(capacity), 0)?;
+        let mut pool = kvtier::BlockPool::with_policy(capacity, kind.build(capacity), 0)?;
         let (mut hit_tokens, mut filled) = (0u64, false);
-        let hash = |node: u32| crate::BlockHash(node as u128 + 1);
+        let hash = |node: u32| kvtier::BlockHash(node as u128 + 1);
         let mut held: Vec<BlockId> = Vec::new();
         for request in 0..self.requests() {
             held.clear();

@@ -24,7 +24,8 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::policy::PolicyKind;
+use kvtier::policy::PolicyKind;
+
 use crate::trace::Trace;
 
 mod tier;
@@ -42,11 +43,11 @@ pub enum SimPolicy {
     Lru,
     /// Belady: evict the leaf needed latest; do not cache a block needed later than all of them.
     Opt,
-    /// [`crate::policy::S3Fifo`] over the evictable leaves.
+    /// [`kvtier::policy::S3Fifo`] over the evictable leaves.
     S3Fifo,
-    /// [`crate::policy::Arc`] over the evictable leaves.
+    /// [`kvtier::policy::Arc`] over the evictable leaves.
     Arc,
-    /// [`crate::policy::Lhd`] over the evictable leaves.
+    /// [`kvtier::policy::Lhd`] over the evictable leaves.
     Lhd,
 }
 
@@ -54,7 +55,7 @@ impl SimPolicy {
     /// Lower-case name (`fifo`, `lru`, `opt`).
     ///
     /// ```
-    /// assert_eq!(kvtier::replay::SimPolicy::Opt.name(), "opt");
+    /// assert_eq!(kvtier_cli::replay::SimPolicy::Opt.name(), "opt");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -131,8 +132,8 @@ impl PrefixPlan {
     /// Builds the prefix tree of `trace`; the first `floor(len / 2)` requests are warm-up.
     ///
     /// ```
-    /// use kvtier::replay::{PrefixPlan, SimPolicy};
-    /// use kvtier::trace::{Trace, TraceRecord};
+    /// use kvtier_cli::replay::{PrefixPlan, SimPolicy};
+    /// use kvtier_cli::trace::{Trace, TraceRecord};
     /// let req = |ids: &[u64]| TraceRecord { timestamp_ms: 0, input_length: 512 * ids.len() as u32, output_length: 1, hash_ids: ids.to_vec() };
     /// let plan = PrefixPlan::build(&Trace::from_records(vec![req(&[1, 2]), req(&[1, 3])]));
     /// assert_eq!(plan.unique_blocks(), 3);

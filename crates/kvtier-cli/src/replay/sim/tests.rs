@@ -121,7 +121,7 @@ fn the_tier_lru_through_the_generic_replay_is_the_exact_lru() {
         let plan = PrefixPlan::build(&random_trace_with(seed, 150, 1));
         for capacity in [1, 2, 3, 5, 8, 13, 30, 60] {
             let exact = plan.simulate(SimPolicy::Lru, capacity);
-            let generic = plan.simulate_with(&mut crate::policy::Lru::new(plan.nodes()), capacity);
+            let generic = plan.simulate_with(&mut kvtier::policy::Lru::new(plan.nodes()), capacity);
             assert_eq!((generic.0, generic.1), (exact.hit_tokens, !exact.underfilled), "seed {seed} cap {capacity}");
         }
     }

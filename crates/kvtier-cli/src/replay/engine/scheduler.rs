@@ -1,17 +1,15 @@
-//! The scheduler loop of the engine replay (see [`super::engine`] for what it models).
+//! The scheduler loop of the engine replay (see [`super`] for what it models).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::engine::{EngineConfig, EngineRun, decode_token, prompt_tokens};
-use super::engine_report::{
+use kvtier::offload::{OnboardOutcome, Ticket, TieredCache};
+use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId};
+
+use super::report::{
     EngineReport, EngineTiming, LatencyHistogram, Sample, TierTokens, TrafficRow, WaitSummary, Window,
 };
-use crate::error::{Error, Result};
-use crate::offload::{OnboardOutcome, Ticket, TieredCache};
-use crate::prefix::{BlockHash, ExtraKeys};
-use crate::seq::SeqId;
-use crate::table::BatchTables;
+use super::{EngineConfig, EngineRun, decode_token, prompt_tokens};
 use crate::trace::{Trace, TraceRecord};
 
 /// Maintenance passes after each step at most (each moves up to a batch of pages down).
@@ -384,7 +382,7 @@ impl<'a> Replay<'a> {
         seqs: &mut Vec<SeqId>,
         tokens: &mut Vec<u32>,
         tables: &mut BatchTables,
-        copies: &mut Vec<crate::cache::BlockCopy>,
+        copies: &mut Vec<kvtier::BlockCopy>,
     ) -> Result<usize> {
         loop {
             seqs.clear();

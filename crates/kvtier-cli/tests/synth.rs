@@ -3,11 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kvtier::Error;
-use kvtier::replay::synth::{
+use kvtier_cli::Error;
+use kvtier_cli::replay::synth::{
     AzureRecord, SynthConfig, SynthPreset, parse_azure_csv, read_azure_csv, synthesize, trace_stats, write_jsonl,
 };
-use kvtier::trace::{Trace, TraceOptions, TraceReason};
+use kvtier_cli::trace::{Trace, TraceOptions, TraceReason};
 
 const HEADER: &str = "TIMESTAMP,ContextTokens,GeneratedTokens";
 
@@ -24,7 +24,7 @@ fn rows(n: u64) -> Vec<AzureRecord> {
 
 fn csv_error(text: &str) -> (usize, TraceReason) {
     match parse_azure_csv(text) {
-        Err(Error::Trace { line, reason }) => (line, reason),
+        Err(Error::Trace { line, reason, .. }) => (line, reason),
         other => panic!("expected a trace error, got {other:?}"),
     }
 }
@@ -69,7 +69,7 @@ fn csv_errors_are_typed_with_their_line() {
     assert_eq!(csv_error(&row("2023-11-16 18:17:04,5")), (3, TraceReason::MissingField("GeneratedTokens")));
     assert_eq!(csv_error(&row("2023-13-16 18:17:04,5,1")), (3, TraceReason::WrongType("TIMESTAMP")));
     assert_eq!(csv_error(&row("yesterday,5,1")), (3, TraceReason::WrongType("TIMESTAMP")));
-    assert!(matches!(read_azure_csv("/nonexistent/azure.csv"), Err(Error::TraceIo { .. })));
+    assert!(matches!(read_azure_csv("/nonexistent/azure.csv"), Err(Error::Io { .. })));
 }
 
 #[test]
@@ -176,5 +176,5 @@ fn bad_configs_and_names_are_rejected() {
     for preset in SynthPreset::ALL {
         assert_eq!(SynthPreset::from_name(preset.name()).unwrap(), preset);
     }
-    assert!(matches!(SynthPreset::from_name("lru"), Err(Error::InvalidConfig { field: "preset", .. })));
+    assert!(matches!(SynthPreset::from_name("lru"), Err(Error::InvalidConfig { setting: "preset", .. })));
 }

@@ -4,7 +4,7 @@
 //! ## How a replay runs
 //! 1. Every 512-token trace block is expanded into `512 / block_size` child blocks whose token
 //!    ids are derived from the trace's hash id ([`trace_token`]), so equal ids give equal
-//!    tokens, equal chained [`BlockHash`](crate::BlockHash)es, and the trace's prefix structure is kept.
+//!    tokens, equal chained [`BlockHash`](kvtier::BlockHash)es, and the trace's prefix structure is kept.
 //! 2. A simulated clock moves in scheduler steps. Each step: requests whose `timestamp` has
 //!    passed join the waiting queue; a waiting request is looked up in every tier
 //!    ([`TieredCache::longest_prefix`]); a prefix found in G2/G3 is onboarded
@@ -40,18 +40,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cache::CacheConfig;
+use kvtier::io::{BackendKind, IoConfig};
+use kvtier::offload::{Admission, OffloadConfig, TieredCache};
+use kvtier::policy::PolicyKind;
+use kvtier::tier::DiskConfig;
+use kvtier::tier::host::HostConfig;
+use kvtier::{CacheConfig, Dtype, KvLayout};
+
 use crate::error::{Error, Result};
-use crate::io::{BackendKind, IoConfig};
-use crate::layout::{Dtype, KvLayout};
-use crate::offload::{Admission, OffloadConfig, TieredCache};
-use crate::policy::PolicyKind;
-use crate::tier::DiskConfig;
-use crate::tier::host::HostConfig;
 use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceRecord};
 
-use super::engine_report::{EngineReport, EngineTiming};
-use super::engine_scheduler::Replay;
+pub mod report;
+mod scheduler;
+
+pub use report::{EngineReport, EngineTiming};
+use scheduler::Replay;
 
 /// Vocabulary size of the derived token ids (Llama 3's).
 pub const VOCAB: u64 = 128_256;
@@ -60,7 +63,7 @@ pub const VOCAB: u64 = 128_256;
 /// shares the id, so the expanded blocks keep the trace's prefix structure.
 ///
 /// ```
-/// use kvtier::replay::engine::trace_token;
+/// use kvtier_cli::replay::engine::trace_token;
 /// assert_eq!(trace_token(7, 3), trace_token(7, 3));
 /// assert_ne!(trace_token(7, 3), trace_token(8, 3));
 /// ```
@@ -164,10 +167,11 @@ impl EngineConfig {
     /// Sets the model layout (default Llama-3.1-8B, 16-token blocks).
     ///
     /// ```
-    /// # use kvtier::{KvLayout, replay::engine::EngineConfig};
+    /// # use kvtier::KvLayout;
+    /// # use kvtier_cli::replay::engine::EngineConfig;
     /// let c = EngineConfig::default().with_layout(KvLayout::preset("qwen2.5-7b", 16)?);
     /// assert!(c.validate().is_ok());
-    /// # Ok::<(), kvtier::Error>(())
+    /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
     pub fn with_layout(mut self, layout: KvLayout) -> Self {
         self.layout = layout;
@@ -224,23 +228,31 @@ impl EngineConfig {
     /// speeds positive.
     ///
     /// ```
-    /// # use kvtier::replay::engine::EngineConfig;
+    /// # use kvtier_cli::replay::engine::EngineConfig;
     /// assert!(EngineConfig::default().with_capacities(0, 1, 1).validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
         if !TRACE_BLOCK_TOKENS.is_multiple_of(self.layout.block_size()) {
-            return bad("block_size", "must divide 512 (the trace block)");
+            return Err(Error::invalid("block_size", self.layout.block_size(), "must divide 512 (the trace block)"));
         }
-        if self.g1_blocks == 0 || self.g2_blocks == 0 {
-            return bad("capacity", "G1 and G2 need at least 1 block");
+        if let Some((setting, _)) =
+            [("g1_blocks", self.g1_blocks), ("g2_blocks", self.g2_blocks)].into_iter().find(|(_, blocks)| *blocks == 0)
+        {
+            return Err(Error::invalid(setting, 0, "G1 and G2 need at least 1 block"));
         }
-        let speeds = [self.prefill_tokens_per_sec, self.g2_onboard_bytes_per_sec, self.g3_onboard_bytes_per_sec];
-        if speeds.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.decode_step.is_zero() {
-            return bad("speed", "simulated speeds and the decode step must be positive");
+        let speeds = [
+            ("prefill_tokens_per_sec", self.prefill_tokens_per_sec),
+            ("g2_onboard_bytes_per_sec", self.g2_onboard_bytes_per_sec),
+            ("g3_onboard_bytes_per_sec", self.g3_onboard_bytes_per_sec),
+        ];
+        if let Some((setting, speed)) = speeds.into_iter().find(|(_, s)| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::invalid(setting, speed, "simulated speeds must be positive"));
+        }
+        if self.decode_step.is_zero() {
+            return Err(Error::invalid("decode_step", "0 ms", "the simulated decode step must be positive"));
         }
         if self.max_batch == 0 {
-            return bad("max_batch", "must be non-zero");
+            return Err(Error::invalid("max_batch", 0, "must be non-zero"));
         }
         Ok(())
     }
@@ -249,12 +261,12 @@ impl EngineConfig {
     /// layer, one head, one f16 dimension.
     ///
     /// ```
-    /// # use kvtier::replay::engine::EngineConfig;
+    /// # use kvtier_cli::replay::engine::EngineConfig;
     /// assert_eq!(EngineConfig::default().payload_layout()?.page_bytes(), 64);
     /// assert_eq!(EngineConfig::default().with_full_data(true).payload_layout()?.page_bytes(), 2 << 20);
-    /// # Ok::<(), kvtier::Error>(())
+    /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
-    pub fn payload_layout(&self) -> Result<KvLayout> {
+    pub fn payload_layout(&self) -> kvtier::Result<KvLayout> {
         match self.full_data {
             true => Ok(self.layout),
             false => KvLayout::new(1, 1, 1, Dtype::F16, self.layout.block_size()),
@@ -317,5 +329,5 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
     let result = replay.finish(started);
     drop(tiers);
     drop(dir);
-    result
+    Ok(result?)
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use kvtier::offload::{Admission, LatencySummary, TieredCache, Traffic};
 use serde::Serialize;
 
-use super::engine::EngineConfig;
-use crate::offload::{Admission, LatencySummary, TieredCache, Traffic};
+use super::EngineConfig;
 
 /// Prompt tokens served from the cache, by the tier they were found in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -31,7 +31,7 @@ impl TierTokens {
     }
 }
 
-/// Prefix hit rates (token-weighted; see the module docs of [`super::engine`]).
+/// Prefix hit rates (token-weighted; see the module docs of [`super`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct HitRates {
     /// All tiers, all requests.

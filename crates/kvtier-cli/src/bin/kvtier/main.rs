@@ -8,25 +8,29 @@
 //! 3. Print the report and write the same as JSON into `--out` (default `out/`).
 //!
 //! `--mode sim` uses the hit-rate definition of the public kvcache-simulator (see
-//! `kvtier::replay`), so its numbers compare with published tables. `--mode engine` replays the
-//! trace through the real G1 + G2 + G3 engine with simulated request lifetimes
-//! (`kvtier::replay::engine`) and also writes a chart. `--mode both` (the default) runs the two.
+//! `kvtier_cli::replay`), so its numbers compare with published tables. `--mode engine` replays
+//! the trace through the real G1 + G2 + G3 engine with simulated request lifetimes
+//! (`kvtier_cli::replay::engine`) and also writes a chart. `--mode both` (the default) runs the
+//! two. An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kvtier::KvLayout;
 use kvtier::io::BackendKind;
 use kvtier::offload::Admission;
 use kvtier::policy::PolicyKind;
-use kvtier::replay::{EngineConfig, EngineRun, PrefixPlan, SimConfig, SimPolicy, SimReport, chart, engine};
-use kvtier::trace::{Trace, TraceOptions};
+use kvtier_cli::Error;
+use kvtier_cli::replay::synth::SynthPreset;
+use kvtier_cli::replay::{EngineConfig, EngineRun, PrefixPlan, SimConfig, SimPolicy, SimReport, chart, engine};
+use kvtier_cli::trace::{Trace, TraceOptions};
 
 /// First 3,000 requests of Mooncake's conversation_trace.jsonl (Apache-2.0, see data/README.md).
-const SAMPLE: &str = include_str!("../../data/conversation_sample.jsonl");
+const SAMPLE: &str = include_str!("../../../data/conversation_sample.jsonl");
 const SAMPLE_NAME: &str = "bundled sample (first 3,000 requests of Mooncake conversation_trace.jsonl)";
 const REPORT_FILE: &str = "replay_sim.json";
 const ENGINE_REPORT_FILE: &str = "replay_engine.json";
@@ -52,8 +56,48 @@ enum Command {
     /// Replay a serving trace and report prefix hit rates (the default command).
     Replay(ReplayArgs),
     /// Build a Mooncake-format trace from an Azure LLM inference CSV (arrivals and lengths kept,
-    /// prefix structure modelled: see `kvtier::replay::synth`).
+    /// prefix structure modelled: see `kvtier_cli::replay::synth`).
     Synth(SynthArgs),
+}
+
+/// What stops a command: a flag's value, or an error of the replay tools (which names the file
+/// and line, or the setting and value, it concerns).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// A flag's value was refused.
+    #[error("{flag} {value}: {reason}")]
+    Flag {
+        /// The flag, as typed (`--g1`).
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Reading, replaying, charting or writing failed.
+    #[error(transparent)]
+    Replay(#[from] Error),
+    /// A progress bar template did not parse (a bug of this program).
+    #[error("progress bar: {0}")]
+    Progress(#[from] indicatif::style::TemplateError),
+}
+
+impl CliError {
+    /// The flag whose value made a replay setting invalid, if the setting comes from one.
+    fn from_setting(args: &ReplayArgs, error: Error) -> Self {
+        let Error::InvalidConfig { setting, value, reason } = error else { return CliError::Replay(error) };
+        let flag = |flag, value| CliError::Flag { flag, value, reason: reason.clone() };
+        match setting {
+            "capacity" => flag("--capacity", value),
+            "policies" => flag("--policy", value),
+            "block_size" => flag("--block-size", args.block_size.to_string()),
+            "g1_blocks" => flag("--g1", format!("{} ({value} blocks)", args.g1)),
+            "g2_blocks" => flag("--g2", format!("{} ({value} blocks)", args.g2)),
+            "prefill_tokens_per_sec" => flag("--prefill-tokens-per-sec", value),
+            "decode_step" => flag("--decode-step-ms", args.decode_step_ms.to_string()),
+            _ => CliError::Replay(Error::InvalidConfig { setting, value, reason }),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -61,8 +105,8 @@ struct SynthArgs {
     /// Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens).
     #[arg(long, value_name = "PATH")]
     csv: PathBuf,
-    /// Workload shape: conv, code or mixed.
-    #[arg(long, default_value = "conv")]
+    /// Workload shape.
+    #[arg(long, default_value = "conv", value_parser = PossibleValuesParser::new(SynthPreset::ALL.map(SynthPreset::name)))]
     preset: String,
     /// Random seed (equal seeds give equal traces).
     #[arg(long, default_value_t = 1)]
@@ -72,10 +116,10 @@ struct SynthArgs {
     out: PathBuf,
 }
 
-fn synth(args: &SynthArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use kvtier::replay::synth;
+fn synth(args: &SynthArgs) -> Result<(), CliError> {
+    use kvtier_cli::replay::synth;
     let rows = synth::read_azure_csv(&args.csv)?;
-    let config = synth::SynthPreset::from_name(&args.preset)?.config();
+    let config = SynthPreset::from_name(&args.preset)?.config();
     let trace = synth::synthesize(&rows, &config, args.seed)?;
     synth::write_jsonl_path(&trace, &args.out)?;
     let stats = synth::trace_stats(&trace);
@@ -113,8 +157,8 @@ struct ReplayArgs {
     /// Engine mode: G3 capacity, in blocks or bytes (`256GiB`); 0 for no SSD tier.
     #[arg(long, value_name = "SIZE", default_value = "131072")]
     g3: Size,
-    /// Engine mode: model layout preset (llama-3.1-8b, llama-3.1-70b, qwen2.5-7b, mistral-7b).
-    #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b")]
+    /// Engine mode: model layout preset.
+    #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b", value_parser = PossibleValuesParser::new(KvLayout::PRESETS))]
     layout: String,
     /// Engine mode: tokens per block (must divide 512).
     #[arg(long, value_name = "TOKENS", default_value_t = 16)]
@@ -298,7 +342,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
+fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let options = TraceOptions::default().with_skip_bad_lines(args.skip_bad_lines);
     let (trace, source) = match &args.trace {
@@ -327,7 +371,7 @@ fn replay(args: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::Error>> {
+fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
     let config = engine_config_base(args)?;
     Ok(match args.tier_policy {
         None => config,
@@ -338,13 +382,25 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::
     })
 }
 
-fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::error::Error>> {
-    let layout = KvLayout::preset(&args.layout, args.block_size)?;
+fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
+    let layout = KvLayout::preset(&args.layout, args.block_size).map_err(|e| match e {
+        kvtier::Error::InvalidConfig { field: "layout preset", .. } => CliError::Flag {
+            flag: "--layout",
+            value: args.layout.clone(),
+            reason: format!("unknown preset (expected one of {})", KvLayout::PRESETS.join(", ")),
+        },
+        e => CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() },
+    })?;
     let page = layout.page_bytes();
+    let decode_step = Duration::try_from_secs_f64(args.decode_step_ms.max(0.0) / 1e3).map_err(|e| CliError::Flag {
+        flag: "--decode-step-ms",
+        value: args.decode_step_ms.to_string(),
+        reason: e.to_string(),
+    })?;
     let config = EngineConfig::default()
         .with_layout(layout)
         .with_capacities(args.g1.blocks(page), args.g2.blocks(page), args.g3.blocks(page))
-        .with_speeds(Duration::from_secs_f64(args.decode_step_ms.max(0.0) / 1e3), args.prefill_tokens_per_sec)
+        .with_speeds(decode_step, args.prefill_tokens_per_sec)
         .with_admission(match args.admission {
             AdmissionArg::All => Admission::All,
             AdmissionArg::SeenTwice => Admission::SeenTwice,
@@ -357,7 +413,7 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, Box<dyn std::er
             IoBackend::Uring => BackendKind::Uring,
             IoBackend::Psync => BackendKind::Psync,
         });
-    config.validate()?;
+    config.validate().map_err(|e| CliError::from_setting(args, e))?;
     Ok(config)
 }
 
@@ -367,7 +423,7 @@ fn replay_sim(
     source: &str,
     started: Instant,
     parse_time: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), CliError> {
     let plan_started = Instant::now();
     let plan = PrefixPlan::build(trace);
     let plan_time = plan_started.elapsed();
@@ -375,7 +431,7 @@ fn replay_sim(
     let policies = sim_policies(&args.policy);
     let config =
         SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies).with_pool(args.in_pool);
-    config.validate()?;
+    config.validate().map_err(|e| CliError::from_setting(args, e))?;
     let points = config.capacities_for(&plan).len() * config.policies().len();
     let bar = ProgressBar::new(points as u64).with_style(
         ProgressStyle::with_template("{spinner} replay [{bar:30}] {pos}/{len} points {msg}")?.progress_chars("=> "),
@@ -402,12 +458,7 @@ fn replay_sim(
     Ok(())
 }
 
-fn replay_engine(
-    args: &ReplayArgs,
-    trace: &Trace,
-    source: &str,
-    config: &EngineConfig,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &EngineConfig) -> Result<(), CliError> {
     let bar = ProgressBar::new(trace.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} engine replay [{bar:30}] {pos}/{len} requests {elapsed}")?
             .progress_chars("=> "),
@@ -425,22 +476,29 @@ fn replay_engine(
         "report": run.report,
         "timing": run.timing,
     });
-    std::fs::create_dir_all(&args.out)?;
-    let path = write_atomic(&args.out, ENGINE_REPORT_FILE, (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
+    let path = write_atomic(&args.out, ENGINE_REPORT_FILE, &json)?;
     let svg = args.out.join(format!("{ENGINE_CHART_FILE}.tmp"));
     chart::write_svg(&run.report, &svg)?;
     let chart = args.out.join(ENGINE_CHART_FILE);
-    std::fs::rename(&svg, &chart)?;
+    std::fs::rename(&svg, &chart).map_err(|source| Error::Io { op: "write", path: chart.clone(), source })?;
     println!("report       {}", path.display());
     println!("chart        {}", chart.display());
     Ok(())
 }
 
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// Writes `json` to `dir/name` through a temporary file and a rename, so that a failed run never
+/// leaves a partial report that looks like a result.
+fn write_atomic(dir: &Path, name: &str, json: &serde_json::Value) -> Result<PathBuf, Error> {
     let path = dir.join(name);
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Io { op, path, source }
+    }
+    std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    let text = serde_json::to_string_pretty(json).map_err(|source| Error::Json { path: path.clone(), source })?;
     let tmp = dir.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, text + "\n").map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
     Ok(path)
 }
 
@@ -629,8 +687,7 @@ fn print_report(
     );
 }
 
-/// Writes the report next to a temporary file and renames it, so a failed run never leaves a
-/// partial report that looks like a result.
+/// Writes the report as JSON into `dir` (see [`write_atomic`]).
 fn write_json(
     dir: &Path,
     report: &SimReport,
@@ -638,7 +695,7 @@ fn write_json(
     source: &str,
     [parse, plan, total]: [Duration; 3],
     point_times: &[Duration],
-) -> Result<PathBuf, Box<dyn std::error::Error>> {
+) -> Result<PathBuf, Error> {
     let points: Vec<_> = report
         .points
         .iter()
@@ -661,12 +718,7 @@ fn write_json(
         "report": report,
         "timing": { "total_seconds": total.as_secs_f64(), "parse_seconds": parse.as_secs_f64(), "prefix_tree_seconds": plan.as_secs_f64(), "points": points },
     });
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(REPORT_FILE);
-    let tmp = dir.join(format!("{REPORT_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_string_pretty(&json)? + "\n")?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    write_atomic(dir, REPORT_FILE, &json)
 }
 
 #[cfg(test)]

@@ -7,20 +7,22 @@
 //! a KV cache can exploit without carrying any token.
 //!
 //! ## How a trace is read
-//! 1. The text is split into lines; blank lines are ignored, line numbers count every line from 1.
+//! 1. The bytes are split into lines (`\n` or `\r\n`); blank lines are ignored, line numbers
+//!    count every line from 1. A line that is not UTF-8 is a bad line
+//!    ([`TraceReason::InvalidUtf8`]), like any other.
 //! 2. Each line is decoded into a [`TraceRecord`] and validated: all four fields present, lengths
 //!    and ids non-negative integers, and `len(hash_ids) == ceil(input_length / 512)`.
-//! 3. The first bad line fails the whole read with [`Error::Trace`] (line number and a
+//! 3. The first bad line fails the whole read with [`Error::Trace`] (file, line number and a
 //!    [`TraceReason`]), so no partial trace is ever replayed as if it were the whole one; with
 //!    [`TraceOptions::with_skip_bad_lines`] bad lines are counted and skipped instead.
 //!
 //! ```
-//! use kvtier::trace::{Trace, TraceOptions};
+//! use kvtier_cli::trace::{Trace, TraceOptions};
 //! let text = "{\"timestamp\": 0, \"input_length\": 600, \"output_length\": 9, \"hash_ids\": [7, 8]}\n";
 //! let trace = Trace::parse_str(text, &TraceOptions::default())?;
 //! assert_eq!(trace.records()[0].hash_ids, [7, 8]);
 //! assert_eq!(trace.records()[0].block_tokens(1), 88); // the partial last block
-//! # Ok::<(), kvtier::Error>(())
+//! # Ok::<(), kvtier_cli::Error>(())
 //! ```
 
 use std::path::Path;
@@ -50,7 +52,7 @@ impl TraceRecord {
     /// block (at least 1, like kvcache-simulator counts it).
     ///
     /// ```
-    /// # use kvtier::trace::TraceRecord;
+    /// # use kvtier_cli::trace::TraceRecord;
     /// let r = TraceRecord { timestamp_ms: 0, input_length: 1030, output_length: 1, hash_ids: vec![1, 2, 3] };
     /// assert_eq!((r.block_tokens(0), r.block_tokens(2)), (512, 6));
     /// ```
@@ -62,7 +64,7 @@ impl TraceRecord {
     /// Decodes and validates one line (without its line number).
     ///
     /// ```
-    /// # use kvtier::trace::{TraceReason, TraceRecord};
+    /// # use kvtier_cli::trace::{TraceReason, TraceRecord};
     /// let bad = TraceRecord::parse_line(r#"{"timestamp": 0, "input_length": -1, "output_length": 1, "hash_ids": []}"#);
     /// assert_eq!(bad, Err(TraceReason::Negative("input_length")));
     /// ```
@@ -110,6 +112,8 @@ pub enum TraceReason {
     Negative(&'static str),
     /// A length does not fit in 32 bits.
     TooLarge(&'static str),
+    /// The line is not UTF-8 text.
+    InvalidUtf8,
     /// `hash_ids` does not hold one id per 512-token block of `input_length`.
     BlockCount {
         /// Ids found.
@@ -124,6 +128,7 @@ impl std::fmt::Display for TraceReason {
         match self {
             TraceReason::BadJson => f.write_str("not valid JSON"),
             TraceReason::NotAnObject => f.write_str("not a JSON object"),
+            TraceReason::InvalidUtf8 => f.write_str("not UTF-8 text"),
             TraceReason::MissingField(field) => write!(f, "missing field `{field}`"),
             TraceReason::WrongType(field) => write!(f, "field `{field}` has the wrong type"),
             TraceReason::Negative(field) => write!(f, "field `{field}` is negative"),
@@ -145,11 +150,11 @@ impl TraceOptions {
     /// Skip (and count) malformed lines instead of failing. Default: `false`.
     ///
     /// ```
-    /// # use kvtier::trace::{Trace, TraceOptions};
+    /// # use kvtier_cli::trace::{Trace, TraceOptions};
     /// let opts = TraceOptions::default().with_skip_bad_lines(true);
     /// let trace = Trace::parse_str("oops\n", &opts)?;
     /// assert_eq!((trace.len(), trace.skipped_lines()), (0, 1));
-    /// # Ok::<(), kvtier::Error>(())
+    /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
     pub fn with_skip_bad_lines(mut self, skip: bool) -> Self {
         self.skip_bad_lines = skip;
@@ -174,45 +179,60 @@ impl Trace {
     /// Parses JSONL text (see the module docs for the rules).
     ///
     /// ```
-    /// # use kvtier::trace::{Trace, TraceOptions, TraceReason};
+    /// # use kvtier_cli::trace::{Trace, TraceOptions, TraceReason};
     /// let text = "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [1]}\n{\"timestamp\": 1}\n";
     /// match Trace::parse_str(text, &TraceOptions::default()) {
-    ///     Err(kvtier::Error::Trace { line, reason }) => {
+    ///     Err(kvtier_cli::Error::Trace { line, reason, .. }) => {
     ///         assert_eq!((line, reason), (2, TraceReason::MissingField("input_length")))
     ///     }
     ///     other => panic!("{other:?}"),
     /// }
     /// ```
     pub fn parse_str(text: &str, options: &TraceOptions) -> Result<Self> {
+        Self::parse_bytes(text.as_bytes(), options)
+    }
+
+    /// Parses JSONL bytes: as [`Trace::parse_str`], except that a line which is not UTF-8 is a
+    /// bad line ([`TraceReason::InvalidUtf8`]), skipped with the others when the options say so.
+    ///
+    /// ```
+    /// # use kvtier_cli::trace::{Trace, TraceOptions, TraceReason};
+    /// let bytes = b"{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [1]}\n\xff\xfe\n";
+    /// let trace = Trace::parse_bytes(bytes, &TraceOptions::default().with_skip_bad_lines(true))?;
+    /// assert_eq!((trace.len(), trace.first_skipped()), (1, Some((2, TraceReason::InvalidUtf8))));
+    /// # Ok::<(), kvtier_cli::Error>(())
+    /// ```
+    pub fn parse_bytes(bytes: &[u8], options: &TraceOptions) -> Result<Self> {
         let mut trace = Trace::default();
-        for (index, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match TraceRecord::parse_line(line) {
+        for (index, line) in lines(bytes).enumerate() {
+            let parsed = match std::str::from_utf8(line) {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => TraceRecord::parse_line(line),
+                Err(_) => Err(TraceReason::InvalidUtf8),
+            };
+            match parsed {
                 Ok(record) => trace.records.push(record),
                 Err(reason) if options.skip_bad_lines => {
                     trace.skipped_lines += 1;
                     trace.first_skipped.get_or_insert((index + 1, reason));
                 }
-                Err(reason) => return Err(Error::Trace { line: index + 1, reason }),
+                Err(reason) => return Err(Error::Trace { path: None, line: index + 1, reason }),
             }
         }
         Ok(trace)
     }
 
-    /// Reads and parses a JSONL file.
+    /// Reads and parses a JSONL file; errors name the file.
     pub fn read_path(path: impl AsRef<Path>, options: &TraceOptions) -> Result<Self> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::TraceIo { path: path.to_path_buf(), source })?;
-        Self::parse_str(&text, options)
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { op: "read", path: path.to_path_buf(), source })?;
+        Self::parse_bytes(&bytes, options).map_err(|e| e.in_file(path))
     }
 
     /// A trace made of already valid records (tests, generated workloads).
     ///
     /// ```
-    /// # use kvtier::trace::{Trace, TraceRecord};
+    /// # use kvtier_cli::trace::{Trace, TraceRecord};
     /// let r = TraceRecord { timestamp_ms: 0, input_length: 512, output_length: 1, hash_ids: vec![1] };
     /// assert_eq!(Trace::from_records(vec![r]).prompt_tokens(), 512);
     /// ```
@@ -249,6 +269,25 @@ impl Trace {
     pub fn prompt_tokens(&self) -> u64 {
         self.records.iter().map(|r| r.input_length as u64).sum()
     }
+}
+
+/// The lines of `bytes` as [`str::lines`] splits text: at `\n` or `\r\n`, the last line ending
+/// optional.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes).filter(|b| !b.is_empty());
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                rest = Some(&text[end + 1..]).filter(|b| !b.is_empty());
+                Some(text[..end].strip_suffix(b"\r").unwrap_or(&text[..end]))
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -387,7 +426,7 @@ mod tests {
         let good = r#"{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}"#;
         let text = format!("{good}\n\n{good}\r\n{{\"timestamp\": 2}}\n{good}\nxx\n");
         match Trace::parse_str(&text, &TraceOptions::default()) {
-            Err(Error::Trace { line, reason }) => {
+            Err(Error::Trace { path: None, line, reason }) => {
                 assert_eq!((line, reason), (4, TraceReason::MissingField("input_length")))
             }
             other => panic!("{other:?}"),
@@ -396,5 +435,31 @@ mod tests {
         assert_eq!((trace.len(), trace.skipped_lines()), (3, 2));
         assert_eq!(trace.first_skipped(), Some((4, TraceReason::MissingField("input_length"))));
         assert_eq!(trace.prompt_tokens(), 15);
+    }
+
+    #[test]
+    fn lines_are_split_as_str_lines_splits_them() {
+        for text in ["", "a", "a\n", "a\r\n", "a\n\nb", "a\r", "a\rb\r\n\r\n", "\n", "\r\n\r\n", "x\r\r\n", "\n\nz"] {
+            let ours: Vec<&[u8]> = lines(text.as_bytes()).collect();
+            let std: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
+            assert_eq!(ours, std, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_bad_line_and_can_be_skipped() {
+        let good = r#"{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}"#;
+        let mut bytes = format!("{good}\n").into_bytes();
+        bytes.extend_from_slice(
+            b"{\"timestamp\": 1, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [1]}\xff\r\n",
+        );
+        bytes.extend_from_slice(format!("{good}\n").as_bytes());
+        match Trace::parse_bytes(&bytes, &TraceOptions::default()) {
+            Err(Error::Trace { path: None, line, reason }) => assert_eq!((line, reason), (2, TraceReason::InvalidUtf8)),
+            other => panic!("{other:?}"),
+        }
+        let trace = Trace::parse_bytes(&bytes, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
+        assert_eq!((trace.len(), trace.skipped_lines()), (2, 1));
+        assert_eq!(trace.first_skipped(), Some((2, TraceReason::InvalidUtf8)));
     }
 }

@@ -22,8 +22,8 @@
 //! 3. [`SimReport::run`] replays every (capacity, policy) point and collects the results.
 //!
 //! ```
-//! use kvtier::replay::{PrefixPlan, SimConfig, SimPolicy, SimReport};
-//! use kvtier::trace::{Trace, TraceRecord};
+//! use kvtier_cli::replay::{PrefixPlan, SimConfig, SimPolicy, SimReport};
+//! use kvtier_cli::trace::{Trace, TraceRecord};
 //! let req = |ids: &[u64]| TraceRecord { timestamp_ms: 0, input_length: 512 * ids.len() as u32, output_length: 1, hash_ids: ids.to_vec() };
 //! let trace = Trace::from_records(vec![req(&[1, 2]), req(&[3]), req(&[1, 2]), req(&[3])]);
 //! let plan = PrefixPlan::build(&trace);
@@ -31,18 +31,16 @@
 //! let report = SimReport::run(&plan, &config, |_| {})?;
 //! assert_eq!(report.points[0].hit_rate, 0.0); // one block: request 3 evicted everything
 //! assert_eq!(report.points[1].hit_rate, 1.0); // three blocks hold both prompts
-//! # Ok::<(), kvtier::Error>(())
+//! # Ok::<(), kvtier_cli::Error>(())
 //! ```
 
 pub mod chart;
 pub mod engine;
-pub mod engine_report;
-mod engine_scheduler;
 pub mod sim;
 pub mod synth;
 
+pub use engine::report::{EngineReport, EngineTiming};
 pub use engine::{EngineConfig, EngineRun};
-pub use engine_report::{EngineReport, EngineTiming};
 pub use sim::{PrefixPlan, SimPolicy, SimResult};
 
 use crate::error::{Error, Result};
@@ -70,7 +68,7 @@ impl SimConfig {
     /// the unique blocks (`floor`, at least 1).
     ///
     /// ```
-    /// # use kvtier::replay::SimConfig;
+    /// # use kvtier_cli::replay::SimConfig;
     /// assert!(SimConfig::default().with_capacities(vec![0]).validate().is_err());
     /// ```
     pub fn with_capacities(mut self, capacities: Vec<u32>) -> Self {
@@ -81,7 +79,7 @@ impl SimConfig {
     /// Policies to replay at each capacity. Default: LRU and OPT.
     ///
     /// ```
-    /// # use kvtier::replay::{SimConfig, SimPolicy};
+    /// # use kvtier_cli::replay::{SimConfig, SimPolicy};
     /// assert!(SimConfig::default().with_policies(vec![SimPolicy::Fifo]).validate().is_ok());
     /// ```
     pub fn with_policies(mut self, policies: Vec<SimPolicy>) -> Self {
@@ -89,7 +87,7 @@ impl SimConfig {
         self
     }
 
-    /// Replays the tier policies through a real [`crate::BlockPool`] instead of the prefix-tree
+    /// Replays the tier policies through a real [`kvtier::BlockPool`] instead of the prefix-tree
     /// model ([`PrefixPlan::simulate_pool`]). Default: false.
     pub fn with_pool(mut self, in_pool: bool) -> Self {
         self.in_pool = in_pool;
@@ -104,10 +102,10 @@ impl SimConfig {
     /// Rejects a zero capacity and an empty policy list.
     pub fn validate(&self) -> Result<()> {
         if self.capacities.contains(&0) {
-            return Err(Error::InvalidConfig { field: "capacity", reason: "must be at least 1 block" });
+            return Err(Error::invalid("capacity", 0, "must be at least 1 block"));
         }
         if self.policies.is_empty() {
-            return Err(Error::InvalidConfig { field: "policies", reason: "must name at least one policy" });
+            return Err(Error::invalid("policies", "(none)", "must name at least one policy"));
         }
         Ok(())
     }
@@ -115,8 +113,8 @@ impl SimConfig {
     /// The capacities to replay for `plan`.
     ///
     /// ```
-    /// # use kvtier::replay::{PrefixPlan, SimConfig};
-    /// # use kvtier::trace::{Trace, TraceRecord};
+    /// # use kvtier_cli::replay::{PrefixPlan, SimConfig};
+    /// # use kvtier_cli::trace::{Trace, TraceRecord};
     /// let ids: Vec<u64> = (0..200).collect();
     /// let r = TraceRecord { timestamp_ms: 0, input_length: 512 * 200, output_length: 1, hash_ids: ids };
     /// let plan = PrefixPlan::build(&Trace::from_records(vec![r]));

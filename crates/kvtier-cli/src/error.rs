@@ -1,0 +1,107 @@
+//! The one error type of the replay tools.
+//!
+//! Every variant says where the problem is: the file and line of a bad trace or CSV line, the
+//! file and operation of a failed read or write, the setting and the value a configuration
+//! refused. Errors of the kvtier library itself (building or driving the cache during an engine
+//! replay) pass through unchanged as [`Error::Kvtier`].
+
+use std::path::{Path, PathBuf};
+
+use crate::trace::TraceReason;
+
+/// Result alias used throughout kvtier-cli.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the replay tools.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A line of a trace (or of an Azure CSV) is malformed; nothing of the input was used.
+    #[error("{}line {line}: {reason}", at(path))]
+    Trace {
+        /// The file, when the input was read from one.
+        path: Option<PathBuf>,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        reason: TraceReason,
+    },
+    /// Reading or writing a file failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("read", "write", "create directory", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting of a replay or of a synthetic trace is out of range.
+    #[error("invalid {setting} {value}: {reason}")]
+    InvalidConfig {
+        /// The setting ("capacity", "policies", "preset", ...).
+        setting: &'static str,
+        /// The value given, as written (e.g. `0`, `[]`, `foo`).
+        value: String,
+        /// What is accepted instead.
+        reason: String,
+    },
+    /// Drawing a chart failed.
+    #[error("cannot draw chart {}: {reason}", path.display())]
+    Chart {
+        /// The SVG file being written.
+        path: PathBuf,
+        /// What the chart library reported.
+        reason: String,
+    },
+    /// Encoding a report as JSON failed.
+    #[error("cannot encode report {}: {source}", path.display())]
+    Json {
+        /// The report file.
+        path: PathBuf,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The kvtier library refused a configuration or failed while the replay drove it.
+    #[error(transparent)]
+    Kvtier(#[from] kvtier::Error),
+}
+
+impl Error {
+    /// Names `path` as the file a [`Error::Trace`] was read from (other errors unchanged).
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Error::Trace { path: None, line, reason } => Error::Trace { path: Some(path.to_path_buf()), line, reason },
+            other => other,
+        }
+    }
+
+    /// An [`Error::InvalidConfig`] for `setting`, showing `value` as it displays.
+    pub(crate) fn invalid(setting: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig { setting, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// `"trace "` or `"<path>: "`, the start of a [`Error::Trace`] message.
+fn at(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(path) => format!("{}: ", path.display()),
+        None => "trace ".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_file_line_and_value() {
+        let bad = Error::Trace { path: None, line: 3, reason: TraceReason::BadJson };
+        assert_eq!(bad.to_string(), "trace line 3: not valid JSON");
+        assert_eq!(bad.in_file(Path::new("t.jsonl")).to_string(), "t.jsonl: line 3: not valid JSON");
+        let config = Error::invalid("capacity", 0, "must be at least 1 block");
+        assert_eq!(config.to_string(), "invalid capacity 0: must be at least 1 block");
+    }
+}

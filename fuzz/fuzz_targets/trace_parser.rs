@@ -1,11 +1,16 @@
-//! The trace reader on arbitrary text: never panics, rejects a trace at exactly its first bad
+//! The trace reader on arbitrary bytes: never panics, rejects a trace at exactly its first bad
 //! line (with that line's number and reason), counts skipped lines exactly, and every record it
-//! accepts is valid and reads back the same when written out again.
+//! accepts is valid and reads back the same when written out again. As text (`parse_str` of the
+//! lossy UTF-8 decoding) and as bytes (`parse_bytes`, where a line that is not UTF-8 is one bad
+//! line and the others read as in the text).
 #![no_main]
 
-use kvtier::Error;
-use kvtier::trace::{TRACE_BLOCK_TOKENS, Trace, TraceOptions, TraceRecord};
+use kvtier_cli::Error;
+use kvtier_cli::trace::{TRACE_BLOCK_TOKENS, Trace, TraceOptions, TraceReason, TraceRecord};
 use libfuzzer_sys::fuzz_target;
+
+/// What one line is on its own: `None` for a blank line.
+type Verdict = Option<Result<TraceRecord, TraceReason>>;
 
 fn check_record(r: &TraceRecord) {
     assert_eq!(r.hash_ids.len(), r.input_length.div_ceil(TRACE_BLOCK_TOKENS) as usize);
@@ -24,33 +29,36 @@ fn check_record(r: &TraceRecord) {
     assert_eq!(TraceRecord::parse_line(&line).as_ref(), Ok(r), "{line}");
 }
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let lines: Vec<&str> = text.lines().collect();
-    // what each line is on its own
-    let verdicts: Vec<Option<Result<TraceRecord, _>>> =
-        lines.iter().map(|l| (!l.trim().is_empty()).then(|| TraceRecord::parse_line(l))).collect();
+/// The lines of `data` split at `\n` and `\r\n`, the last line ending optional (as `str::lines`).
+fn raw_lines(data: &[u8]) -> Vec<&[u8]> {
+    let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    let last = lines.pop().filter(|l| !l.is_empty());
+    let mut lines: Vec<&[u8]> = lines.into_iter().map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
+    lines.extend(last);
+    lines
+}
+
+/// Checks a reader (`parse`, with and without skipping) against the verdicts of its lines.
+fn check_reader(verdicts: &[Verdict], parse: impl Fn(&TraceOptions) -> Result<Trace, Error>) {
     let first_bad = verdicts.iter().position(|v| matches!(v, Some(Err(_))));
     let good: Vec<&TraceRecord> = verdicts.iter().filter_map(|v| v.as_ref()?.as_ref().ok()).collect();
-    for r in &good {
-        check_record(r);
-    }
+    let reason_of = |i: usize| verdicts[i].as_ref().and_then(|v| v.as_ref().err()).copied();
 
-    match (Trace::parse_str(&text, &TraceOptions::default()), first_bad) {
+    match (parse(&TraceOptions::default()), first_bad) {
         (Ok(trace), None) => {
             assert_eq!(trace.len(), good.len());
             assert!(trace.records().iter().zip(&good).all(|(a, b)| a == *b));
             assert_eq!(trace.skipped_lines(), 0);
         }
-        (Err(Error::Trace { line, reason }), Some(i)) => {
+        (Err(Error::Trace { path: None, line, reason }), Some(i)) => {
             assert_eq!(line, i + 1, "error names the wrong line");
-            assert_eq!(verdicts[i].as_ref().unwrap().as_ref().unwrap_err(), &reason);
+            assert_eq!(reason_of(i), Some(reason));
             assert!(!reason.to_string().is_empty());
         }
-        (other, first_bad) => panic!("parse_str gave {other:?}, first bad line index {first_bad:?}"),
+        (other, first_bad) => panic!("the reader gave {other:?}, first bad line index {first_bad:?}"),
     }
 
-    let skipping = Trace::parse_str(&text, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
+    let skipping = parse(&TraceOptions::default().with_skip_bad_lines(true)).unwrap();
     assert_eq!(skipping.len(), good.len());
     let bad = verdicts.iter().filter(|v| matches!(v, Some(Err(_)))).count();
     assert_eq!(skipping.skipped_lines(), bad);
@@ -58,9 +66,33 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => {
             let (line, reason) = skipping.first_skipped().expect("a skipped line is reported");
             assert_eq!(line, i + 1);
-            assert_eq!(verdicts[i].as_ref().unwrap().as_ref().unwrap_err(), &reason);
+            assert_eq!(reason_of(i), Some(reason));
         }
         None => assert_eq!(skipping.first_skipped(), None),
     }
     assert_eq!(skipping.prompt_tokens(), good.iter().map(|r| u64::from(r.input_length)).sum::<u64>());
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<&str> = text.lines().collect();
+    let verdicts: Vec<Verdict> =
+        lines.iter().map(|l| (!l.trim().is_empty()).then(|| TraceRecord::parse_line(l))).collect();
+    for r in verdicts.iter().filter_map(|v| v.as_ref()?.as_ref().ok()) {
+        check_record(r);
+    }
+    check_reader(&verdicts, |options| Trace::parse_str(&text, options));
+
+    // Lossy decoding keeps every ASCII byte, so the raw lines are the text's lines.
+    let raw = raw_lines(data);
+    assert_eq!(raw.len(), lines.len());
+    let byte_verdicts: Vec<Verdict> = raw
+        .iter()
+        .zip(&verdicts)
+        .map(|(line, verdict)| match std::str::from_utf8(line) {
+            Ok(_) => verdict.clone(),
+            Err(_) => Some(Err(TraceReason::InvalidUtf8)),
+        })
+        .collect();
+    check_reader(&byte_verdicts, |options| Trace::parse_bytes(data, options));
 });

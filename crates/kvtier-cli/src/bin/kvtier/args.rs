@@ -1,0 +1,259 @@
+//! The command line: subcommands, their flags and the values the flags take.
+
+use std::path::PathBuf;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvtier::KvLayout;
+use kvtier_cli::replay::SimPolicy;
+use kvtier_cli::replay::synth::SynthPreset;
+
+// `kvtier [replay flags]`, `kvtier replay [flags]` or `kvtier synth [flags]` (no doc comment:
+// clap would show it as the long help).
+#[derive(Parser)]
+#[command(
+    name = "kvtier",
+    version,
+    about = "Paged KV cache with tiered offload: trace replay",
+    args_conflicts_with_subcommands = true
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    #[command(flatten)]
+    pub(crate) replay: ReplayArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Replay a serving trace and report prefix hit rates (the default command).
+    Replay(ReplayArgs),
+    /// Build a Mooncake-format trace from an Azure LLM inference CSV (arrivals and lengths kept,
+    /// prefix structure modelled: see `kvtier_cli::replay::synth`).
+    Synth(SynthArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SynthArgs {
+    /// Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) csv: PathBuf,
+    /// Workload shape.
+    #[arg(long, default_value = "conv", value_parser = PossibleValuesParser::new(SynthPreset::ALL.map(SynthPreset::name)))]
+    pub(crate) preset: String,
+    /// Random seed (equal seeds give equal traces).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Output JSONL path.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ReplayArgs {
+    /// Mooncake-format JSONL trace (timestamp, input_length, output_length, hash_ids).
+    /// Default: the bundled sample.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) trace: Option<PathBuf>,
+    /// Cache capacities in 512-token blocks, comma-separated (e.g. 1827,9139).
+    /// Default: 1,5,10,25,50 % of the trace's unique blocks.
+    #[arg(long, value_name = "BLOCKS", value_delimiter = ',')]
+    pub(crate) capacity: Vec<u32>,
+    /// Replay mode: `sim` is the kvcache-simulator-compatible hit-rate model, `engine` the real
+    /// tiered engine with simulated request lifetimes, `both` runs the two.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    pub(crate) mode: Mode,
+    /// Engine mode: G1 capacity, in blocks (`32768`) or bytes at the model layout (`64GiB`).
+    #[arg(long, value_name = "SIZE", default_value = "32768")]
+    pub(crate) g1: Size,
+    /// Engine mode: G2 capacity, in blocks or bytes (`128GiB`).
+    #[arg(long, value_name = "SIZE", default_value = "65536")]
+    pub(crate) g2: Size,
+    /// Engine mode: G3 capacity, in blocks or bytes (`256GiB`); 0 for no SSD tier.
+    #[arg(long, value_name = "SIZE", default_value = "131072")]
+    pub(crate) g3: Size,
+    /// Engine mode: model layout preset.
+    #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b", value_parser = PossibleValuesParser::new(KvLayout::PRESETS))]
+    pub(crate) layout: String,
+    /// Engine mode: tokens per block (must divide 512).
+    #[arg(long, value_name = "TOKENS", default_value_t = 16)]
+    pub(crate) block_size: u32,
+    /// Engine mode: G3 IO engine.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    pub(crate) io_backend: IoBackend,
+    /// Engine mode: pages G3 takes from G2.
+    #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
+    pub(crate) admission: AdmissionArg,
+    /// Engine mode: eviction policy of every tier (default: each tier's own, G1 LHD, G2 and
+    /// G3 LRU).
+    #[arg(long, value_enum)]
+    pub(crate) tier_policy: Option<TierPolicy>,
+    /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
+    #[arg(long)]
+    pub(crate) no_write_through: bool,
+    /// Engine mode: move full model-size pages (real offload/onboard throughput; G1 and G2 are
+    /// mapped at full size, so keep capacities and --requests small).
+    #[arg(long)]
+    pub(crate) full_data: bool,
+    /// Replay only the first N requests of the trace.
+    #[arg(long, value_name = "N")]
+    pub(crate) requests: Option<usize>,
+    /// Engine mode: simulated duration of one decode step, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 20.0)]
+    pub(crate) decode_step_ms: f64,
+    /// Engine mode: simulated prefill speed, computed tokens per second.
+    #[arg(long, value_name = "TOKENS", default_value_t = 100_000.0)]
+    pub(crate) prefill_tokens_per_sec: f64,
+    /// Engine mode: directory for the G3 files (a fresh subdirectory, removed afterwards).
+    /// Default: the --out directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ssd_dir: Option<PathBuf>,
+    /// Eviction policies to replay at each capacity, comma-separated; `all` is every one
+    /// (fifo, lru, s3fifo, arc, lhd, opt). Sim mode only: the engine uses the tiers' policy.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Policy::Lru, Policy::Lhd, Policy::Opt])]
+    pub(crate) policy: Vec<Policy>,
+    /// Sim mode: run the tier policies in a real block pool (which knows nothing of the prefix
+    /// tree) instead of the prefix-tree model. FIFO and OPT still run in the model.
+    #[arg(long)]
+    pub(crate) in_pool: bool,
+    /// Directory for the JSON report (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    pub(crate) out: PathBuf,
+    /// Skip (and count) malformed trace lines instead of failing.
+    #[arg(long)]
+    pub(crate) skip_bad_lines: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// kvcache-simulator-compatible: one request at a time, first half warms, longest cached prefix.
+    Sim,
+    /// The real G1 + G2 + G3 engine, simulated request lifetimes.
+    Engine,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TierPolicy {
+    Lru,
+    S3fifo,
+    Arc,
+    Lhd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum AdmissionArg {
+    /// Every page spilled from G2.
+    All,
+    /// Pages seen at least twice recently (TinyLFU-style sketch).
+    SeenTwice,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum IoBackend {
+    Auto,
+    Uring,
+    Psync,
+}
+
+/// A capacity: blocks, or bytes at the model layout (`4GiB`, `512MiB`, `1TB`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Size {
+    Blocks(u64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (number, unit) = (&s[..split], s[split..].trim().to_ascii_lowercase());
+        let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a size (e.g. 2048 or 4GiB)"))?;
+        let scale: u64 = match unit.as_str() {
+            "" | "blocks" => {
+                return number.parse().map(Size::Blocks).map_err(|_| format!("`{s}`: blocks are a whole number"));
+            }
+            "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(format!("`{s}`: unknown unit (use blocks, B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        };
+        Ok(Size::Bytes((value * scale as f64) as u64))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Blocks(n) => write!(f, "{n}"),
+            Size::Bytes(n) => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl Size {
+    pub(crate) fn blocks(self, page_bytes: usize) -> usize {
+        match self {
+            Size::Blocks(n) => n as usize,
+            Size::Bytes(n) => (n / page_bytes as u64) as usize,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Policy {
+    Fifo,
+    Lru,
+    S3fifo,
+    Arc,
+    Lhd,
+    Opt,
+    All,
+}
+
+/// The policies named on the command line, `all` expanded, each once, in the given order.
+pub(crate) fn sim_policies(named: &[Policy]) -> Vec<SimPolicy> {
+    let mut out: Vec<SimPolicy> = Vec::new();
+    for &p in named {
+        let add: &[SimPolicy] = match p {
+            Policy::Fifo => &[SimPolicy::Fifo],
+            Policy::Lru => &[SimPolicy::Lru],
+            Policy::S3fifo => &[SimPolicy::S3Fifo],
+            Policy::Arc => &[SimPolicy::Arc],
+            Policy::Lhd => &[SimPolicy::Lhd],
+            Policy::Opt => &[SimPolicy::Opt],
+            Policy::All => &SimPolicy::ALL,
+        };
+        for &policy in add {
+            if !out.contains(&policy) {
+                out.push(policy);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn sizes_are_blocks_or_bytes() {
+        assert_eq!("2048".parse(), Ok(Size::Blocks(2048)));
+        assert_eq!("4GiB".parse(), Ok(Size::Bytes(4 << 30)));
+        assert_eq!("1.5 TiB".parse(), Ok(Size::Bytes(3 << 39)));
+        assert_eq!("512mb".parse(), Ok(Size::Bytes(512_000_000)));
+        assert_eq!(Size::Bytes(4 << 30).blocks(2 << 20), 2048);
+        assert!("4XB".parse::<Size>().is_err());
+        assert!("GiB".parse::<Size>().is_err());
+        assert!("1.5".parse::<Size>().is_err(), "blocks are whole");
+    }
+}

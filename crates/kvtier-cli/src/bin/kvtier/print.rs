@@ -1,0 +1,191 @@
+//! The reports as text, for the terminal.
+
+use std::time::Duration;
+
+use kvtier_cli::replay::{EngineRun, SimConfig, SimReport};
+use kvtier_cli::trace::Trace;
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn us(ns: u64) -> String {
+    if ns >= 10_000 { format!("{:.1} us", ns as f64 / 1e3) } else { format!("{ns} ns") }
+}
+
+pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
+    let r = &run.report;
+    let t = &run.timing;
+    let model = |blocks: usize| gib(blocks as u64 * r.model_page_bytes as u64);
+    println!("kvtier replay --mode engine (G1 + G2 + G3 engine, simulated request lifetimes)");
+    println!("trace        {source}");
+    println!(
+        "layout       {layout}, {}-token blocks: {} per block at the model, {} B moved per block{}",
+        r.block_size,
+        format_bytes(r.model_page_bytes as u64),
+        r.payload_page_bytes,
+        if r.full_data { " (full data)" } else { " (small payload)" }
+    );
+    println!(
+        "capacity     G1 {} blocks ({}), G2 {} ({}), G3 {}; write-through {}",
+        r.g1_blocks,
+        model(r.g1_blocks),
+        r.g2_blocks,
+        model(r.g2_blocks),
+        match &r.g3_backend {
+            Some(backend) => format!(
+                "{} ({}; slots of {} B on disk, {backend}, {} admission)",
+                r.g3_blocks,
+                model(r.g3_blocks),
+                r.g3_slot_bytes,
+                r.admission
+            ),
+            None => "none".to_string(),
+        },
+        if r.write_through_g2 { "on" } else { "off" }
+    );
+    println!(
+        "requests     {} ({} finished, {} rejected: larger than G1, {} cut short), {} preemptions, peak {} running",
+        r.requests, r.finished, r.rejected, r.truncated, r.preemptions, r.peaks.running
+    );
+    println!(
+        "tokens       {} prompt, {} decoded; {} scheduler steps over {:.0} s simulated ({} ms/step + prefill at {:.0} tok/s)",
+        r.prompt_tokens, r.decode_tokens, r.steps, r.simulated_seconds, r.decode_step_ms, r.prefill_tokens_per_sec
+    );
+    let w = &r.admission_wait;
+    println!(
+        "wait         arrival to admission (queue + onboarding, simulated): mean {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        w.mean_ms, w.p50_ms, w.p99_ms, w.max_ms
+    );
+    let h = &r.hit_rate;
+    println!(
+        "hit rate     {:.4} overall = G1 {:.4} + G2 {:.4} + G3 {:.4}; second half {:.4}",
+        h.overall, h.g1, h.g2, h.g3, h.second_half
+    );
+    println!(
+        "prefill      {} tokens saved (G1 {}, G2 {}, G3 {}), {} computed (recomputation included)",
+        r.prefill_tokens_saved, r.hit_tokens.g1, r.hit_tokens.g2, r.hit_tokens.g3, r.prefill_tokens_computed
+    );
+    println!("traffic      {:>8} {:>12} {:>14} {:>14}", "", "pages", "bytes moved", "at the model");
+    for row in &r.traffic {
+        println!(
+            "             {:>8} {:>12} {:>14} {:>14}  ({}/s simulated)",
+            format!("{}->{}", row.from, row.to),
+            row.pages,
+            format_bytes(row.bytes_moved),
+            format_bytes(row.bytes_at_model),
+            format_bytes(row.model_bytes_per_sim_sec as u64)
+        );
+    }
+    println!(
+        "throughput   offload {}/s over {:.3} s of maintenance, onboard {}/s over {:.3} s (actual payload bytes)",
+        format_bytes(t.offload_bytes_per_sec as u64),
+        t.maintenance_seconds,
+        format_bytes(t.onboard_bytes_per_sec as u64),
+        t.onboard_seconds
+    );
+    println!(
+        "evictions    G1 {} ({} unbacked), G2 {} ({} unbacked), G3 {}; G3 admission declined {}, onboard failed {}",
+        r.g1_evictions,
+        r.g1_unbacked_evictions,
+        r.g2_evictions,
+        r.g2_unbacked_evictions,
+        r.g3_evictions,
+        r.admission_declined,
+        r.onboard_failed
+    );
+    let p = &r.peaks;
+    println!(
+        "peak usage   G1 {} blocks held ({:.1} %), {} holding data ({:.1} %); G2 {} ({:.1} %); G3 {} ({:.1} %)",
+        p.g1_in_use,
+        pct(p.g1_in_use, r.g1_blocks),
+        p.g1_resident,
+        pct(p.g1_resident, r.g1_blocks),
+        p.g2_used,
+        pct(p.g2_used, r.g2_blocks),
+        p.g3_used,
+        pct(p.g3_used, r.g3_blocks)
+    );
+    for (name, l) in [("add_sequence", t.add_sequence), ("decode_step", t.decode_step), ("free", t.free)] {
+        println!("latency      {name:<13} p50 {:>9}  p99 {:>9}  ({} calls)", us(l.p50_ns), us(l.p99_ns), l.count);
+    }
+    for (name, l) in [
+        ("offload/page", t.offload_page_latency),
+        ("spill/batch", t.spill_batch_latency),
+        ("onboard G2/pg", t.onboard_g2_page_latency),
+        ("onboard G3/bt", t.onboard_g3_batch_latency),
+    ] {
+        println!("engine       {name:<13} p50 {:>9}  p99 {:>9}  ({} ops)", us(l.p50_ns), us(l.p99_ns), l.count);
+    }
+    println!("elapsed      {:.3} s", t.wall_seconds);
+}
+
+fn pct(n: usize, of: usize) -> f64 {
+    100.0 * n as f64 / of.max(1) as f64
+}
+
+fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+pub(crate) fn print_report(
+    report: &SimReport,
+    trace: &Trace,
+    source: &str,
+    config: &SimConfig,
+    [parse, plan, total]: [Duration; 3],
+    point_times: &[Duration],
+) {
+    println!("kvtier replay --mode sim (kvcache-simulator-compatible prefix hit rate)");
+    println!("trace        {source}");
+    println!(
+        "requests     {} ({} warm-up, {} measured), bad lines skipped: {}",
+        report.requests,
+        report.warmup_requests,
+        report.requests - report.warmup_requests,
+        trace.skipped_lines()
+    );
+    if let Some((line, reason)) = trace.first_skipped() {
+        println!("             first skipped: line {line}: {reason}");
+    }
+    println!(
+        "tokens       {} prompt tokens, {} measured; {} block ids, {} unique 512-token blocks",
+        report.prompt_tokens, report.measured_tokens, report.block_events, report.unique_blocks
+    );
+    println!("ceiling      {:.4} (unbounded cache)", report.ceiling_hit_rate);
+    println!("hit rate     tokens in the longest cached prefix / all prompt tokens, second half of the requests");
+    print!("  {:>10} {:>8}", "capacity", "%unique");
+    for policy in config.policies() {
+        print!(" {:>8}", policy.name());
+    }
+    println!(" {:>10}", "ms/point");
+    for (row, times) in report.points.chunks(config.policies().len()).zip(point_times.chunks(config.policies().len())) {
+        let capacity = row[0].capacity_blocks;
+        let share = 100.0 * capacity as f64 / report.unique_blocks.max(1) as f64;
+        print!("  {capacity:>10} {share:>7.1}%");
+        for point in row {
+            let flag = if point.underfilled { "*" } else { " " };
+            print!(" {:>7.4}{flag}", point.hit_rate);
+        }
+        let ms = times.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / times.len().max(1) as f64;
+        println!(" {ms:>10.2}");
+    }
+    if report.points.iter().any(|p| p.underfilled) {
+        println!("  * the cache never filled during warm-up (kvcache-simulator reports no rate there)");
+    }
+    let replay: f64 = point_times.iter().map(Duration::as_secs_f64).sum();
+    println!(
+        "elapsed      {:.3} s (parse {:.3} s, prefix tree {:.3} s, replay {:.3} s)",
+        total.as_secs_f64(),
+        parse.as_secs_f64(),
+        plan.as_secs_f64(),
+        replay
+    );
+}

@@ -334,12 +334,12 @@ impl DiskTier {
 
     /// Starts recording the hashes this tier evicts to make room (for the tiers above, whose
     /// copies counted on them); drain them with [`DiskTier::drain_evicted`].
-    pub fn log_evictions(&self, on: bool) {
+    pub(crate) fn log_evictions(&self, on: bool) {
         lock(&self.inner).pool.log_evictions(on);
     }
 
     /// Moves the hashes evicted since the last call into `out`.
-    pub fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
+    pub(crate) fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
         lock(&self.inner).pool.drain_evicted(out);
     }
 

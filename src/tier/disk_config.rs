@@ -208,16 +208,9 @@ fn held_bytes(dir: &Path) -> u64 {
 
 /// Free bytes of the file system holding `dir` for an unprivileged writer; None if unknown.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn free_disk_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `statvfs` is plain old data; all-zero bytes are a valid value of it.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string that outlives the call and `stat` is a valid,
-    // exclusively borrowed out-parameter of the type the call expects.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use crate::prefix::BlockHash;
+use crate::tier::disk::format::Fingerprint;
 use crate::tier::disk::{DiskMetrics, DiskTier};
-use crate::tier::disk_format::Fingerprint;
 use crate::tier::host::{HostMetrics, HostTier};
 
 /// Read-only view of the engine's host tier (G2).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use super::disk_format::{Header, MAX_MODEL_ID_BYTES};
+use super::format::{Header, MAX_MODEL_ID_BYTES};
 use crate::error::{Error, Result, Tier};
 use crate::io::IoConfig;
 
@@ -198,7 +198,7 @@ fn held_bytes(dir: &Path) -> u64 {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name == super::disk::INDEX_FILE || (name.starts_with("slab-") && name.ends_with(".kvt"))
+            name == super::INDEX_FILE || (name.starts_with("slab-") && name.ends_with(".kvt"))
         })
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())

@@ -61,7 +61,7 @@ pub use error::{Error, Result, Tier};
 pub use events::{CacheSnapshot, KvEvent, KvEventKind};
 pub use layout::{Dtype, KvLayout, MAX_PAGE_BYTES};
 pub use metrics::CacheMetrics;
-pub use pool::{Arena, BlockId, BlockPool, BlockState};
+pub use pool::{Arena, BlockId, BlockPool, BlockState, PageRead, PageWrite};
 pub use prefix::{BlockHash, ExtraKeys, HASH_SEED, HASH_VERSION, HashIndex, Insert, MmInput};
 pub use seq::SeqId;
 pub use table::BatchTables;

@@ -228,7 +228,7 @@ impl CacheCore {
         if out.len() != expected {
             return Err(Error::LayoutMismatch { expected, actual: out.len() });
         }
-        out.copy_from_slice(self.page(block)?);
+        out.copy_from_slice(&self.page(block)?);
         Ok(())
     }
 

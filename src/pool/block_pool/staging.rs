@@ -94,6 +94,24 @@ impl<P: EvictionPolicy> BlockPool<P> {
         Ok(())
     }
 
+    /// Ends the staged copies of `done`, each with its outcome (see [`crate::pool::StagedCopies`]).
+    pub(crate) fn end_copies(&mut self, done: &[(BlockId, crate::pool::CopyOutcome)]) -> Result<()> {
+        use crate::pool::CopyOutcome;
+        let mut first_error = None;
+        for &(b, outcome) in done {
+            let ended = match outcome {
+                CopyOutcome::Kept => self.finish_staged(b, false),
+                CopyOutcome::Backed => self.finish_staged(b, true),
+                CopyOutcome::Declined => self.decline_staged(b),
+            };
+            // Every page is handed back even if one fails.
+            if let Err(e) = ended {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Marks a block's content as backed (or not) by a lower tier.
     pub fn set_backed(&mut self, b: BlockId, backed: bool) -> Result<()> {
         let capacity = self.meta.len();

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use memmap2::MmapMut;
 
-use super::disk_config::DiskMetrics;
-use super::disk_format::{HEADER_BYTES, Header, RECORD_BYTES, STATE_VALID, STATE_WRITING, SlotRecord};
+use super::config::DiskMetrics;
+use super::format::{HEADER_BYTES, Header, RECORD_BYTES, STATE_VALID, STATE_WRITING, SlotRecord};
 use crate::error::{Error, Result, Tier};
 use crate::policy::{AnyPolicy, EvictionPolicy, PolicyKind};
 use crate::pool::list::IndexList;

@@ -115,7 +115,7 @@ pub struct Header {
 }
 
 /// Slot size for a page: rounded up to [`DIRECT_ALIGN`] so every slot is O_DIRECT aligned.
-pub fn slot_bytes_for(page_bytes: u64) -> u64 {
+pub(crate) fn slot_bytes_for(page_bytes: u64) -> u64 {
     page_bytes.div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64
 }
 
@@ -224,7 +224,7 @@ fn bad(reason: &'static str) -> Error {
 }
 
 /// True when `bytes` is all zeros: an index file whose creation never got as far as its header.
-pub fn is_blank(bytes: &[u8]) -> bool {
+pub(crate) fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 

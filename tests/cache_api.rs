@@ -7,6 +7,9 @@ use kvtier::{
     HASH_VERSION, KvCache, KvEvent, KvEventKind, KvLayout, MmInput, SeqId,
 };
 
+mod common;
+use common::XorShift;
+
 /// A tiny layout: 32 bytes per token (1 layer, 1 head, dim 4, f32, K and V).
 fn layout(bs: u32) -> KvLayout {
     KvLayout::new(1, 1, 4, Dtype::F32, bs).unwrap()
@@ -736,13 +739,8 @@ fn snapshot_plus_replay_reproduces_the_cached_set_after_dropped_events() {
     let c = KvCache::new(cfg(4, 24).with_event_capacity(5)).unwrap();
     let mut r = Router::default();
     let mut live: Vec<SeqId> = Vec::new();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
+    let mut rnd = move |n: u64| rng.below(n);
     for step in 0..600 {
         // prompts from 4 shared heads with random tails
         let head = rnd(4) as u32;
@@ -1113,13 +1111,8 @@ fn many_threads_share_prefixes_safely() {
         for t in 0..threads {
             let c = &c;
             s.spawn(move || {
-                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
-                let mut rnd = move |n: u64| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x % n
-                };
+                let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1));
+                let mut rnd = move |n: u64| rng.below(n);
                 let mut mine: Vec<SeqId> = Vec::new();
                 let mut out = BatchTables::new();
                 for i in 0..400u32 {

@@ -5,7 +5,7 @@
 //! page verifies (its bytes are derived from its hash) and that onboarding through a new
 //! engine serves exactly those bytes. The next child reopens the same directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,9 @@ use kvtier::offload::{Admission, OffloadConfig, TieredCache};
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
 use kvtier::{BlockHash, CacheConfig, Dtype, Error, ExtraKeys, KvLayout};
+
+mod common;
+use common::{TestDir, XorShift};
 
 const BS: usize = 16;
 const DIR_ENV: &str = "KVTIER_ENGINE_CRASH_DIR";
@@ -27,15 +30,8 @@ fn layout() -> KvLayout {
 }
 
 fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
-    let mut x = (h.0 as u64) ^ ((h.0 >> 64) as u64) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = XorShift::new((h.0 as u64) ^ ((h.0 >> 64) as u64) | 1);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Prompt `i`: a 2-block prefix shared by its family of 10, then its own block and one token.
@@ -84,13 +80,10 @@ fn onboard_and_check(t: &TieredCache, tokens: &[u32]) -> usize {
 #[test]
 fn crash_child() {
     let (Ok(dir), Ok(seed)) = (std::env::var(DIR_ENV), std::env::var(SEED_ENV)) else { return };
-    let mut x: u64 = seed.parse::<u64>().unwrap() | 1;
+    let mut rng = XorShift::new(seed.parse::<u64>().unwrap() | 1);
     let t = engine(Path::new(&dir), 1);
     for round in 0u64.. {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let tokens = prompt((x % PROMPTS as u64) as u32);
+        let tokens = prompt(rng.below(PROMPTS as u64) as u32);
         if round % 4 == 3 {
             onboard_and_check(&t, &tokens); // reads from G3 get killed too
         } else {
@@ -117,28 +110,19 @@ fn crash_child() {
     }
 }
 
-struct TestDir(PathBuf);
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn sigkill_the_engine_20_times_never_serves_wrong_bytes() {
     let started_at = Instant::now();
-    let dir = TestDir(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-engine-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TestDir::new("crash-engine");
     let exe = std::env::current_exe().unwrap();
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
     let (mut verified, mut onboarded, mut recovered_total) = (0u64, 0u64, 0u64);
     for cycle in 0..CYCLES {
-        let started = dir.0.join("started");
+        let started = dir.path().join("started");
         let _ = std::fs::remove_file(&started);
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--test-threads=1"])
-            .env(DIR_ENV, &dir.0)
+            .env(DIR_ENV, dir.path())
             .env(SEED_ENV, (cycle * 7919 + 1).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -150,16 +134,13 @@ fn sigkill_the_engine_20_times_never_serves_wrong_bytes() {
             assert!(Instant::now() < deadline, "the child did not start");
             std::thread::sleep(Duration::from_millis(2));
         }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(rng % 60));
+        std::thread::sleep(Duration::from_millis(rng.below(60)));
         assert!(child.try_wait().unwrap().is_none(), "the child failed (a wrong byte or a panic) before the kill");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
 
         // Warm restart: every recovered page verifies, and nothing else is there.
-        let t = engine(&dir.0, 0);
+        let t = engine(dir.path(), 0);
         let g3 = t.g3().unwrap();
         let recovered = g3.metrics().recovered;
         let page = layout().page_bytes();

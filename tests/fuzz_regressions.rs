@@ -4,6 +4,9 @@
 use kvtier::tier::format::{Fingerprint, Header, parse_header};
 use kvtier::{Dtype, Error, KvLayout};
 
+mod common;
+use common::TestDir;
+
 /// fuzz target `disk_header`: a header whose page size is within 4095 of 2^64 made the slot
 /// size computation overflow: a panic with overflow checks, and without them a wrapped slot
 /// size of 0 that the parser then accepted. It must be a typed [`Error::BadHeader`].
@@ -42,10 +45,9 @@ fn maintenance_settles_when_g3_is_smaller_than_g2() {
     use kvtier::tier::host::HostConfig;
     use kvtier::{CacheConfig, ExtraKeys};
 
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("thrash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new("thrash");
     let layout = KvLayout::new(1, 1, 8, Dtype::F16, 2).unwrap();
-    let disk = DiskConfig::new(&dir)
+    let disk = DiskConfig::new(dir.path())
         .with_capacity_slots(2)
         .with_slots_per_file(1)
         .with_io(IoConfig::default().with_backend(BackendKind::Psync));
@@ -68,6 +70,5 @@ fn maintenance_settles_when_g3_is_smaller_than_g2() {
     let passes = (0..100).take_while(|_| t.run_maintenance().unwrap()).count();
     let spilled = t.metrics().engine.g2_to_g3.pages;
     drop(t);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(passes < 100, "maintenance still busy after 100 passes: {spilled} pages written to a 2-slot G3");
 }

@@ -5,11 +5,13 @@
 #[path = "../examples/serve.rs"]
 mod serve;
 
+mod common;
+use common::TestDir;
+
 #[test]
 fn offloaded_and_onboarded_prefixes_give_bit_identical_outputs() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{}", std::process::id()));
-    let (small, large) = serve::equivalence(serve::SMALL_G1, &dir, false).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new("serve");
+    let (small, large) = serve::equivalence(serve::SMALL_G1, dir.path(), false).unwrap();
     let e = &small.metrics.engine;
     assert!(e.g2_to_g1.pages > 0 && e.g3_to_g1.pages > 0, "prefixes must come back from both tiers: {e:?}");
     assert_eq!(small.metrics.g3.map(|d| d.corrupt), Some(0));

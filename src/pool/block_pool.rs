@@ -6,9 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
+use crate::list::{IndexRing, MAX_INDEX};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 mod staging;

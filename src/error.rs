@@ -3,7 +3,7 @@
 //! Every variant is structured so that a caller can act on it (retry after preempting, drop a
 //! request, report a corrupt slot) without parsing a message.
 
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 use crate::seq::SeqId;
 
 /// Result alias used throughout kvtier.

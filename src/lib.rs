@@ -44,12 +44,14 @@
 mod cache;
 mod error;
 mod events;
+mod ids;
 pub mod io;
 mod layout;
+mod list;
 mod metrics;
 pub mod offload;
 pub mod policy;
-pub mod pool;
+mod pool;
 mod prefix;
 mod seq;
 mod sync;

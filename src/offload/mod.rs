@@ -31,8 +31,13 @@ mod worker;
 
 pub use admission::Admission;
 pub use metrics::{EngineMetrics, LatencySummary, Traffic};
+#[cfg(feature = "testing")]
 pub use queue::{Next, WorkQueue};
-pub use ticket::{OnboardOutcome, Ticket, TicketCell};
+#[cfg(not(feature = "testing"))]
+pub(crate) use queue::{Next, WorkQueue};
+#[cfg(feature = "testing")]
+pub use ticket::TicketCell;
+pub use ticket::{OnboardOutcome, Ticket};
 pub use views::{DiskView, HostView};
 
 use std::thread::JoinHandle;
@@ -278,7 +283,7 @@ impl TieredCache {
     }
 
     /// Like [`TieredCache::new`], with the SSD tier's IO going through `backend` (for example
-    /// a [`crate::io::FaultyBackend`] injecting faults) instead of the engine
+    /// the `testing` feature's `FaultyBackend` injecting faults) instead of the backend
     /// `config.disk.io` asks for. Fails with [`Error::InvalidConfig`] without an SSD tier.
     ///
     /// ```

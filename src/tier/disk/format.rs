@@ -36,7 +36,7 @@ const MAGIC: [u8; 8] = *b"KVTIERG3";
 ///
 /// ```
 /// use kvtier::{Dtype, KvLayout};
-/// use kvtier::tier::Fingerprint;
+/// use kvtier::tier::format::Fingerprint;
 /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
 /// let fp = Fingerprint::new("my-model", &layout, 0, 1);
 /// assert_eq!(fp.page_bytes, layout.page_bytes() as u64);
@@ -147,7 +147,7 @@ impl Header {
     ///
     /// ```
     /// use kvtier::{Dtype, KvLayout};
-    /// use kvtier::tier::{parse_header, Fingerprint, Header};
+    /// use kvtier::tier::format::{parse_header, Fingerprint, Header};
     /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
     /// let header = Header { fingerprint: Fingerprint::new("m", &layout, 0, 1), slot_bytes: 4096, slot_count: 8, slots_per_file: 4 };
     /// assert_eq!(parse_header(&header.encode()?)?, header);
@@ -233,7 +233,7 @@ pub(crate) fn is_blank(bytes: &[u8]) -> bool {
 /// Pure and total: any input gives a [`Header`] or [`Error::BadHeader`], never a panic.
 ///
 /// ```
-/// use kvtier::tier::parse_header;
+/// use kvtier::tier::format::parse_header;
 /// assert!(matches!(parse_header(b"garbage"), Err(kvtier::Error::BadHeader { .. })));
 /// ```
 pub fn parse_header(bytes: &[u8]) -> Result<Header> {

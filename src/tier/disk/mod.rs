@@ -137,7 +137,8 @@ impl DiskTier {
         Self::open_with_backend(layout, config, backend)
     }
 
-    /// Like [`DiskTier::open`] with a given engine (for example a [`crate::io::FaultyBackend`]).
+    /// Like [`DiskTier::open`] with a given IO backend (for example the `testing` feature's
+    /// `FaultyBackend`).
     pub fn open_with_backend(layout: &KvLayout, config: DiskConfig, backend: Box<dyn IoBackend>) -> Result<Self> {
         config.validate()?;
         let page_bytes = layout.page_bytes();

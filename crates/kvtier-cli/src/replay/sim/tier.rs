@@ -1,8 +1,8 @@
 //! Replays of the tier policies: through the prefix-tree model with any [`EvictionPolicy`], or
 //! through a real [`kvtier::BlockPool`].
 
+use kvtier::BlockId;
 use kvtier::policy::{EvictionPolicy, PolicyKind};
-use kvtier::pool::BlockId;
 
 use super::{PrefixPlan, ROOT, SimPolicy, SimResult};
 

@@ -429,13 +429,36 @@ impl TieredCache {
         worker::maintain(&self.shared)
     }
 
-    /// Waits until queued jobs are done and one maintenance pass found nothing to do. Queued
-    /// jobs are also run on the caller's thread, so this works while the workers are paused.
+    /// Brings the engine to rest: returns once every job queued before the call is done, no
+    /// worker is in the middle of a maintenance pass (so no G1 block or G2 slot is pinned by a
+    /// copy), and a pass on the caller's thread found nothing to do. Afterwards only the
+    /// runtime's own references (sequences, tickets, retentions) hold G1 blocks.
+    ///
+    /// The workers are paused meanwhile ([`TieredCache::pause_workers`]): a pass a worker has
+    /// begun runs to its end first, then queued jobs and passes run on the caller's thread.
+    /// Waiting for queued jobs alone is not enough: a worker's pass pins the blocks it copies
+    /// down without any job being pending. The workers go on when this returns.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+    /// let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4)?;
+    /// let config = OffloadConfig::default().with_write_through_g2(true).with_workers(1);
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), config)?;
+    /// let s = t.g1().add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default())?.seq;
+    /// t.g1().commit(s)?; // its full block is pinned until it is copied to G2
+    /// t.g1().free(s)?;
+    /// t.quiesce()?;
+    /// assert_eq!(t.g1().metrics().in_use, 0);
+    /// assert_eq!(t.g2().metrics().stores, 1);
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn quiesce(&self) -> Result<()> {
+        let _paused = self.pause_workers();
+        // Every worker is parked between two units of work: pending jobs are all still queued.
         while let Some(job) = self.shared.queue.try_next() {
             worker::run_jobs(&self.shared, job);
         }
-        self.shared.queue.wait_idle();
         while worker::maintain(&self.shared)? {}
         Ok(())
     }

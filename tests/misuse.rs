@@ -1,0 +1,79 @@
+//! Calls the docs rule out, made by a client written from the docs alone: each is refused with
+//! an error that says what is wrong, and changes nothing.
+
+use kvtier::{BatchTables, CacheConfig, Dtype, Error, ExtraKeys, KvCache, KvLayout};
+
+fn cache(blocks: usize) -> KvCache {
+    let layout = KvLayout::new(1, 1, 4, Dtype::F16, 4).unwrap();
+    KvCache::new(CacheConfig::new(layout, blocks).with_watermark(0.0)).unwrap()
+}
+
+fn keys() -> ExtraKeys {
+    ExtraKeys::default()
+}
+
+/// Two caches used to issue the same first id, and freeing cache 1's id on cache 2 freed
+/// cache 2's own sequence.
+#[test]
+fn a_sequence_id_only_works_on_its_own_cache() {
+    let (c1, c2) = (cache(8), cache(8));
+    let a = c1.add_sequence(&[1, 2, 3], &keys()).unwrap().seq;
+    let b = c2.add_sequence(&[4, 5, 6, 7, 8], &keys()).unwrap().seq;
+    let before = c2.metrics();
+    assert!(c2.free(a).is_err(), "cache 2 freed an id cache 1 issued");
+    assert!(c2.append_tokens(a, &[9]).is_err());
+    assert!(c2.lock().tokens(a).is_err());
+    assert_eq!(c2.metrics(), before);
+    assert_eq!(c2.lock().tokens(b).unwrap(), &[4, 5, 6, 7, 8]);
+    assert_ne!(a, b);
+    c1.free(a).unwrap();
+    c2.free(b).unwrap();
+}
+
+/// `decode_step` with a sequence twice used to append to it twice and export a slot mapping
+/// with its slots twice; the docs say each sequence appears once.
+#[test]
+fn decode_step_refuses_a_repeated_sequence() {
+    let c = cache(8);
+    let s = c.add_sequence(&[1, 2, 3], &keys()).unwrap().seq;
+    let t = c.add_sequence(&[4, 5], &keys()).unwrap().seq;
+    let mut core = c.lock();
+    core.commit(s).unwrap();
+    core.commit(t).unwrap();
+    let before = core.metrics();
+    let (mut tables, mut copies) = (BatchTables::new(), Vec::new());
+    let err = core.decode_step(&[s, t, s], &[7, 8, 9], &mut tables, &mut copies);
+    assert!(err.is_err(), "a repeated sequence was accepted: slot mapping {:?}", tables.slot_mapping());
+    assert_eq!(core.metrics(), before);
+    assert_eq!(core.tokens(s).unwrap(), &[1, 2, 3]);
+    assert_eq!(core.tokens(t).unwrap(), &[4, 5]);
+    // the same batch without the repeat goes through, and so does the next step
+    core.decode_step(&[s, t], &[7, 8], &mut tables, &mut copies).unwrap();
+    assert_eq!(tables.slot_mapping().len(), 2);
+    core.decode_step(&[t, s], &[9, 9], &mut tables, &mut copies).unwrap();
+    assert_eq!(tables.seq_lens(), &[4, 5]);
+    core.check_invariants().unwrap();
+}
+
+/// Writing the page of a block that exists but may not be written used to say the block was
+/// "outside the pool".
+#[test]
+fn writing_a_block_in_the_wrong_state_says_so() {
+    let c = cache(4);
+    let page = vec![7u8; c.layout().page_bytes()];
+    let a = c.add_sequence(&[1, 2, 3, 4, 5], &keys()).unwrap().seq;
+    let table = c.lock().block_table(a).unwrap().to_vec();
+    c.write_page(table[0], &page).unwrap();
+    c.commit(a).unwrap(); // block 0 is full: committed, its content final
+    let committed = c.write_page(table[0], &page).unwrap_err();
+    assert!(!matches!(committed, Error::InvalidBlock { .. }), "committed block: {committed}");
+    let free = kvtier::BlockId(3); // in range, never allocated
+    let unheld = c.write_page(free, &page).unwrap_err();
+    assert!(!matches!(unheld, Error::InvalidBlock { .. }), "free block: {unheld}");
+    let mut out = vec![0u8; page.len()];
+    let unread = c.read_page(free, &mut out).unwrap_err();
+    assert!(!matches!(unread, Error::InvalidBlock { .. }), "free block: {unread}");
+    // out of range is still out of range
+    assert!(matches!(c.write_page(kvtier::BlockId(4), &page), Err(Error::InvalidBlock { capacity: 4, .. })));
+    c.free(a).unwrap();
+}

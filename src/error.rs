@@ -51,9 +51,16 @@ pub enum Error {
         /// Blocks that could have been handed out (free + evictable, minus reserve).
         available: usize,
     },
-    /// The sequence id was never issued, or the sequence was already freed.
+    /// The sequence was already freed (ids are never reused).
     #[error("unknown or freed sequence {0:?}")]
     UnknownSequence(SeqId),
+    /// The sequence id was issued by another cache: ids are only valid on the cache that
+    /// issued them.
+    #[error("sequence {0:?} belongs to another cache")]
+    ForeignSequence(SeqId),
+    /// A batch call named the same sequence more than once; nothing was changed.
+    #[error("sequence {0:?} appears more than once in the batch")]
+    DuplicateSequence(SeqId),
     /// The block id is outside the pool.
     #[error("invalid block id {block:?} (pool has {capacity} blocks)")]
     InvalidBlock {

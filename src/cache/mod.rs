@@ -192,7 +192,7 @@ impl CacheCore {
             max_seq_len: config.max_seq_len,
             pool,
             arena,
-            seqs: SeqTable::default(),
+            seqs: SeqTable::new(),
             cow_copies: 0,
             committed: None,
             engine_refs: std::collections::HashMap::new(),

@@ -31,6 +31,50 @@ impl std::fmt::Display for Tier {
     }
 }
 
+/// What a G1 block is, as far as a call on it cares: what [`Error::WrongBlockState`] found,
+/// and what the call needed. [`crate::BlockPool::condition`] tells a block's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlockCondition {
+    /// In the free queue: holds nothing, nobody may touch its page.
+    Free,
+    /// Cached without a reference (evictable): its content is final, a prefix hit revives it.
+    Cached,
+    /// Held by exactly one reference and not committed: its holder writes its KV.
+    Writable,
+    /// Held by more than one reference (a prefix hit or a fork): read-only.
+    Shared,
+    /// Committed: registered under its hash and in use; its content is final.
+    Committed,
+    /// Pinned by a copy down to a lower tier.
+    Copying,
+    /// Being filled by an onboarding copy from a lower tier.
+    Onboarding,
+    /// (needed) Held by at least one reference.
+    InUse,
+    /// (needed) Holding data: in use or cached.
+    HoldingData,
+    /// (needed) Holding data that no copy is filling: in use or cached, not onboarding.
+    Readable,
+}
+
+impl std::fmt::Display for BlockCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockCondition::Free => "free",
+            BlockCondition::Cached => "cached without a reference",
+            BlockCondition::Writable => "writable (held by one reference, not committed)",
+            BlockCondition::Shared => "shared (held by more than one reference)",
+            BlockCondition::Committed => "committed (its content is final)",
+            BlockCondition::Copying => "pinned by a copy to a lower tier",
+            BlockCondition::Onboarding => "being filled from a lower tier",
+            BlockCondition::InUse => "in use",
+            BlockCondition::HoldingData => "holding data (in use or cached)",
+            BlockCondition::Readable => "readable (in use or cached, not being filled)",
+        })
+    }
+}
+
 /// Everything that can go wrong in kvtier.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,6 +112,17 @@ pub enum Error {
         block: BlockId,
         /// Number of blocks in the pool.
         capacity: usize,
+    },
+    /// The block exists but is not in the state the call needs (a write to a committed,
+    /// shared or free block, a read of a free one, ...); nothing was changed.
+    #[error("block {block:?} is {found}, but this call needs it {needed}")]
+    WrongBlockState {
+        /// The block.
+        block: BlockId,
+        /// What it is now.
+        found: BlockCondition,
+        /// What the call needs it to be.
+        needed: BlockCondition,
     },
     /// A block was released that holds no reference.
     #[error("block {0:?} freed twice (refcount already zero)")]

@@ -1,7 +1,7 @@
 //! Calls the docs rule out, made by a client written from the docs alone: each is refused with
 //! an error that says what is wrong, and changes nothing.
 
-use kvtier::{BatchTables, CacheConfig, Dtype, Error, ExtraKeys, KvCache, KvLayout};
+use kvtier::{BatchTables, BlockCondition, BlockId, CacheConfig, Dtype, Error, ExtraKeys, KvCache, KvLayout};
 
 fn cache(blocks: usize) -> KvCache {
     let layout = KvLayout::new(1, 1, 4, Dtype::F16, 4).unwrap();
@@ -72,14 +72,27 @@ fn writing_a_block_in_the_wrong_state_says_so() {
     c.write_page(table[0], &page).unwrap();
     c.commit(a).unwrap(); // block 0 is full: committed, its content final
     let committed = c.write_page(table[0], &page).unwrap_err();
-    assert!(!matches!(committed, Error::InvalidBlock { .. }), "committed block: {committed}");
-    let free = kvtier::BlockId(3); // in range, never allocated
+    assert!(
+        matches!(committed, Error::WrongBlockState { block, found: BlockCondition::Committed, needed: BlockCondition::Writable } if block == table[0]),
+        "committed block: {committed}"
+    );
+    assert!(committed.to_string().contains("committed"), "{committed}");
+    let free = BlockId(3); // in range, never allocated
     let unheld = c.write_page(free, &page).unwrap_err();
-    assert!(!matches!(unheld, Error::InvalidBlock { .. }), "free block: {unheld}");
+    assert!(matches!(unheld, Error::WrongBlockState { found: BlockCondition::Free, .. }), "free block: {unheld}");
     let mut out = vec![0u8; page.len()];
     let unread = c.read_page(free, &mut out).unwrap_err();
-    assert!(!matches!(unread, Error::InvalidBlock { .. }), "free block: {unread}");
+    assert!(
+        matches!(unread, Error::WrongBlockState { found: BlockCondition::Free, needed: BlockCondition::Readable, .. }),
+        "free block: {unread}"
+    );
+    // a block shared by a prefix hit is read-only too
+    let b = c.add_sequence(&[1, 2, 3, 4, 6], &keys()).unwrap().seq;
+    assert_eq!(c.lock().block_table(b).unwrap()[0], table[0]);
+    let shared = c.write_page(table[0], &page).unwrap_err();
+    assert!(matches!(shared, Error::WrongBlockState { found: BlockCondition::Committed, .. }), "{shared}");
+    c.free(b).unwrap();
     // out of range is still out of range
-    assert!(matches!(c.write_page(kvtier::BlockId(4), &page), Err(Error::InvalidBlock { capacity: 4, .. })));
+    assert!(matches!(c.write_page(BlockId(4), &page), Err(Error::InvalidBlock { capacity: 4, .. })));
     c.free(a).unwrap();
 }

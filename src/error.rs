@@ -4,6 +4,7 @@
 //! request, report a corrupt slot) without parsing a message.
 
 use crate::pool::BlockId;
+use crate::prefix::BlockHash;
 use crate::seq::SeqId;
 use crate::trace::TraceReason;
 
@@ -79,13 +80,35 @@ impl std::fmt::Display for BlockCondition {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A layout or configuration field is zero, out of range or overflows.
+    /// A layout or configuration field is zero, out of range or overflows. Where the value is
+    /// known, [`Error::OutOfRange`] or [`Error::UnknownName`] is given instead, with the value
+    /// and what is accepted; [`Error::config_field`] covers all three.
     #[error("invalid configuration: {field} {reason}")]
     InvalidConfig {
         /// The offending field.
         field: &'static str,
         /// Why it was rejected.
         reason: &'static str,
+    },
+    /// A configuration field has a value outside what is accepted.
+    #[error("invalid configuration: {field} = {value} is not accepted (expected {expected})")]
+    OutOfRange {
+        /// The offending field.
+        field: &'static str,
+        /// The value given, as it would be written in the configuration.
+        value: String,
+        /// What is accepted, as a range or a rule ("1..=64", "in [0, 1)").
+        expected: &'static str,
+    },
+    /// A name (a layout preset, ...) is not one kvtier knows.
+    #[error("invalid configuration: unknown {field} {name:?} (known: {})", known.join(", "))]
+    UnknownName {
+        /// What the name names ("layout preset", ...).
+        field: &'static str,
+        /// The name given.
+        name: String,
+        /// Every name accepted.
+        known: &'static [&'static str],
     },
     /// Not enough free or evictable blocks to satisfy the request; nothing was changed.
     #[error("out of blocks: requested {requested}, available {available}")]
@@ -213,8 +236,18 @@ pub enum Error {
     Corrupt {
         /// Tier holding the page.
         tier: Tier,
-        /// Slot index.
+        /// The slot whose page failed verification. Never made up: where no slot is known,
+        /// the error is [`Error::PageMiss`].
         slot: u64,
+    },
+    /// A tier could not serve the page of a hash it was asked for: absent (evicted meanwhile),
+    /// failed verification or unreadable. Nothing wrong was served; it counts as a miss.
+    #[error("{tier} could not serve the page of {hash:?}")]
+    PageMiss {
+        /// Tier that was asked.
+        tier: Tier,
+        /// Hash of the page asked for.
+        hash: BlockHash,
     },
     /// A line of a request trace is malformed; nothing of the trace was used.
     #[error("trace line {line}: {reason}")]
@@ -247,4 +280,24 @@ pub enum Error {
         /// Bytes the machine offers (see the variant's docs for how it is measured).
         available: u64,
     },
+}
+
+impl Error {
+    /// The configuration field an [`Error::InvalidConfig`], [`Error::OutOfRange`] or
+    /// [`Error::UnknownName`] refers to; `None` for every other error.
+    ///
+    /// ```
+    /// use kvtier::KvLayout;
+    /// let err = KvLayout::preset("llama-4", 16).unwrap_err();
+    /// assert_eq!(err.config_field(), Some("layout preset"));
+    /// assert!(err.to_string().contains("qwen2.5-7b")); // the message lists what is known
+    /// ```
+    pub fn config_field(&self) -> Option<&'static str> {
+        match self {
+            Error::InvalidConfig { field, .. } | Error::OutOfRange { field, .. } | Error::UnknownName { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
 }

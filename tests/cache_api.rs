@@ -1052,10 +1052,7 @@ fn metadata_only_mode_has_no_arena() {
 }
 
 fn invalid_field(e: Error) -> &'static str {
-    match e {
-        Error::InvalidConfig { field, .. } => field,
-        other => panic!("expected InvalidConfig, got {other:?}"),
-    }
+    e.config_field().unwrap_or_else(|| panic!("expected a configuration error, got {e:?}"))
 }
 
 #[test]

@@ -96,3 +96,28 @@ fn writing_a_block_in_the_wrong_state_says_so() {
     assert!(matches!(c.write_page(BlockId(4), &page), Err(Error::InvalidBlock { capacity: 4, .. })));
     c.free(a).unwrap();
 }
+
+/// `KvLayout::preset("foo")` used to say "layout preset unknown name" without the presets, and
+/// a value out of range did not say which value it was.
+#[test]
+fn configuration_errors_carry_the_value_and_what_is_accepted() {
+    let err = KvLayout::preset("foo", 16).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("\"foo\""), "{message}");
+    for name in KvLayout::PRESETS {
+        assert!(message.contains(name), "{message} does not list {name}");
+    }
+    assert_eq!(err.config_field(), Some("layout preset"));
+
+    let layout = KvLayout::new(1, 1, 4, Dtype::F16, 4).unwrap();
+    let err = KvCache::new(CacheConfig::new(layout, 8).with_watermark(1.5)).err().unwrap();
+    assert!(
+        matches!(&err, Error::OutOfRange { field: "watermark", value, expected: "in [0, 1)" } if value == "1.5"),
+        "{err}"
+    );
+    let err = kvtier::offload::OffloadConfig::default().with_workers(65).validate().unwrap_err();
+    assert!(matches!(&err, Error::OutOfRange { field: "workers", value, .. } if value == "65"), "{err}");
+    assert_eq!(err.to_string(), "invalid configuration: workers = 65 is not accepted (expected 0..=64)");
+    let err = KvLayout::new(1, 0, 4, Dtype::F16, 4).unwrap_err();
+    assert!(matches!(&err, Error::OutOfRange { field: "kv_heads", value, .. } if value == "0"), "{err}");
+}

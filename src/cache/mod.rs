@@ -100,14 +100,17 @@ impl CacheConfig {
     /// machine can hold: more than RAM + swap, or the cgroup's memory limit, is
     /// [`Error::CapacityExceeded`] instead of an abort or the OOM killer later.
     pub fn validate(&self) -> Result<()> {
+        let out_of_range = |field, value: &dyn std::fmt::Display, expected| {
+            Err(Error::OutOfRange { field, value: value.to_string(), expected })
+        };
         if self.num_blocks == 0 {
-            return Err(Error::InvalidConfig { field: "num_blocks", reason: "must be non-zero" });
+            return out_of_range("num_blocks", &self.num_blocks, "at least 1");
         }
         if !(0.0..1.0).contains(&self.watermark) {
-            return Err(Error::InvalidConfig { field: "watermark", reason: "must be in [0, 1)" });
+            return out_of_range("watermark", &self.watermark, "in [0, 1)");
         }
         if self.max_seq_len == 0 || self.max_seq_len > u32::MAX as usize {
-            return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be in 1..=2^32-1" });
+            return out_of_range("max_seq_len", &self.max_seq_len, "1..=2^32-1");
         }
         let overflow = || Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" };
         let page_bytes = if self.arena { self.layout.page_bytes() } else { 0 };

@@ -160,19 +160,22 @@ impl OffloadConfig {
         if let Some(d) = &self.disk {
             d.validate()?;
         }
+        let out_of_range = |field, value: &dyn std::fmt::Display, expected| {
+            Err(Error::OutOfRange { field, value: value.to_string(), expected })
+        };
         for (field, v) in [("g1_low_watermark", self.g1_low_watermark), ("g2_low_watermark", self.g2_low_watermark)] {
             if !(0.0..1.0).contains(&v) {
-                return Err(Error::InvalidConfig { field, reason: "must be in [0, 1)" });
+                return out_of_range(field, &v, "in [0, 1)");
             }
         }
         if self.batch_pages == 0 {
-            return Err(Error::InvalidConfig { field: "batch_pages", reason: "must be non-zero" });
+            return out_of_range("batch_pages", &self.batch_pages, "at least 1");
         }
         if self.batch_bytes == 0 {
-            return Err(Error::InvalidConfig { field: "batch_bytes", reason: "must be non-zero" });
+            return out_of_range("batch_bytes", &self.batch_bytes, "at least 1");
         }
         if self.workers > 64 {
-            return Err(Error::InvalidConfig { field: "workers", reason: "at most 64" });
+            return out_of_range("workers", &self.workers, "0..=64");
         }
         Ok(())
     }

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use kvtier::offload::{OffloadConfig, TieredCache};
+use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
-use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout, SeqId};
+use kvtier::{CacheConfig, Dtype, Error, ExtraKeys, KvLayout, SeqId};
 
 const BLOCK: u32 = 13;
 
@@ -108,4 +109,25 @@ fn quiesce_without_workers_leaves_nothing_pinned() {
         t.quiesce().unwrap();
         assert_idle(&t, r);
     }
+}
+
+/// The README's tier snippet left the model id empty: two models of the same shape would then
+/// share (and serve each other) the pages of one SSD directory. The engine requires one.
+#[test]
+fn an_ssd_tier_needs_a_model_id() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("engine-api-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layout = KvLayout::new(1, 1, 4, Dtype::F16, BLOCK).unwrap();
+    let host = HostConfig::default().with_capacity_pages(8).with_huge_pages(false);
+    let anonymous =
+        OffloadConfig::default().with_host(host.clone()).with_disk(DiskConfig::new(&dir).with_capacity_slots(8));
+    let err = TieredCache::new(CacheConfig::new(layout, 8), anonymous).err().expect("an SSD tier without a model id");
+    assert!(matches!(err, Error::InvalidConfig { field: "model_id", .. }), "{err}");
+    assert!(!dir.join("g3.index").exists(), "nothing is created before the configuration is checked");
+    let named = OffloadConfig::default()
+        .with_host(host)
+        .with_disk(DiskConfig::new(&dir).with_capacity_slots(8).with_model_id("llama-3.1-8b"));
+    drop(TieredCache::new(CacheConfig::new(layout, 8), named).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,7 @@ fn maintenance_settles_when_g3_is_smaller_than_g2() {
     let _ = std::fs::remove_dir_all(&dir);
     let layout = KvLayout::new(1, 1, 8, Dtype::F16, 2).unwrap();
     let disk = DiskConfig::new(&dir)
+        .with_model_id("thrash")
         .with_capacity_slots(2)
         .with_slots_per_file(1)
         .with_io(IoConfig::default().with_backend(BackendKind::Psync));

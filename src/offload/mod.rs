@@ -22,6 +22,7 @@
 //! The runtime's thread never blocks on a disk: it only takes short locks on bookkeeping.
 
 mod admission;
+mod config;
 mod metrics;
 mod queue;
 mod retention;
@@ -29,6 +30,7 @@ mod ticket;
 mod worker;
 
 pub use admission::Admission;
+pub use config::OffloadConfig;
 pub use metrics::{EngineMetrics, LatencySummary, Traffic};
 pub use queue::{Next, WorkQueue};
 pub use ticket::{OnboardOutcome, Ticket, TicketCell};
@@ -44,142 +46,12 @@ use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result, Tier};
 use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
-use crate::tier::disk::{DiskConfig, DiskMetrics, DiskTier};
-use crate::tier::host::{HostConfig, HostMetrics, HostTier};
+use crate::tier::disk::{DiskMetrics, DiskTier};
+use crate::tier::host::{HostMetrics, HostTier};
 
 use admission::{FrequencySketch, WriteBudget};
 use metrics::Histogram;
 use retention::Retention;
-
-/// Configuration of the offload engine.
-#[derive(Debug, Clone)]
-pub struct OffloadConfig {
-    /// The host tier. Default: [`HostConfig::default`].
-    pub host: HostConfig,
-    /// The SSD tier; `None` for G1 + G2 only. Default: none.
-    pub disk: Option<DiskConfig>,
-    /// G1 free + ready blocks below this fraction of the pool start offloading. Default 0.1.
-    pub g1_low_watermark: f64,
-    /// G2 free + ready slots below this fraction start spilling to G3. Default 0.1.
-    pub g2_low_watermark: f64,
-    /// Copy every committed G1 block to G2 at once. Default: false.
-    pub write_through_g2: bool,
-    /// Which pages G3 accepts. Default: [`Admission::SeenTwice`].
-    pub admission: Admission,
-    /// Cap on bytes written to G3 per second. Default: none.
-    pub write_budget_bytes_per_sec: Option<u64>,
-    /// Background workers; 0 runs everything on the caller's thread (tests). Default: 2.
-    pub workers: usize,
-    /// Most pages moved per batch. Default: 1024.
-    pub batch_pages: usize,
-    /// Bytes moved per batch: a batch takes `batch_bytes / page_bytes` pages (at least one, at
-    /// most `batch_pages`), so small pages travel in as many bytes per disk submission as big
-    /// ones and the drain at the end of each submission stays a small share of it.
-    /// Default: 64 MiB (32 pages of 2 MiB, 1024 of 64 KiB).
-    pub batch_bytes: usize,
-    /// How often idle workers check the watermarks. Default: 1 ms.
-    pub tick: Duration,
-}
-
-impl Default for OffloadConfig {
-    fn default() -> Self {
-        Self {
-            host: HostConfig::default(),
-            disk: None,
-            g1_low_watermark: 0.1,
-            g2_low_watermark: 0.1,
-            write_through_g2: false,
-            admission: Admission::SeenTwice,
-            write_budget_bytes_per_sec: None,
-            workers: 2,
-            batch_pages: 1024,
-            batch_bytes: 64 << 20,
-            tick: Duration::from_millis(1),
-        }
-    }
-}
-
-impl OffloadConfig {
-    /// Sets the host tier (default [`HostConfig::default`]).
-    pub fn with_host(mut self, host: HostConfig) -> Self {
-        self.host = host;
-        self
-    }
-    /// Adds an SSD tier (default none).
-    pub fn with_disk(mut self, disk: DiskConfig) -> Self {
-        self.disk = Some(disk);
-        self
-    }
-    /// Sets the G1 low watermark fraction (default 0.1).
-    pub fn with_g1_low_watermark(mut self, f: f64) -> Self {
-        self.g1_low_watermark = f;
-        self
-    }
-    /// Sets the G2 low watermark fraction (default 0.1).
-    pub fn with_g2_low_watermark(mut self, f: f64) -> Self {
-        self.g2_low_watermark = f;
-        self
-    }
-    /// Enables write-through from G1 to G2 (default off).
-    pub fn with_write_through_g2(mut self, on: bool) -> Self {
-        self.write_through_g2 = on;
-        self
-    }
-    /// Sets the G3 admission filter (default seen-twice).
-    pub fn with_admission(mut self, a: Admission) -> Self {
-        self.admission = a;
-        self
-    }
-    /// Caps G3 writes in bytes per second (default unlimited).
-    pub fn with_write_budget(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.write_budget_bytes_per_sec = bytes_per_sec;
-        self
-    }
-    /// Sets the number of background workers (default 2; 0 = caller's thread).
-    pub fn with_workers(mut self, n: usize) -> Self {
-        self.workers = n;
-        self
-    }
-    /// Sets the most pages per batch (default 1024).
-    pub fn with_batch_pages(mut self, n: usize) -> Self {
-        self.batch_pages = n;
-        self
-    }
-    /// Sets the bytes per batch (default 64 MiB).
-    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
-        self.batch_bytes = bytes;
-        self
-    }
-    /// Pages per batch for pages of `page_bytes`.
-    pub fn pages_per_batch(&self, page_bytes: usize) -> usize {
-        (self.batch_bytes / page_bytes.max(1)).clamp(1, self.batch_pages.max(1))
-    }
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
-        self.host.validate()?;
-        if let Some(d) = &self.disk {
-            d.validate()?;
-        }
-        let out_of_range = |field, value: &dyn std::fmt::Display, expected| {
-            Err(Error::OutOfRange { field, value: value.to_string(), expected })
-        };
-        for (field, v) in [("g1_low_watermark", self.g1_low_watermark), ("g2_low_watermark", self.g2_low_watermark)] {
-            if !(0.0..1.0).contains(&v) {
-                return out_of_range(field, &v, "in [0, 1)");
-            }
-        }
-        if self.batch_pages == 0 {
-            return out_of_range("batch_pages", &self.batch_pages, "at least 1");
-        }
-        if self.batch_bytes == 0 {
-            return out_of_range("batch_bytes", &self.batch_bytes, "at least 1");
-        }
-        if self.workers > 64 {
-            return out_of_range("workers", &self.workers, "0..=64");
-        }
-        Ok(())
-    }
-}
 
 /// Where a prefix was found: how many leading blocks some tier holds, and of those how many
 /// are in each tier (a block counts in the fastest tier that has it).
@@ -291,7 +163,8 @@ impl TieredCache {
     /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
     /// let faulty = FaultyBackend::new(open_backend(&IoConfig::default())?, Fault::Random(FaultRates::uniform(1, 1000)));
     /// let tally = faulty.tally();
-    /// let config = OffloadConfig::default().with_disk(DiskConfig::new(&dir).with_capacity_slots(16));
+    /// let disk = DiskConfig::new(&dir).with_capacity_slots(16).with_model_id("doc-model");
+    /// let config = OffloadConfig::default().with_disk(disk);
     /// let t = TieredCache::with_disk_backend(CacheConfig::new(layout, 16), config, Box::new(faulty))?;
     /// assert_eq!(t.g3().unwrap().backend_name(), "faulty");
     /// # drop(t); std::fs::remove_dir_all(&dir).ok();

@@ -552,7 +552,9 @@ impl CacheCore {
     }
 
     /// Checks the pool invariants and that refcounts equal the references held by sequences.
-    #[doc(hidden)]
+    ///
+    /// A debugging aid (O(capacity), see [`crate::offload::TieredCache::check_invariants`]);
+    /// `Err` describes the first broken invariant for a human to read.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         self.pool.check_invariants()?;
         let mut refs = vec![0u32; self.pool.capacity()];

@@ -388,7 +388,22 @@ impl TieredCache {
     /// ([`TieredCache::pause_workers`]) or absent, also that no G2 or G3 slot is held by
     /// anything but a retention: any other reference would be a leak. The caller must not run
     /// engine calls on other threads meanwhile for that part to hold.
-    #[doc(hidden)]
+    ///
+    /// A debugging aid, for tests and for a runtime chasing a leak: it walks every block and
+    /// slot under the tiers' locks (O(capacity)), so it does not belong on a scheduler's hot
+    /// path. `Err` describes the first broken invariant, for a human to read; it is a bug in
+    /// kvtier (or memory corruption), never a state a caller is expected to handle.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+    /// let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4)?;
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), OffloadConfig::default().with_workers(0))?;
+    /// let s = t.g1().add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default())?.seq;
+    /// assert_eq!(t.check_invariants(), Ok(()));
+    /// t.g1().free(s)?;
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let idle = self.workers.is_empty() || self.shared.queue.is_paused();
         self.shared.g1.lock().check_invariants()?;

@@ -509,8 +509,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
             + self.index.bytes_per_entry(self.capacity())
     }
 
-    /// Checks every pool invariant; returns a description of the first one broken.
-    #[doc(hidden)]
+    /// Checks every pool invariant; returns a description of the first one broken. A
+    /// debugging aid: O(capacity), not for the hot path.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let (mut free, mut used, mut evictable, mut hashed, mut held) = (0, 0, 0, 0, 0);
         let mut children = vec![0u32; self.meta.len()];

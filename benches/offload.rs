@@ -65,12 +65,11 @@ fn offload(c: &mut Criterion) {
             || {
                 h += 1;
                 let hash = BlockHash(h.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
-                t.g2()
-                    .store(hash, |p| {
-                        p.copy_from_slice(&data);
-                        Ok(())
-                    })
-                    .expect("store");
+                t.store(hash, |p| {
+                    p.copy_from_slice(&data);
+                    Ok(())
+                })
+                .expect("store");
                 hash
             },
             |hash| {

@@ -28,7 +28,7 @@ use kvtier::io::{BackendKind, IoConfig};
 use kvtier::offload::{Admission, OffloadConfig, TierMetrics, TieredCache};
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
-use kvtier::{BatchTables, BlockId, CacheConfig, CacheCore, Dtype, Error, ExtraKeys, KvLayout, SeqId};
+use kvtier::{BatchTables, BlockId, CacheConfig, CacheCore, Dtype, Error, ExtraKeys, KvLayout, PageRead, SeqId};
 
 const VOCAB: usize = 64;
 const DIM: usize = 32;
@@ -156,16 +156,19 @@ impl Model {
             let (q, k, v) = (matvec(&self.wq[l], &h), matvec(&self.wk[l], &h), matvec(&self.wv[l], &h));
             // 1. Write this token's K and V into its slot of the paged cache.
             let (block, offset) = (BlockId((slot / BLOCK as i64) as u32), slot as usize % BLOCK);
-            let page: &mut [f32] = bytemuck::cast_slice_mut(core.page_mut(block)?);
+            let mut lease = core.page_mut(block)?; // exclusive: the block is this sequence's alone
+            let page: &mut [f32] = bytemuck::cast_slice_mut(&mut lease);
             page[kv_index(l, 0, offset)..][..DIM].copy_from_slice(&k);
             page[kv_index(l, 1, offset)..][..DIM].copy_from_slice(&v);
+            drop(lease);
             // 2. Attend over every earlier position, reading K/V through the block table.
             let mut attn = vec![0f32; DIM];
             for head in 0..HEADS {
                 let qh = &q[head * HEAD_DIM..][..HEAD_DIM];
                 let mut scores = Vec::with_capacity(pos + 1);
                 for p in 0..=pos {
-                    let page = read_page(core, table, p)?;
+                    let lease = read_page(core, table, p)?;
+                    let page: &[f32] = bytemuck::cast_slice(&lease);
                     let kp = &page[kv_index(l, 0, p % BLOCK) + head * HEAD_DIM..][..HEAD_DIM];
                     scores.push(dot(qh, kp) / (HEAD_DIM as f32).sqrt());
                 }
@@ -173,7 +176,8 @@ impl Model {
                 let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f32 = weights.iter().sum();
                 for (p, w) in weights.iter().enumerate() {
-                    let page = read_page(core, table, p)?;
+                    let lease = read_page(core, table, p)?;
+                    let page: &[f32] = bytemuck::cast_slice(&lease);
                     let vp = &page[kv_index(l, 1, p % BLOCK) + head * HEAD_DIM..][..HEAD_DIM];
                     for (a, b) in attn[head * HEAD_DIM..][..HEAD_DIM].iter_mut().zip(vp) {
                         *a += w / total * b;
@@ -197,9 +201,10 @@ fn kv_index(l: usize, kv: usize, offset: usize) -> usize {
     ((l * 2 + kv) * BLOCK + offset) * DIM
 }
 
-/// The page holding position `p`, found through the sequence's row of the block table.
-fn read_page<'c>(core: &'c CacheCore, table: &[i32], p: usize) -> Result<&'c [f32], Error> {
-    Ok(bytemuck::cast_slice(core.page(BlockId(table[p / BLOCK] as u32))?))
+/// A read lease of the page holding position `p`, found through the sequence's row of the
+/// block table.
+fn read_page<'c>(core: &'c CacheCore, table: &[i32], p: usize) -> Result<PageRead<'c>, Error> {
+    core.page(BlockId(table[p / BLOCK] as u32))
 }
 
 fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {

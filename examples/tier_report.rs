@@ -314,7 +314,7 @@ fn spill_vs_raw(
     for round in 0..plan.rounds + 3 {
         let hs = hashes(1, round, n);
         for &h in &hs {
-            t.g2().store(h, |p| {
+            t.store(h, |p| {
                 p.copy_from_slice(&data);
                 Ok(())
             })?;
@@ -409,7 +409,7 @@ fn onboard_vs_raw(
     let data = vec![3u8; page];
     let from_g2 = hashes(2, 0, samples);
     for &h in &from_g2 {
-        t.g2().store(h, |p| {
+        t.store(h, |p| {
             p.copy_from_slice(&data);
             Ok(())
         })?;

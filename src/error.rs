@@ -3,7 +3,7 @@
 //! Every variant is structured so that a caller can act on it (retry after preempting, drop a
 //! request, report a corrupt slot) without parsing a message.
 
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 use crate::prefix::BlockHash;
 use crate::seq::SeqId;
 use crate::trace::TraceReason;
@@ -185,6 +185,16 @@ pub enum Error {
     /// The cache was built without a page arena (metadata-only mode).
     #[error("this cache has no page memory (metadata-only mode)")]
     NoArena,
+    /// A page lease conflicts with one alive: a write while the page is leased, or a read
+    /// while it is written. Nothing was accessed; the page's owner is moving it (a copy to or
+    /// from another tier is in flight), so retry once that is done.
+    #[error("{tier} page {block:?} is in use by a conflicting lease")]
+    PageBusy {
+        /// Tier of the page.
+        tier: Tier,
+        /// The page.
+        block: BlockId,
+    },
     /// Mapping memory for a tier failed.
     #[error("cannot map {bytes} bytes for {tier}: {source}")]
     Map {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 use crate::prefix::BlockHash;
 
 /// What happened.

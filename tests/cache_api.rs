@@ -424,7 +424,7 @@ fn fork_then_append_copies_the_shared_partial_block() {
     // a recognisable pattern in the partial last page
     {
         let mut g = c.lock();
-        let pg = g.page_mut(ta[1]).unwrap();
+        let mut pg = g.page_mut(ta[1]).unwrap();
         for (i, x) in pg.iter_mut().enumerate() {
             *x = (i * 7 + 3) as u8;
         }

@@ -2,15 +2,15 @@
 //! instead of refused, whatever is wrong with it.
 //!
 //! The header cases fail today: `DiskTier::open` returns `Error::BadHeader` for a corrupt or
-//! short index even with `wipe_on_mismatch`, because `check_existing` (src/tier/disk.rs) calls
+//! short index even with `wipe_on_mismatch`, because `check_existing` (src/tier/disk/mod.rs) calls
 //! `parse_header(&head)?` and checks the index length before it looks at `wipe`. They are
 //! ignored until that is fixed (`cargo test --release --test disk_recovery -- --ignored`).
 
 use std::path::{Path, PathBuf};
 
 use kvtier::io::{BackendKind, IoConfig};
-use kvtier::tier::disk::INDEX_FILE;
-use kvtier::tier::disk_format::HEADER_BYTES;
+use kvtier::tier::INDEX_FILE;
+use kvtier::tier::format::HEADER_BYTES;
 use kvtier::tier::{DiskConfig, DiskTier};
 use kvtier::{BlockHash, Dtype, Error, KvLayout, Tier};
 
@@ -55,14 +55,14 @@ fn corrupt_header(dir: &Path) {
 fn a_corrupt_header_is_refused_without_wipe() {
     let dir = populated("refused");
     corrupt_header(&dir);
-    let err = DiskTier::open(&layout(), config(&dir, false)).err().expect("a corrupt header");
+    let err = DiskTier::open(&layout(), config(&dir, false)).expect_err("a corrupt header");
     assert!(matches!(err, Error::BadHeader { tier: Tier::G3, .. }), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With `wipe_on_mismatch` the directory is started over: it opens empty and works.
 #[test]
-#[ignore = "fails until DiskTier::open wipes a corrupt header (src/tier/disk.rs check_existing)"]
+#[ignore = "fails until DiskTier::open wipes a corrupt header (src/tier/disk/mod.rs check_existing)"]
 fn wipe_on_mismatch_recovers_a_corrupt_header() {
     let dir = populated("corrupt");
     corrupt_header(&dir);
@@ -84,7 +84,7 @@ fn wipe_on_mismatch_recovers_a_corrupt_header() {
 
 /// Same for an index cut short after a good header (a crash while it was being extended).
 #[test]
-#[ignore = "fails until DiskTier::open wipes a short index (src/tier/disk.rs check_existing)"]
+#[ignore = "fails until DiskTier::open wipes a short index (src/tier/disk/mod.rs check_existing)"]
 fn wipe_on_mismatch_recovers_a_short_index() {
     let dir = populated("short");
     let index = std::fs::OpenOptions::new().write(true).open(dir.join(INDEX_FILE)).unwrap();

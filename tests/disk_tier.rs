@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvtier::io::{AlignedBuf, BackendKind, Fault, FaultyBackend, IoConfig, open_backend};
-use kvtier::tier::disk::INDEX_FILE;
-use kvtier::tier::disk_format::{HEADER_BYTES, RECORD_BYTES, STATE_WRITING};
-use kvtier::tier::{DiskConfig, DiskTier, parse_header};
+use kvtier::tier::INDEX_FILE;
+use kvtier::tier::format::parse_header;
+use kvtier::tier::format::{HEADER_BYTES, RECORD_BYTES, STATE_WRITING};
+use kvtier::tier::{DiskConfig, DiskTier};
 use kvtier::{BlockHash, Dtype, Error, KvLayout, Tier};
 
 /// A directory removed on drop.
@@ -337,7 +338,7 @@ fn torn_records_are_ignored_after_reopen() {
     let index = dir.path().join(INDEX_FILE);
     let record = |slot: u64| (HEADER_BYTES + slot as usize * RECORD_BYTES) as u64;
     // Slot 0: killed between the WRITING mark and the commit (state WRITING).
-    let state_at = std::mem::offset_of!(kvtier::tier::SlotRecord, state) as u64;
+    let state_at = std::mem::offset_of!(kvtier::tier::format::SlotRecord, state) as u64;
     let file = std::fs::OpenOptions::new().write(true).open(&index).unwrap();
     file.write_all_at(&STATE_WRITING.to_ne_bytes(), record(0) + state_at).unwrap();
     drop(file);

@@ -1,7 +1,7 @@
 //! Inputs the fuzz targets (fuzz/fuzz_targets/) found to break kvtier, kept as plain tests so
 //! that `cargo test` guards them without the fuzzer.
 
-use kvtier::tier::{Fingerprint, Header, parse_header};
+use kvtier::tier::format::{Fingerprint, Header, parse_header};
 use kvtier::{Dtype, Error, KvLayout};
 
 /// fuzz target `disk_header`: a header whose page size is within 4095 of 2^64 made the slot

@@ -19,9 +19,9 @@ use std::process::Command;
 
 use kvtier::io::{BackendKind, IoConfig};
 use kvtier::offload::{OffloadConfig, TieredCache};
-use kvtier::tier::disk::{INDEX_FILE, MAX_SLOTS};
 use kvtier::tier::host::{HostConfig, HostTier};
 use kvtier::tier::{DiskConfig, DiskTier};
+use kvtier::tier::{INDEX_FILE, MAX_SLOTS};
 use kvtier::{BlockHash, CacheConfig, Dtype, Error, KvCache, KvLayout, Tier};
 
 /// A directory removed on drop (after unmounting whatever a test mounted on it).

@@ -5,8 +5,8 @@
 //! a second time with the check value recomputed: that reaches every field validation behind it.
 #![no_main]
 
-use kvtier::tier::disk_format::{HEADER_BYTES, RECORD_BYTES, SlotRecord};
-use kvtier::tier::{Header, parse_header};
+use kvtier::tier::format::{HEADER_BYTES, RECORD_BYTES, SlotRecord};
+use kvtier::tier::format::{Header, parse_header};
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -32,7 +32,7 @@ impl std::ops::DerefMut for CacheGuard<'_> {
 /// The thread-safe KV cache: a [`CacheCore`] behind one lock. `Send + Sync`; share it with
 /// an `Arc`.
 pub struct KvCache {
-    core: Mutex<CacheCore>,
+    pub(super) core: Mutex<CacheCore>,
     pub(super) arena: Option<Arc<Arena>>,
     layout: KvLayout,
     arena_base: Option<usize>,

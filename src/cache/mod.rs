@@ -257,7 +257,7 @@ impl CacheCore {
         {
             return Err(self.pool.wrong_state(block, BlockCondition::Readable));
         }
-        out.copy_from_slice(self.page(block)?);
+        out.copy_from_slice(&self.page(block)?);
         Ok(())
     }
 

@@ -1,52 +1,50 @@
 //! Page access and the hooks the offload engine uses to copy pages outside the cache's lock.
 //!
 //! Page memory is shared between the cache (under its lock) and the offload workers (outside
-//! it). Two marks in the pool keep every access exclusive where it must be:
+//! it). Every access goes through a page lease of the arena ([`crate::PageRead`],
+//! [`crate::PageWrite`]), which refuses overlap by itself; on top of that, two marks in the
+//! pool say who may take which lease:
 //! - a block **staged** for a copy down is pinned and hashed: its page is immutable, so the
-//!   worker reads it while the runtime may still share it;
+//!   worker reads it ([`KvCache::stage_copies`]) while the runtime may still share it;
 //! - a block **onboarding** is freshly allocated, unregistered and staged: only the worker
 //!   that fills it touches its page until it is finished.
 //!
-//! Safe page access ([`CacheCore::page`], [`CacheCore::page_mut`]) refuses whatever would
-//! break those rules.
-#![allow(unsafe_code)]
+//! Page access for the runtime ([`CacheCore::page`], [`CacheCore::page_mut`]) refuses whatever
+//! would break those rules.
 
 use super::{CacheCore, KvCache};
 use crate::error::{Error, Result};
-use crate::pool::{Arena, BlockId, BlockState};
+use crate::pool::{BlockId, BlockState, CopyOutcome, PageRead, PageWrite, StageOwner, StagedCopies};
 use crate::prefix::BlockHash;
+use crate::sync::lock;
 
 impl CacheCore {
     fn invalid(&self, block: BlockId) -> Error {
         Error::InvalidBlock { block, capacity: self.pool.capacity() }
     }
 
-    /// The page of a block that holds data (in use or cached). Refused while a worker fills it.
-    pub fn page(&self, block: BlockId) -> Result<&[u8]> {
+    /// A shared lease of the page of a block that holds data (in use or cached). Refused while
+    /// a worker fills it.
+    pub fn page(&self, block: BlockId) -> Result<PageRead<'_>> {
         let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
         let state = self.pool.state(block)?;
         let onboarding = self.pool.is_staged(block)? && self.pool.hash_of(block)?.is_none();
         if state == BlockState::Free || onboarding {
             return Err(self.invalid(block));
         }
-        // SAFETY: the only writers of a page are `page_mut` (needs `&mut self`, excluded by
-        // this `&self` borrow), copy-on-write (also `&mut self`) and onboarding workers, which
-        // only write blocks that are staged and unhashed, refused above.
-        unsafe { arena.page_shared(block) }
+        arena.read(block)
     }
 
-    /// The page of a block for writing KV: the block must be held by exactly one sequence,
-    /// not yet registered (registered pages are immutable, shared by hash) and not being
-    /// copied.
-    pub fn page_mut(&mut self, block: BlockId) -> Result<&mut [u8]> {
+    /// An exclusive lease of the page of a block for writing KV: the block must be held by
+    /// exactly one sequence, not yet registered (registered pages are immutable, shared by
+    /// hash) and not being copied.
+    pub fn page_mut(&mut self, block: BlockId) -> Result<PageWrite<'_>> {
         let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
         let private = self.pool.state(block)? == BlockState::InUse && self.pool.refcount(block)? == 1;
         if !private || self.pool.hash_of(block)?.is_some() || self.pool.is_staged(block)? {
             return Err(self.invalid(block));
         }
-        // SAFETY: `&mut self` excludes every other safe access through this cache; workers
-        // only touch staged blocks (refused above), and the block has a single owner.
-        unsafe { arena.page_exclusive(block) }
+        arena.write(block)
     }
 
     /// Starts (or stops) write-through: every block registered by a commit is pinned at once
@@ -56,7 +54,7 @@ impl CacheCore {
     }
 
     /// Moves the blocks pinned for write-through since the last call into `out`.
-    pub(crate) fn stage_committed(&mut self, out: &mut Vec<(BlockId, BlockHash)>) {
+    fn stage_committed(&mut self, out: &mut Vec<(BlockId, BlockHash)>) {
         if let Some(log) = self.committed.as_mut() {
             out.append(log);
         }
@@ -64,13 +62,8 @@ impl CacheCore {
 
     /// Pins up to `n` eviction victims that no lower tier holds yet (see
     /// [`crate::BlockPool::stage_victims`]).
-    pub(crate) fn stage_victims(&mut self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
+    fn stage_victims(&mut self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
         self.pool.stage_victims(n, out)
-    }
-
-    /// Ends a copy down of a staged block.
-    pub(crate) fn finish_staged(&mut self, block: BlockId, backed: bool) -> Result<()> {
-        self.pool.finish_staged(block, backed)
     }
 
     /// Free plus ready (loss-free) blocks.
@@ -175,43 +168,53 @@ impl CacheCore {
     }
 }
 
+/// How many G1 victims to stage for a copy down, decided under the cache's lock.
+pub(crate) type VictimCount<'f> = &'f dyn Fn(&CacheCore) -> usize;
+
+impl KvCache {
+    /// Stages blocks for a copy down under one lock: the write-through backlog (if
+    /// `write_through`) and up to `victims(core)` of the policy's next victims that no lower
+    /// tier holds. Returns the batch, under read leases ([`StagedCopies`]: every block goes
+    /// back when it is finished or dropped), and how many victims were examined (those
+    /// already backed went to the ready list instead) and how many of them were staged.
+    pub(crate) fn stage_copies(
+        &self,
+        write_through: bool,
+        victims: VictimCount<'_>,
+    ) -> Result<(StagedCopies<'_>, usize, usize)> {
+        let arena = self.arena.as_deref().ok_or(Error::NoArena)?;
+        let mut staged = Vec::new();
+        let (examined, victims_staged) = {
+            let mut core = lock(&self.core);
+            if write_through {
+                core.stage_committed(&mut staged);
+            }
+            let n = victims(&core);
+            let before = staged.len();
+            let examined = core.stage_victims(n, &mut staged);
+            (examined, staged.len() - before)
+        };
+        Ok((StagedCopies::lease(self, arena, staged)?, examined, victims_staged))
+    }
+
+    /// An exclusive lease of a block being onboarded, for the worker that fills it; released
+    /// before [`CacheCore::finish_onboard`] hands the block to the cache.
+    pub(crate) fn onboard_page(&self, block: BlockId) -> Result<PageWrite<'_>> {
+        self.arena.as_deref().ok_or(Error::NoArena)?.write(block)
+    }
+}
+
+impl StageOwner for KvCache {
+    fn end_copies(&self, done: &[(BlockId, CopyOutcome)]) -> Result<()> {
+        lock(&self.core).pool.end_copies(done)
+    }
+}
+
 /// Copy-on-write of a shared partial block into a freshly allocated one.
-pub(super) fn copy_page(arena: Option<&Arena>, src: BlockId, dst: BlockId) -> Result<()> {
+pub(super) fn copy_page(arena: Option<&crate::pool::Arena>, src: BlockId, dst: BlockId) -> Result<()> {
     let Some(arena) = arena else { return Ok(()) };
     if src == dst {
         return Err(Error::InvalidBlock { block: dst, capacity: arena.pages() });
     }
-    // SAFETY: called under the cache's `&mut self` with `dst` just allocated and referenced by
-    // nobody else; `src` is held by a sequence, and its other possible accessors only read it
-    // (workers read staged pages; nobody writes a shared page). The two pages are distinct.
-    let (s, d) = unsafe { (arena.page_shared(src)?, arena.page_exclusive(dst)?) };
-    d.copy_from_slice(s);
-    Ok(())
-}
-
-impl KvCache {
-    /// Page of a block staged for a copy down, read outside the lock.
-    ///
-    /// # Safety
-    /// `block` must have been staged by the caller (`stage_victims` / `stage_committed`) and
-    /// not finished yet; the slice must be dropped before `finish_staged`.
-    pub(crate) unsafe fn staged_page(&self, block: BlockId) -> Result<&[u8]> {
-        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
-        // SAFETY: a staged block is pinned and hashed, so nothing writes its page until the
-        // caller finishes the stage (caller's contract).
-        unsafe { arena.page_shared(block) }
-    }
-
-    /// Page of a block being onboarded, written outside the lock.
-    ///
-    /// # Safety
-    /// `block` must come from `begin_onboard` by the caller and not be finished yet; no other
-    /// slice of it may exist, and the slice must be dropped before `finish_onboard`.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn onboard_page(&self, block: BlockId) -> Result<&mut [u8]> {
-        let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
-        // SAFETY: an onboarding block is referenced only by its onboarding job and refused by
-        // every safe page accessor (staged and unhashed), per the caller's contract.
-        unsafe { arena.page_exclusive(block) }
-    }
+    arena.copy_page(src, dst)
 }

@@ -3,7 +3,8 @@
 //! Why a trait: the SSD tier wants io_uring on Linux (many operations in flight from one thread,
 //! no copy through the page cache), but io_uring is often forbidden in containers (seccomp,
 //! `kernel.io_uring_disabled`) and absent elsewhere. [`IoBackend`] hides which engine runs, so
-//! the tier code is written once and a test double ([`FaultyBackend`]) can inject failures.
+//! the tier code is written once and a test double (`FaultyBackend`, `testing` feature) can
+//! inject failures.
 //!
 //! Lifecycle of a batch:
 //! 1. The tier builds one [`IoOp`] per page: a slab file, a byte offset and a buffer it borrows
@@ -29,11 +30,13 @@ use memmap2::MmapMut;
 
 use crate::error::{Error, Result, Tier};
 
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod psync;
 #[cfg(target_os = "linux")]
 mod uring;
 
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{Fault, FaultCounts, FaultRates, FaultTally, FaultyBackend};
 pub use psync::PsyncBackend;
 
@@ -234,7 +237,8 @@ fn io_error(op: &'static str, source: io::Error) -> Error {
 
 /// An engine that runs batches of positioned reads and writes.
 ///
-/// Implementations: io_uring (Linux), [`PsyncBackend`], and the test double [`FaultyBackend`].
+/// Implementations: io_uring (Linux), [`PsyncBackend`], and the test double `FaultyBackend`
+/// (`testing` feature).
 pub trait IoBackend: Send + Sync + std::fmt::Debug {
     /// Short name of the engine: `"io_uring"`, `"psync"`, ...
     fn name(&self) -> &'static str;

@@ -114,6 +114,11 @@ pub struct EngineMetrics {
     pub spill_failed: u64,
     /// Pages asked for by onboarding that no tier could deliver (miss, corrupt, IO error).
     pub onboard_failed: u64,
+    /// Errors inside background work that no caller could be handed: a maintenance pass that
+    /// failed (it is retried on the next tick; its pages stayed where they were), an
+    /// onboarding job or ticket release whose bookkeeping failed. Non-zero means a bug or a
+    /// failing tier, never a wrong byte served; the tiers' invariant checks say more.
+    pub worker_errors: u64,
     /// Jobs waiting for a worker.
     pub queue_depth: u64,
     /// G1 -> G2 copy latency per page.

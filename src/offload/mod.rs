@@ -27,13 +27,20 @@ mod metrics;
 mod queue;
 mod retention;
 mod ticket;
+mod views;
 mod worker;
 
 pub use admission::Admission;
 pub use config::OffloadConfig;
 pub use metrics::{EngineMetrics, LatencySummary, Traffic};
+#[cfg(feature = "testing")]
 pub use queue::{Next, WorkQueue};
-pub use ticket::{OnboardOutcome, Ticket, TicketCell};
+#[cfg(not(feature = "testing"))]
+pub(crate) use queue::{Next, WorkQueue};
+#[cfg(feature = "testing")]
+pub use ticket::TicketCell;
+pub use ticket::{OnboardOutcome, Ticket};
+pub use views::{DiskView, HostView};
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -151,7 +158,7 @@ impl TieredCache {
     }
 
     /// Like [`TieredCache::new`], with the SSD tier's IO going through `backend` (for example
-    /// a [`crate::io::FaultyBackend`] injecting faults) instead of the engine
+    /// the `testing` feature's `FaultyBackend` injecting faults) instead of the backend
     /// `config.disk.io` asks for. Fails with [`Error::InvalidConfig`] without an SSD tier.
     ///
     /// ```
@@ -248,13 +255,37 @@ impl TieredCache {
     pub fn g1(&self) -> &KvCache {
         &self.shared.g1
     }
-    /// The host tier.
-    pub fn g2(&self) -> &HostTier {
-        &self.shared.g2
+    /// A read-only view of the host tier (lookups, copies out, counters): its staging, pins
+    /// and eviction notices belong to the engine.
+    pub fn g2(&self) -> HostView<'_> {
+        HostView(&self.shared.g2)
     }
-    /// The SSD tier, if configured.
-    pub fn g3(&self) -> Option<&DiskTier> {
-        self.shared.g3.as_ref()
+    /// A read-only view of the SSD tier, if configured.
+    pub fn g3(&self) -> Option<DiskView<'_>> {
+        self.shared.g3.as_ref().map(DiskView)
+    }
+
+    /// Stores a page computed outside G1 (restored from elsewhere, or by another runtime) in
+    /// G2 under `h`, filled by `fill`; lookups and onboarding find it there, and it moves down
+    /// like any other G2 page. Returns false if `h` is already in G2 or every slot is pinned.
+    /// If `fill` fails nothing is stored and the error is passed on.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{BlockHash, CacheConfig, Dtype, KvLayout};
+    /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), OffloadConfig::default().with_workers(0))?;
+    /// assert!(t.store(BlockHash(7), |page| { page.fill(3); Ok(()) })?);
+    /// assert_eq!(t.longest_prefix(&[BlockHash(7)]).g2, 1);
+    /// assert_eq!(t.g2().load(BlockHash(7), |page| page[0]), Some(3));
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn store(&self, h: BlockHash, fill: impl FnOnce(&mut [u8]) -> Result<()>) -> Result<bool> {
+        let stored = self.shared.g2.store(h, fill)?;
+        if stored {
+            self.shared.record_use(h);
+        }
+        Ok(stored)
     }
 
     /// How many leading `hashes` are cached, and in which tier each was found first.
@@ -431,6 +462,11 @@ impl Drop for TieredCache {
 impl Shared {
     pub(crate) fn stats(&self) -> MutexGuard<'_, Stats> {
         lock(&self.stats)
+    }
+
+    /// Counts an error of background work ([`EngineMetrics::worker_errors`]).
+    pub(crate) fn worker_error(&self) {
+        self.stats().m.worker_errors += 1;
     }
 
     fn stats_snapshot(&self) -> Stats {

@@ -195,9 +195,11 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let held = self.state.abandon();
-        // The references are ours; a failure here would mean a broken pool, already reported
-        // by the invariant checks, and a destructor has nobody to return it to.
-        let _ = self.shared.g1.lock().release_blocks(&held);
+        // The references are ours; a failure here would mean a broken pool, and a destructor
+        // has nobody to return it to: it is counted with the engine's background errors.
+        if self.shared.g1.lock().release_blocks(&held).is_err() {
+            self.shared.worker_error();
+        }
     }
 }
 

@@ -1,13 +1,12 @@
 //! What the background workers do: jobs (onboard, prefetch) and maintenance passes (offload,
 //! spill, retention expiry).
-#![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
 use super::ticket::{self, OnboardJob};
 use super::{Job, Next, Shared};
 use crate::error::{Error, Result, Tier};
-use crate::pool::BlockId;
+use crate::pool::{CopyOutcome, StagedCopies};
 use crate::prefix::BlockHash;
 use crate::sync::lock;
 
@@ -35,8 +34,11 @@ pub(crate) fn run(shared: &Shared) {
             Next::Tick => {}
             Next::Stop => return,
         }
-        // A failed pass is retried on the next tick; its pages stayed where they were.
-        let _ = maintain(shared);
+        // A failed pass is retried on the next tick; its pages stayed where they were (every
+        // staged page is handed back by its batch). Counted, since nobody waits for it.
+        if maintain(shared).is_err() {
+            shared.worker_error();
+        }
         last = Instant::now();
     }
 }
@@ -84,32 +86,24 @@ pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
     if let Some(disk) = &shared.g3 {
         let have = shared.g2.free_or_ready();
         if have < shared.g2_target {
-            let mut spill = Vec::new();
-            let examined = shared.g2.stage_spill((shared.g2_target - have).min(batch), &mut spill);
-            did |= examined > spill.len();
-            did |= write_g3(shared, disk, &spill)? > 0;
+            let (spill, examined) = shared.g2.stage_spill((shared.g2_target - have).min(batch))?;
+            did |= examined > spill.len() + spill.refused();
+            did |= write_g3(shared, disk, spill)? > 0;
         }
     }
-    let mut staged = Vec::new();
-    {
-        let mut core = shared.g1.lock();
-        if shared.config.write_through_g2 {
-            core.stage_committed(&mut staged);
-        }
+    let victims = |core: &crate::cache::CacheCore| {
         let have = core.free_or_ready();
-        if have < shared.g1_target {
-            let mut n = (shared.g1_target - have).min(batch);
-            if shared.g3.is_some() {
-                // Backpressure: with G2 full of pages still owed to G3, a G1 victim stays in
-                // G1 rather than displacing one of them.
-                n = n.min(shared.g2.free_or_ready());
-            }
-            let before = staged.len();
-            let examined = core.stage_victims(n, &mut staged);
-            did |= examined > staged.len() - before;
+        if have >= shared.g1_target {
+            return 0;
         }
-    }
-    did |= copy_down(shared, &staged)? > 0;
+        let n = (shared.g1_target - have).min(batch);
+        // Backpressure: with G2 full of pages still owed to G3, a G1 victim stays in G1
+        // rather than displacing one of them.
+        if shared.g3.is_some() { n.min(shared.g2.free_or_ready()) } else { n }
+    };
+    let (staged, examined, victims_staged) = shared.g1.stage_copies(shared.config.write_through_g2, &victims)?;
+    did |= examined > victims_staged;
+    did |= copy_down(shared, staged)? > 0;
     expire_retention(shared)?;
     Ok(did)
 }
@@ -139,21 +133,19 @@ fn propagate_evictions(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// G1 -> G2 for blocks staged in G1; each block is finished (backed or not) afterwards.
-/// Returns how many are now backed by G2.
-fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<usize> {
+/// G1 -> G2 for blocks staged in G1; each block is handed back (backed or not) afterwards,
+/// also on an early return. Returns how many are now backed by G2.
+fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>) -> Result<usize> {
     if staged.is_empty() {
         return Ok(0);
     }
-    let mut done = Vec::with_capacity(staged.len());
     let mut latencies = Vec::with_capacity(staged.len());
-    for &(b, h) in staged {
+    let (mut backed_count, mut failed) = (0usize, 0u64);
+    for i in 0..staged.len() {
+        let h = staged.hash(i);
         let t = Instant::now();
         let stored = shared.g2.store(h, |dst| {
-            // SAFETY: `b` was staged by this pass and is finished only below, after this
-            // closure returned and the slice is gone.
-            let src = unsafe { shared.g1.staged_page(b)? };
-            dst.copy_from_slice(src);
+            dst.copy_from_slice(staged.page(i));
             Ok(())
         });
         let backed = match stored {
@@ -165,69 +157,70 @@ fn copy_down(shared: &Shared, staged: &[(BlockId, BlockHash)]) -> Result<usize> 
             Err(_) => false,
         };
         shared.record_use(h);
-        done.push((b, backed));
-    }
-    let mut failed = 0;
-    {
-        let mut core = shared.g1.lock();
-        for &(b, backed) in &done {
-            core.finish_staged(b, backed)?;
-            failed += !backed as u64;
+        if backed {
+            staged.set(i, CopyOutcome::Backed);
+            backed_count += 1;
+        } else {
+            failed += 1;
         }
     }
+    staged.finish()?;
     let mut s = shared.stats();
     s.m.g1_to_g2.add(latencies.len() as u64, shared.page_bytes);
     s.m.offload_failed += failed;
     for l in latencies {
         s.offload.record(l);
     }
-    Ok(done.len() - failed as usize)
+    Ok(backed_count)
 }
 
-/// G2 -> G3 for slots staged in G2, through admission and the write budget.
+/// G2 -> G3 for slots staged in G2, through admission and the write budget; every slot is
+/// handed back with its outcome afterwards, also on an early return.
 /// Returns how many staged pages were settled: written, already there, or declined.
-fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, staged: &[(BlockId, BlockHash)]) -> Result<usize> {
+fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: StagedCopies<'_>) -> Result<usize> {
     if staged.is_empty() {
         return Ok(0);
     }
     let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, 0usize);
-    for &(slot, h) in staged {
+    for i in 0..staged.len() {
+        let h = staged.hash(i);
         if disk.contains(h) {
-            shared.g2.finish_spill(slot, true)?;
+            staged.set(i, CopyOutcome::Backed);
             present += 1;
         } else if !shared.admits(h) {
-            shared.g2.decline_spill(slot)?;
+            staged.set(i, CopyOutcome::Declined);
             declined += 1;
         } else if !lock(&shared.budget).try_take(shared.page_bytes as u64) {
-            shared.g2.finish_spill(slot, false)?;
             deferred += 1;
         } else {
-            admitted.push((slot, h));
+            admitted.push(i);
         }
     }
-    let slots: Vec<BlockId> = admitted.iter().map(|a| a.0).collect();
     let t = Instant::now();
-    let results = shared.g2.with_staged_pages(&slots, |pages| {
-        let batch: Vec<(BlockHash, &[u8])> = admitted.iter().zip(pages).map(|(a, p)| (a.1, *p)).collect();
+    let results = {
+        let batch: Vec<(BlockHash, &[u8])> = admitted.iter().map(|&i| (staged.hash(i), staged.page(i))).collect();
         disk.write_pages(&batch)
-    })?;
+    };
     let elapsed = t.elapsed();
     let (mut written, mut failed, mut settled) = (0u64, 0u64, present + declined as usize);
-    for (&(slot, h), r) in admitted.iter().zip(results) {
+    for (&i, r) in admitted.iter().zip(results) {
         let backed = match r {
             Ok(true) => {
                 written += 1;
                 true
             }
-            Ok(false) => disk.contains(h),
+            Ok(false) => disk.contains(staged.hash(i)),
             Err(_) => {
                 failed += 1;
                 false
             }
         };
-        shared.g2.finish_spill(slot, backed)?;
-        settled += backed as usize;
+        if backed {
+            staged.set(i, CopyOutcome::Backed);
+            settled += 1;
+        }
     }
+    staged.finish()?;
     let mut s = shared.stats();
     s.m.g2_to_g3.add(written, shared.page_bytes);
     s.m.admission_declined += declined;
@@ -253,9 +246,9 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
     for (j, job) in jobs.iter().enumerate() {
         for (i, done) in ok[j].iter_mut().enumerate() {
             let t = Instant::now();
-            // SAFETY: the block comes from `begin_onboard` for this job, which alone touches it
-            // until `finish_onboard` below; the slice dies with this iteration.
-            let Ok(dst) = (unsafe { shared.g1.onboard_page(job.blocks[i]) }) else { continue };
+            // The block comes from `begin_onboard` for this job, which alone touches it until
+            // `finish_onboard` below; the lease ends with this iteration.
+            let Ok(mut dst) = shared.g1.onboard_page(job.blocks[i]) else { continue };
             if shared.g2.load(job.hashes[i], |src| dst.copy_from_slice(src)).is_some() {
                 *done = true;
                 g2_latencies.push(t.elapsed());
@@ -271,9 +264,8 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
         let t = Instant::now();
         let mut reqs = Vec::with_capacity(from_g3.len());
         for &(j, i) in &from_g3 {
-            // SAFETY: as above; the blocks are distinct, so the slices do not overlap, and
-            // they are dropped with `reqs` before `finish_onboard`.
-            if let Ok(dst) = unsafe { shared.g1.onboard_page(jobs[j].blocks[i]) } {
+            // As above; the leases end with `reqs`, before `finish_onboard`.
+            if let Ok(dst) = shared.g1.onboard_page(jobs[j].blocks[i]) {
                 reqs.push((j, i, jobs[j].hashes[i], dst));
             }
         }
@@ -310,6 +302,7 @@ fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], 
     let mut held = Vec::with_capacity(loaded);
     let finished = shared.g1.lock().finish_onboard(&job.blocks, &job.hashes, &job.parents, loaded, &mut held);
     if finished.is_err() {
+        shared.worker_error();
         outcome.failed = n;
         outcome.prefix_blocks = job.outcome.prefix_blocks;
     }
@@ -322,7 +315,9 @@ fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], 
             s.onboard_g3.record(l);
         }
     }
-    let _ = ticket::complete(shared, &job, held, outcome);
+    if ticket::complete(shared, &job, held, outcome).is_err() {
+        shared.worker_error();
+    }
 }
 
 /// G3 -> G2 for the hashes not already in G1 or G2.

@@ -1,7 +1,7 @@
 //! Choosing a policy at run time without a vtable.
 
 use super::{Arc, EvictionPolicy, Lhd, Lru, S3Fifo};
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 
 /// The eviction policies a tier can be configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]

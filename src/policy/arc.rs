@@ -2,8 +2,8 @@
 
 use super::EvictionPolicy;
 use super::ghost::Ghost;
-use crate::pool::BlockId;
-use crate::pool::list::IndexList;
+use crate::ids::BlockId;
+use crate::list::IndexList;
 
 const RECENT: u8 = 0;
 const FREQUENT: u8 = 1;

@@ -1,7 +1,7 @@
 //! LHD: evict the entry with the least expected hits per unit of cache space-time.
 
 use super::EvictionPolicy;
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 
 /// Coarse age bins per class; together they span at least [`AGE_SPAN`] times the capacity in
 /// events (a bin is a power-of-two number of events, so an age is a shift).

@@ -1,8 +1,8 @@
 //! Least-recently-released first, over an intrusive list.
 
 use super::EvictionPolicy;
-use crate::pool::BlockId;
-use crate::pool::list::IndexList;
+use crate::ids::BlockId;
+use crate::list::IndexList;
 
 /// LRU eviction: the entry released longest ago goes first.
 ///

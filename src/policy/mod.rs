@@ -34,7 +34,7 @@ pub use lhd::Lhd;
 pub use lru::Lru;
 pub use s3fifo::S3Fifo;
 
-use crate::pool::BlockId;
+use crate::ids::BlockId;
 
 /// Chooses victims among evictable entries. Entries are indices `0..capacity` of one tier.
 ///

@@ -1,4 +1,6 @@
-//! Block states, refcounts, the free queue, the evictable set and the prefix index of G1.
+//! Block states, refcounts, the free queue, the evictable set and the prefix index of one
+//! tier's pages: G1's blocks, and the slots of G2 and G3, which keep their bookkeeping in the
+//! same type (a "block" here is any page-sized slot of the tier that owns the pool).
 //!
 //! All per-block state lives in flat arrays indexed by [`BlockId`]: a 32-byte [`Meta`], a 4-byte
 //! slot of the free-queue ring, the eviction policy's entry and a 4-byte slot (at load <= 1/2) of
@@ -6,9 +8,9 @@
 
 use crate::error::{BlockCondition, Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
+use crate::list::{IndexRing, MAX_INDEX};
 use crate::policy::{EvictionPolicy, Lru};
 use crate::pool::BlockId;
-use crate::pool::list::{IndexRing, MAX_INDEX};
 use crate::prefix::{BlockHash, HashIndex, Insert};
 
 mod staging;
@@ -28,12 +30,13 @@ pub enum BlockState {
 }
 
 const HASHED: u8 = 1;
-/// The content also lives in a lower tier: evicting it from here loses nothing.
-const BACKED: u8 = 2;
-/// Pinned by an offload copy that reads the page outside the owner's lock.
-const STAGED: u8 = 4;
-/// A lower tier declined the content: evict it early, it is not worth keeping.
-const DECLINED: u8 = 8;
+/// Clean: the content also lives in the tier below, so evicting it from here loses nothing.
+const CLEAN: u8 = 2;
+/// Pinned while a copy to or from another tier runs outside the owner's lock: a writeback of
+/// a victim or a write-through copy reading the page, or an onboarding fill writing it.
+const IN_FLIGHT: u8 = 4;
+/// Rejected: the tier below declined the content (admission); evict it early.
+const REJECTED: u8 = 8;
 /// Logically in the ready queue.
 const READY: u8 = 16;
 /// Physically in the ready ring (possibly removed logically since: skipped when popped).
@@ -78,8 +81,8 @@ pub(crate) struct PoolCounters {
     pub allocations: u64,
 }
 
-/// Block bookkeeping of the fast pool; single-threaded (`&mut self`), see
-/// [`crate::KvCache`] for the shared, thread-safe front.
+/// Page bookkeeping of one tier (G1's blocks, or G2's and G3's slots); single-threaded
+/// (`&mut self`), see [`crate::KvCache`] for G1's shared, thread-safe front.
 ///
 /// ```
 /// use kvtier::{BlockPool, BlockHash, BlockState};
@@ -214,7 +217,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// ```
     pub fn condition(&self, b: BlockId) -> Result<BlockCondition> {
         let m = self.meta(b)?;
-        let (hashed, staged) = (m.flags & HASHED != 0, m.flags & STAGED != 0);
+        let (hashed, staged) = (m.flags & HASHED != 0, m.flags & IN_FLIGHT != 0);
         Ok(match m.state {
             BlockState::Free => BlockCondition::Free,
             BlockState::Evictable => BlockCondition::Cached,
@@ -261,7 +264,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 let Some(b) = victim else {
                     return Err(Error::OutOfBlocks { requested: 1, available: 0 });
                 };
-                if self.meta[b.index()].flags & BACKED == 0 {
+                if self.meta[b.index()].flags & CLEAN == 0 {
                     self.counters.unbacked_evictions += 1;
                 }
                 self.forget_hash(b);
@@ -303,7 +306,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     fn forget_hash(&mut self, b: BlockId) {
         let m = &mut self.meta[b.index()];
-        m.flags &= !(BACKED | DECLINED);
+        m.flags &= !(CLEAN | REJECTED);
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
             let hash = m.hash();
@@ -372,7 +375,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         self.index.get(h, |e| meta[e as usize].hash()).map(BlockId)
     }
 
-    /// Number of leading `hashes` cached in G1 (counted as prefix queries and hits).
+    /// Number of leading `hashes` cached in this pool (counted as prefix queries and hits).
     pub fn longest_prefix(&mut self, hashes: &[BlockHash]) -> usize {
         let n = hashes.iter().take_while(|h| self.lookup(**h).is_some()).count();
         self.count_queries(hashes.len(), n);
@@ -402,7 +405,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             BlockState::Evictable => {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
-                m.flags &= !DECLINED;
+                m.flags &= !REJECTED;
                 self.in_use += 1;
                 if !self.ready_remove(b) {
                     self.unoffer(b);
@@ -470,7 +473,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         }
         while let Some(b) = self.ready_pop().or_else(|| self.policy.pop_victim()).or_else(|| self.pop_held()) {
             let m = &mut self.meta[b.index()];
-            m.flags &= !(HASHED | BACKED | DECLINED);
+            m.flags &= !(HASHED | CLEAN | REJECTED);
             m.state = BlockState::Free;
             self.free.push_back(b.0);
             self.policy.on_forget(b);
@@ -539,10 +542,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 }
                 BlockState::Evictable => {
                     evictable += 1;
-                    if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & STAGED != 0 {
+                    if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & IN_FLIGHT != 0 {
                         return Err(format!("{b:?} evictable but referenced, queued, staged or unhashed"));
                     }
-                    if m.flags & READY != 0 && m.flags & (BACKED | DECLINED) == 0 {
+                    if m.flags & READY != 0 && m.flags & (CLEAN | REJECTED) == 0 {
                         return Err(format!("{b:?} ready for eviction but neither backed nor declined"));
                     }
                     if m.flags & HELD != 0

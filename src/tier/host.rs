@@ -3,15 +3,15 @@
 //! One anonymous mapping (transparent huge pages requested, mlock optional) holds every slot;
 //! slot bookkeeping (free queue, pins, LRU of evictable slots, hash index) is a
 //! [`BlockPool`] behind a lock. Copies never run under the lock: a slot being filled is
-//! freshly allocated and not yet in the index (nobody else can see it), and a slot being read
-//! is pinned and hashed (immutable until the pin is dropped).
-#![allow(unsafe_code)]
+//! freshly allocated and not yet in the index (nobody else can see it) and written through an
+//! exclusive page lease; a slot being read is pinned and hashed and read through a shared
+//! lease ([`crate::PageRead`]), so the arena itself refuses any overlap.
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result, Tier};
 use crate::policy::PolicyKind;
-use crate::pool::{Arena, BlockId, BlockPool};
+use crate::pool::{Arena, BlockId, BlockPool, CopyOutcome, StageOwner, StagedCopies};
 use crate::prefix::BlockHash;
 use crate::sync::{Mutex, lock};
 
@@ -114,6 +114,27 @@ struct State {
 /// assert_eq!(g2.load(BlockHash(2), |page| page[0]), None);
 /// # Ok::<(), kvtier::Error>(())
 /// ```
+///
+/// Staging a page for a spill is the engine's, through a lease that ends the spill only once
+/// the page is no longer read. This sequence once let a page change under a live borrow; it
+/// no longer compiles (`stage_spill` and the rest of the protocol are private):
+///
+/// ```compile_fail,E0624
+/// use kvtier::tier::host::{HostConfig, HostTier};
+/// use kvtier::BlockHash;
+/// let g2 = HostTier::new(4096, HostConfig::default().with_capacity_pages(1).with_huge_pages(false))?;
+/// g2.store(BlockHash(1), |p| { p.fill(0xAA); Ok(()) })?;
+/// let mut staged = Vec::new();
+/// g2.stage_spill(1, &mut staged);
+/// let (slot, _) = staged[0];
+/// g2.read_staged(slot, |page: &[u8]| {
+///     let before = page[0];
+///     g2.finish_spill(slot, false).unwrap();
+///     g2.store(BlockHash(2), |p| { p.fill(0x55); Ok(()) }).unwrap();
+///     println!("{before:#x} -> {:#x}", page[0]);
+/// })?;
+/// # Ok::<(), kvtier::Error>(())
+/// ```
 pub struct HostTier {
     arena: Arena,
     state: Mutex<State>,
@@ -190,9 +211,12 @@ impl HostTier {
                 Err(e) => return Err(e),
             }
         };
-        // SAFETY: `slot` was just allocated (refcount 1, held by this call) and is not in the
-        // index, so no other thread can reach its page until it is registered below.
-        let filled = fill(unsafe { self.arena.page_exclusive(slot)? });
+        // `slot` was just allocated (refcount 1, held by this call) and is not in the index:
+        // nobody else reaches its page, so the lease is only refused if that bookkeeping broke.
+        let filled = match self.arena.write(slot) {
+            Ok(mut page) => fill(&mut page),
+            Err(e) => Err(e),
+        };
         let mut st = lock(&self.state);
         let stored = match filled {
             Ok(()) => st.slots.register(slot, h, None, 0)?,
@@ -223,9 +247,9 @@ impl HostTier {
                 }
             }
         };
-        // SAFETY: the slot is pinned by the reference taken above (it cannot be reused) and is
-        // registered, and registered slots are never written: the page is immutable here.
-        let out = unsafe { self.arena.page_shared(slot) }.ok().map(read);
+        // The slot is pinned by the reference taken above (it cannot be reused) and registered
+        // slots are never written, so the shared lease is granted.
+        let out = self.arena.read(slot).ok().map(|page| read(&page));
         let mut st = lock(&self.state);
         // The reference taken above is ours: releasing it cannot fail.
         let _ = st.slots.release(slot);
@@ -262,59 +286,18 @@ impl HostTier {
         true
     }
 
-    /// Picks up to `n` LRU victims that G3 does not hold yet and pins them for a spill; the
-    /// caller copies each with [`HostTier::read_staged`] and ends with
-    /// [`HostTier::finish_spill`]. Victims already backed go straight to the ready list.
-    pub fn stage_spill(&self, n: usize, out: &mut Vec<(BlockId, BlockHash)>) -> usize {
-        lock(&self.state).slots.stage_victims(n, out)
-    }
-
-    /// Reads a slot staged by [`HostTier::stage_spill`].
-    pub fn read_staged<R>(&self, slot: BlockId, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        if !lock(&self.state).slots.is_staged(slot)? {
-            return Err(Error::InvalidBlock { block: slot, capacity: self.arena.pages() });
-        }
-        // SAFETY: the slot is staged (pinned, hashed): it cannot be reused or written until
-        // `finish_spill`, which the caller only calls after this read returns.
-        let page = unsafe { self.arena.page_shared(slot)? };
-        let out = read(page);
-        lock(&self.state).m.bytes_out += self.page_bytes as u64;
-        Ok(out)
-    }
-
-    /// Ends a spill; `backed` says whether G3 now holds the page.
-    pub fn finish_spill(&self, slot: BlockId, backed: bool) -> Result<()> {
-        lock(&self.state).slots.finish_staged(slot, backed)
-    }
-
-    /// Ends a spill that G3 declined (admission): the page is evicted early.
-    pub fn decline_spill(&self, slot: BlockId) -> Result<()> {
-        lock(&self.state).slots.decline_staged(slot)
-    }
-
-    /// Runs `f` over the pages of several staged slots at once (a batched write to G3).
-    pub fn with_staged_pages<R>(&self, slots: &[BlockId], f: impl FnOnce(&[&[u8]]) -> R) -> Result<R> {
-        {
-            let st = lock(&self.state);
-            for &slot in slots {
-                if !st.slots.is_staged(slot)? {
-                    return Err(Error::InvalidBlock { block: slot, capacity: self.arena.pages() });
-                }
-            }
-        }
-        let mut pages = Vec::with_capacity(slots.len());
-        for &slot in slots {
-            // SAFETY: every slot is staged (checked above): pinned and hashed, so immutable
-            // until `finish_spill`/`decline_spill`, which the caller calls after `f` returns.
-            pages.push(unsafe { self.arena.page_shared(slot)? });
-        }
-        let out = f(&pages);
-        lock(&self.state).m.bytes_out += (self.page_bytes * slots.len()) as u64;
-        Ok(out)
+    /// Picks up to `n` LRU victims that G3 does not hold yet and pins them for a spill, under
+    /// read leases; victims already backed go straight to the ready list. Returns the batch
+    /// and how many victims were examined. The batch hands every slot back when it is
+    /// finished or dropped ([`StagedCopies`]).
+    pub(crate) fn stage_spill(&self, n: usize) -> Result<(StagedCopies<'_>, usize)> {
+        let mut staged = Vec::new();
+        let examined = lock(&self.state).slots.stage_victims(n, &mut staged);
+        Ok((StagedCopies::lease(self, &self.arena, staged)?, examined))
     }
 
     /// Marks the page under `h` as backed (or not) by G3.
-    pub fn set_backed(&self, h: BlockHash, backed: bool) {
+    pub(crate) fn set_backed(&self, h: BlockHash, backed: bool) {
         let mut st = lock(&self.state);
         if let Some(slot) = st.slots.lookup(h) {
             let _ = st.slots.set_backed(slot, backed);
@@ -323,12 +306,12 @@ impl HostTier {
 
     /// Starts recording the hashes this tier evicts (for the tier above, whose copies counted
     /// on them); drain them with [`HostTier::drain_evicted`].
-    pub fn log_evictions(&self, on: bool) {
+    pub(crate) fn log_evictions(&self, on: bool) {
         lock(&self.state).slots.log_evictions(on);
     }
 
     /// Moves the hashes evicted since the last call into `out`.
-    pub fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
+    pub(crate) fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
         lock(&self.state).slots.drain_evicted(out);
     }
 
@@ -353,6 +336,21 @@ impl HostTier {
             return Err(format!("{} slots in use but only {pinned} pins", st.slots.num_in_use()));
         }
         Ok(())
+    }
+}
+
+impl StageOwner for HostTier {
+    fn end_copies(&self, done: &[(BlockId, CopyOutcome)]) -> Result<()> {
+        let mut st = lock(&self.state);
+        let copied = done.iter().filter(|d| d.1 == CopyOutcome::Backed).count();
+        st.m.bytes_out += (copied * self.page_bytes) as u64;
+        st.slots.end_copies(done)
+    }
+}
+
+impl std::fmt::Debug for HostTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostTier").field("arena", &self.arena).field("locked", &self.locked).finish()
     }
 }
 
@@ -428,22 +426,46 @@ mod tests {
         for i in 1..=3u8 {
             g2.store(BlockHash(i as u128), fill(i)).unwrap();
         }
-        let mut staged = vec![];
-        assert_eq!(g2.stage_spill(2, &mut staged), 2);
-        assert_eq!(staged[0].1, BlockHash(1), "LRU first");
-        for (slot, _) in &staged {
-            let first = g2.read_staged(*slot, |p| p[0]).unwrap();
+        let (mut spill, examined) = g2.stage_spill(2).unwrap();
+        assert_eq!((spill.len(), examined), (2, 2));
+        assert_eq!(spill.hash(0), BlockHash(1), "LRU first");
+        for i in 0..spill.len() {
+            let first = spill.page(i)[0];
             assert!(first == 1 || first == 2);
-            g2.finish_spill(*slot, true).unwrap();
+            spill.set(i, CopyOutcome::Backed);
         }
-        assert!(g2.read_staged(staged[0].0, |_| ()).is_err(), "not staged any more");
+        // staged slots are pinned: a store evicts the third page, never a staged one
+        assert!(g2.store(BlockHash(9), fill(9)).unwrap());
+        assert!(!g2.contains(BlockHash(3)));
+        assert_eq!(spill.page(0)[0], 1, "a staged page is never reused while it is read");
+        spill.finish().unwrap();
         assert_eq!(g2.free_or_ready(), 2);
-        // new stores take the ready (backed) slots first: no unbacked loss
+        // new stores take the ready (backed) slots first: no unbacked loss beyond the first
         g2.store(BlockHash(4), fill(4)).unwrap();
-        assert_eq!(g2.metrics().unbacked_evictions, 0);
+        assert_eq!(g2.metrics().unbacked_evictions, 1);
         assert!(!g2.contains(BlockHash(1)));
-        assert!(g2.contains(BlockHash(3)));
+        assert!(g2.contains(BlockHash(9)));
         g2.check_invariants(true).unwrap();
+    }
+
+    #[test]
+    fn dropped_spill_hands_every_slot_back() {
+        let g2 = tier(4);
+        for i in 1..=4u8 {
+            g2.store(BlockHash(i as u128), fill(i)).unwrap();
+        }
+        let run = || -> Result<()> {
+            let (mut spill, _) = g2.stage_spill(3)?;
+            spill.set(0, CopyOutcome::Declined);
+            assert!(g2.check_invariants(true).is_err(), "slots are held while staged");
+            Err(Error::NoArena) // an error in the middle of the copy loop
+        };
+        assert!(run().is_err());
+        g2.check_invariants(true).unwrap();
+        assert_eq!(g2.metrics().used, 4, "nothing lost");
+        // the declined slot went to the ready list: it is the next one evicted
+        g2.store(BlockHash(5), fill(5)).unwrap();
+        assert!(!g2.contains(BlockHash(1)));
     }
 
     #[test]
@@ -465,5 +487,56 @@ mod tests {
             }
         });
         g2.check_invariants(true).unwrap();
+    }
+}
+
+/// loom model of the G2 spill protocol (run with `RUSTFLAGS="--cfg loom" cargo test --release
+/// --lib loom_`): the case a safe caller could once build by finishing a spill inside the read
+/// of its page, then storing into the freed slot (the page changed under a live borrow).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::Arc;
+
+    /// A worker reads a staged page and ends its spill while another thread stores pages that
+    /// need the same slots. A staged slot is never reused while it is read: the storing thread
+    /// never gets a lease refused (`PageBusy`, the arena's own check) and the reader never sees
+    /// a page change (loom's cell tracking fails the model if a write lease were granted while
+    /// the read lease lives).
+    #[test]
+    fn loom_spill_read_versus_store() {
+        loom::model(|| {
+            let g2 = Arc::new(
+                HostTier::new(64, HostConfig::default().with_capacity_pages(2).with_huge_pages(false)).unwrap(),
+            );
+            g2.store(BlockHash(1), |p| {
+                p.fill(0xAA);
+                Ok(())
+            })
+            .unwrap();
+            let storer = {
+                let g2 = g2.clone();
+                loom::thread::spawn(move || {
+                    for h in [2u128, 3] {
+                        // a refused store (every slot pinned) is fine; an error is not
+                        g2.store(BlockHash(h), |p| {
+                            p.fill(h as u8);
+                            Ok(())
+                        })
+                        .expect("a store must never meet a page still being read");
+                    }
+                })
+            };
+            let (mut spill, _) = g2.stage_spill(1).unwrap();
+            for i in 0..spill.len() {
+                let page = spill.page(i);
+                let first = page[0];
+                assert!(page.iter().all(|&b| b == first), "a staged page changed while it was read");
+                spill.set(i, CopyOutcome::Kept);
+            }
+            spill.finish().unwrap();
+            storer.join().unwrap();
+            g2.check_invariants(true).unwrap();
+        });
     }
 }

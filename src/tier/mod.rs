@@ -1,10 +1,7 @@
 //! Lower tiers that hold pages G1 gave up: host DRAM (G2) and SSD files (G3).
 
-pub mod disk;
-mod disk_config;
-pub mod disk_format;
-mod disk_index;
+pub(crate) mod disk;
 pub mod host;
 
-pub use disk::{DiskConfig, DiskMetrics, DiskTier};
-pub use disk_format::{Fingerprint, Header, SlotRecord, parse_header};
+pub use disk::format;
+pub use disk::{DEFAULT_READ_CHUNK_BYTES, DiskConfig, DiskMetrics, DiskTier, INDEX_FILE, MAX_SLOTS};

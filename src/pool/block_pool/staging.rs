@@ -2,7 +2,7 @@
 //! blocks) for a copy down while they stay shareable, the ready queue of victims a lower tier
 //! already holds, and IO marks for blocks filled outside the owner's lock.
 
-use super::{BACKED, BlockPool, BlockState, DECLINED, HASHED, QUEUED, READY, STAGED};
+use super::{BlockPool, BlockState, CLEAN, HASHED, IN_FLIGHT, QUEUED, READY, REJECTED};
 use crate::error::{BlockCondition, Error, Result};
 use crate::policy::EvictionPolicy;
 use crate::pool::BlockId;
@@ -22,7 +22,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             let Some(b) = self.policy.pop_victim().or_else(|| self.pop_held()) else { break };
             seen += 1;
             let m = &mut self.meta[b.index()];
-            if m.flags & (BACKED | DECLINED) != 0 {
+            if m.flags & (CLEAN | REJECTED) != 0 {
                 // backed: evicting it loses nothing; declined: the tier below chose not to
                 // keep it (admission, or its own eviction), so copying it again would only
                 // push out something the tier below preferred
@@ -30,7 +30,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             } else {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
-                m.flags |= STAGED;
+                m.flags |= IN_FLIGHT;
                 self.in_use += 1;
                 out.push((b, m.hash()));
             }
@@ -42,11 +42,11 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// or `None` if the block is not hashed, already backed or already staged.
     pub fn stage_block(&mut self, b: BlockId) -> Result<Option<BlockHash>> {
         let m = *self.meta(b)?;
-        if m.flags & HASHED == 0 || m.flags & (BACKED | STAGED) != 0 || m.state == BlockState::Free {
+        if m.flags & HASHED == 0 || m.flags & (CLEAN | IN_FLIGHT) != 0 || m.state == BlockState::Free {
             return Ok(None);
         }
         self.acquire_block(b)?;
-        self.meta[b.index()].flags |= STAGED;
+        self.meta[b.index()].flags |= IN_FLIGHT;
         Ok(Some(m.hash()))
     }
 
@@ -56,12 +56,12 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn finish_staged(&mut self, b: BlockId, backed: bool) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if m.flags & STAGED == 0 || m.state != BlockState::InUse {
+        if m.flags & IN_FLIGHT == 0 || m.state != BlockState::InUse {
             return Err(self.wrong_state(b, BlockCondition::Copying));
         }
-        m.flags &= !STAGED;
+        m.flags &= !IN_FLIGHT;
         if backed {
-            m.flags |= BACKED;
+            m.flags |= CLEAN;
         }
         m.refcount -= 1;
         if m.refcount == 0 {
@@ -81,10 +81,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn decline_staged(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if m.flags & STAGED == 0 || m.state != BlockState::InUse {
+        if m.flags & IN_FLIGHT == 0 || m.state != BlockState::InUse {
             return Err(self.wrong_state(b, BlockCondition::Copying));
         }
-        m.flags = (m.flags & !STAGED) | DECLINED;
+        m.flags = (m.flags & !IN_FLIGHT) | REJECTED;
         m.refcount -= 1;
         if m.refcount == 0 {
             self.in_use -= 1;
@@ -92,6 +92,24 @@ impl<P: EvictionPolicy> BlockPool<P> {
             self.ready_push(b);
         }
         Ok(())
+    }
+
+    /// Ends the staged copies of `done`, each with its outcome (see [`crate::pool::StagedCopies`]).
+    pub(crate) fn end_copies(&mut self, done: &[(BlockId, crate::pool::CopyOutcome)]) -> Result<()> {
+        use crate::pool::CopyOutcome;
+        let mut first_error = None;
+        for &(b, outcome) in done {
+            let ended = match outcome {
+                CopyOutcome::Kept => self.finish_staged(b, false),
+                CopyOutcome::Backed => self.finish_staged(b, true),
+                CopyOutcome::Declined => self.decline_staged(b),
+            };
+            // Every page is handed back even if one fails.
+            if let Err(e) = ended {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Marks a block's content as backed (or not) by a lower tier.
@@ -102,7 +120,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             return self.unback(b);
         }
         if m.flags & HASHED != 0 {
-            m.flags |= BACKED;
+            m.flags |= CLEAN;
         }
         Ok(())
     }
@@ -111,10 +129,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn begin_io(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if m.state != BlockState::InUse || m.flags & (STAGED | HASHED) != 0 {
+        if m.state != BlockState::InUse || m.flags & (IN_FLIGHT | HASHED) != 0 {
             return Err(self.wrong_state(b, BlockCondition::Writable));
         }
-        m.flags |= STAGED;
+        m.flags |= IN_FLIGHT;
         Ok(())
     }
 
@@ -122,21 +140,21 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn end_io(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if m.flags & STAGED == 0 || m.flags & HASHED != 0 {
+        if m.flags & IN_FLIGHT == 0 || m.flags & HASHED != 0 {
             return Err(self.wrong_state(b, BlockCondition::Onboarding));
         }
-        m.flags &= !STAGED;
+        m.flags &= !IN_FLIGHT;
         Ok(())
     }
 
     /// True when a block is pinned by a copy in flight.
     pub fn is_staged(&self, b: BlockId) -> Result<bool> {
-        Ok(self.meta(b)?.flags & STAGED != 0)
+        Ok(self.meta(b)?.flags & IN_FLIGHT != 0)
     }
 
     /// True when a block's content is backed by a lower tier.
     pub fn is_backed(&self, b: BlockId) -> Result<bool> {
-        Ok(self.meta(b)?.flags & BACKED != 0)
+        Ok(self.meta(b)?.flags & CLEAN != 0)
     }
 
     #[inline]
@@ -201,10 +219,10 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn unback(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
-        if m.flags & BACKED == 0 {
+        if m.flags & CLEAN == 0 {
             return Ok(());
         }
-        m.flags = (m.flags & !BACKED) | DECLINED;
+        m.flags = (m.flags & !CLEAN) | REJECTED;
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! The prefix tree over cached blocks, kept for policies that want leaves evicted first.
 
 use super::{BlockPool, BlockState, HASHED, HELD};
+use crate::list::IndexList;
 use crate::policy::EvictionPolicy;
 use crate::pool::BlockId;
-use crate::pool::list::IndexList;
 use crate::prefix::BlockHash;
 
 /// No parent link.

@@ -36,7 +36,7 @@ const MAGIC: [u8; 8] = *b"KVTIERG3";
 ///
 /// ```
 /// use kvtier::{Dtype, KvLayout};
-/// use kvtier::tier::Fingerprint;
+/// use kvtier::tier::format::Fingerprint;
 /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
 /// let fp = Fingerprint::new("my-model", &layout, 0, 1);
 /// assert_eq!(fp.page_bytes, layout.page_bytes() as u64);
@@ -115,7 +115,7 @@ pub struct Header {
 }
 
 /// Slot size for a page: rounded up to [`DIRECT_ALIGN`] so every slot is O_DIRECT aligned.
-pub fn slot_bytes_for(page_bytes: u64) -> u64 {
+pub(crate) fn slot_bytes_for(page_bytes: u64) -> u64 {
     page_bytes.div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64
 }
 
@@ -147,7 +147,7 @@ impl Header {
     ///
     /// ```
     /// use kvtier::{Dtype, KvLayout};
-    /// use kvtier::tier::{parse_header, Fingerprint, Header};
+    /// use kvtier::tier::format::{parse_header, Fingerprint, Header};
     /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
     /// let header = Header { fingerprint: Fingerprint::new("m", &layout, 0, 1), slot_bytes: 4096, slot_count: 8, slots_per_file: 4 };
     /// assert_eq!(parse_header(&header.encode()?)?, header);
@@ -224,7 +224,7 @@ fn bad(reason: &'static str) -> Error {
 }
 
 /// True when `bytes` is all zeros: an index file whose creation never got as far as its header.
-pub fn is_blank(bytes: &[u8]) -> bool {
+pub(crate) fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
@@ -233,7 +233,7 @@ pub fn is_blank(bytes: &[u8]) -> bool {
 /// Pure and total: any input gives a [`Header`] or [`Error::BadHeader`], never a panic.
 ///
 /// ```
-/// use kvtier::tier::parse_header;
+/// use kvtier::tier::format::parse_header;
 /// assert!(matches!(parse_header(b"garbage"), Err(kvtier::Error::BadHeader { .. })));
 /// ```
 pub fn parse_header(bytes: &[u8]) -> Result<Header> {

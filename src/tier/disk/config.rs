@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use super::disk_format::{Header, MAX_MODEL_ID_BYTES};
+use super::format::{Header, MAX_MODEL_ID_BYTES};
 use crate::error::{Error, Result, Tier};
 use crate::io::IoConfig;
 
@@ -198,7 +198,7 @@ fn held_bytes(dir: &Path) -> u64 {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name == super::disk::INDEX_FILE || (name.starts_with("slab-") && name.ends_with(".kvt"))
+            name == super::INDEX_FILE || (name.starts_with("slab-") && name.ends_with(".kvt"))
         })
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
@@ -208,16 +208,9 @@ fn held_bytes(dir: &Path) -> u64 {
 
 /// Free bytes of the file system holding `dir` for an unprivileged writer; None if unknown.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn free_disk_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `statvfs` is plain old data; all-zero bytes are a valid value of it.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string that outlives the call and `stat` is a valid,
-    // exclusively borrowed out-parameter of the type the call expects.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -33,15 +33,19 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use super::disk_config::{DEFAULT_READ_CHUNK_BYTES, DiskConfig, DiskMetrics, MAX_SLOTS};
-use super::disk_format::{Fingerprint, HEADER_BYTES, Header, is_blank, parse_header, slot_bytes_for};
-use super::disk_index::{Inner, SlotState, io_err, map_index};
+mod config;
+pub mod format;
+mod index;
+
 use crate::error::{Error, Result, Tier};
 use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, Overlap, SlabFile, create_slab_file, open_backend};
 use crate::layout::KvLayout;
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
 use crate::sync::{Mutex, lock};
+pub use config::{DEFAULT_READ_CHUNK_BYTES, DiskConfig, DiskMetrics, MAX_SLOTS};
+use format::{Fingerprint, HEADER_BYTES, Header, is_blank, parse_header, slot_bytes_for};
+use index::{Inner, SlotState, io_err, map_index};
 
 /// Name of the index file inside the tier directory.
 pub const INDEX_FILE: &str = "g3.index";
@@ -133,7 +137,8 @@ impl DiskTier {
         Self::open_with_backend(layout, config, backend)
     }
 
-    /// Like [`DiskTier::open`] with a given engine (for example a [`crate::io::FaultyBackend`]).
+    /// Like [`DiskTier::open`] with a given IO backend (for example the `testing` feature's
+    /// `FaultyBackend`).
     pub fn open_with_backend(layout: &KvLayout, config: DiskConfig, backend: Box<dyn IoBackend>) -> Result<Self> {
         config.validate()?;
         let page_bytes = layout.page_bytes();
@@ -334,12 +339,12 @@ impl DiskTier {
 
     /// Starts recording the hashes this tier evicts to make room (for the tiers above, whose
     /// copies counted on them); drain them with [`DiskTier::drain_evicted`].
-    pub fn log_evictions(&self, on: bool) {
+    pub(crate) fn log_evictions(&self, on: bool) {
         lock(&self.inner).pool.log_evictions(on);
     }
 
     /// Moves the hashes evicted since the last call into `out`.
-    pub fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
+    pub(crate) fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
         lock(&self.inner).pool.drain_evicted(out);
     }
 

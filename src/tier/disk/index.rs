@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use memmap2::MmapMut;
 
-use super::disk_config::DiskMetrics;
-use super::disk_format::{HEADER_BYTES, Header, RECORD_BYTES, STATE_VALID, STATE_WRITING, SlotRecord};
+use super::config::DiskMetrics;
+use super::format::{HEADER_BYTES, Header, RECORD_BYTES, STATE_VALID, STATE_WRITING, SlotRecord};
 use crate::error::{Error, Result, Tier};
+use crate::list::IndexList;
 use crate::policy::{AnyPolicy, EvictionPolicy, PolicyKind};
-use crate::pool::list::IndexList;
 use crate::pool::{BlockId, BlockPool, BlockState};
 use crate::prefix::BlockHash;
 use crate::sync::{Arc, Mutex, lock};

@@ -248,6 +248,7 @@ struct Running {
 pub fn run(config: &ServeConfig) -> Result<ServeRun, Box<dyn std::error::Error>> {
     let layout = KvLayout::new(LAYERS as u32, HEADS as u32, HEAD_DIM as u32, Dtype::F32, BLOCK as u32)?;
     let disk = DiskConfig::new(&config.ssd_dir)
+        .with_model_id("serve-example")
         .with_capacity_slots(config.g3_slots)
         .with_io(IoConfig::default().with_backend(BackendKind::Auto));
     let offload = OffloadConfig::default()

@@ -284,7 +284,10 @@ struct SpillResult {
 
 /// The G3 tier of the spill and onboard experiments: room for three rounds of pages.
 fn disk_config(g3_dir: &Path, case: &Case) -> DiskConfig {
-    DiskConfig::new(g3_dir).with_capacity_slots(3 * case.pages).with_slots_per_file(case.pages)
+    DiskConfig::new(g3_dir)
+        .with_model_id("tier-report")
+        .with_capacity_slots(3 * case.pages)
+        .with_slots_per_file(case.pages)
 }
 
 fn spill_vs_raw(

@@ -4,6 +4,7 @@
 //! request, report a corrupt slot) without parsing a message.
 
 use crate::ids::BlockId;
+use crate::prefix::BlockHash;
 use crate::seq::SeqId;
 
 /// Result alias used throughout kvtier.
@@ -30,17 +31,83 @@ impl std::fmt::Display for Tier {
     }
 }
 
+/// What a G1 block is, as far as a call on it cares: what [`Error::WrongBlockState`] found,
+/// and what the call needed. [`crate::BlockPool::condition`] tells a block's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlockCondition {
+    /// In the free queue: holds nothing, nobody may touch its page.
+    Free,
+    /// Cached without a reference (evictable): its content is final, a prefix hit revives it.
+    Cached,
+    /// Held by exactly one reference and not committed: its holder writes its KV.
+    Writable,
+    /// Held by more than one reference (a prefix hit or a fork): read-only.
+    Shared,
+    /// Committed: registered under its hash and in use; its content is final.
+    Committed,
+    /// Pinned by a copy down to a lower tier.
+    Copying,
+    /// Being filled by an onboarding copy from a lower tier.
+    Onboarding,
+    /// (needed) Held by at least one reference.
+    InUse,
+    /// (needed) Holding data: in use or cached.
+    HoldingData,
+    /// (needed) Holding data that no copy is filling: in use or cached, not onboarding.
+    Readable,
+}
+
+impl std::fmt::Display for BlockCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockCondition::Free => "free",
+            BlockCondition::Cached => "cached without a reference",
+            BlockCondition::Writable => "writable (held by one reference, not committed)",
+            BlockCondition::Shared => "shared (held by more than one reference)",
+            BlockCondition::Committed => "committed (its content is final)",
+            BlockCondition::Copying => "pinned by a copy to a lower tier",
+            BlockCondition::Onboarding => "being filled from a lower tier",
+            BlockCondition::InUse => "in use",
+            BlockCondition::HoldingData => "holding data (in use or cached)",
+            BlockCondition::Readable => "readable (in use or cached, not being filled)",
+        })
+    }
+}
+
 /// Everything that can go wrong in kvtier.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A layout or configuration field is zero, out of range or overflows.
+    /// A layout or configuration field is zero, out of range or overflows. Where the value is
+    /// known, [`Error::OutOfRange`] or [`Error::UnknownName`] is given instead, with the value
+    /// and what is accepted; [`Error::config_field`] covers all three.
     #[error("invalid configuration: {field} {reason}")]
     InvalidConfig {
         /// The offending field.
         field: &'static str,
         /// Why it was rejected.
         reason: &'static str,
+    },
+    /// A configuration field has a value outside what is accepted.
+    #[error("invalid configuration: {field} = {value} is not accepted (expected {expected})")]
+    OutOfRange {
+        /// The offending field.
+        field: &'static str,
+        /// The value given, as it would be written in the configuration.
+        value: String,
+        /// What is accepted, as a range or a rule ("1..=64", "in [0, 1)").
+        expected: &'static str,
+    },
+    /// A name (a layout preset, ...) is not one kvtier knows.
+    #[error("invalid configuration: unknown {field} {name:?} (known: {})", known.join(", "))]
+    UnknownName {
+        /// What the name names ("layout preset", ...).
+        field: &'static str,
+        /// The name given.
+        name: String,
+        /// Every name accepted.
+        known: &'static [&'static str],
     },
     /// Not enough free or evictable blocks to satisfy the request; nothing was changed.
     #[error("out of blocks: requested {requested}, available {available}")]
@@ -50,9 +117,16 @@ pub enum Error {
         /// Blocks that could have been handed out (free + evictable, minus reserve).
         available: usize,
     },
-    /// The sequence id was never issued, or the sequence was already freed.
+    /// The sequence was already freed (ids are never reused).
     #[error("unknown or freed sequence {0:?}")]
     UnknownSequence(SeqId),
+    /// The sequence id was issued by another cache: ids are only valid on the cache that
+    /// issued them.
+    #[error("sequence {0:?} belongs to another cache")]
+    ForeignSequence(SeqId),
+    /// A batch call named the same sequence more than once; nothing was changed.
+    #[error("sequence {0:?} appears more than once in the batch")]
+    DuplicateSequence(SeqId),
     /// The block id is outside the pool.
     #[error("invalid block id {block:?} (pool has {capacity} blocks)")]
     InvalidBlock {
@@ -60,6 +134,17 @@ pub enum Error {
         block: BlockId,
         /// Number of blocks in the pool.
         capacity: usize,
+    },
+    /// The block exists but is not in the state the call needs (a write to a committed,
+    /// shared or free block, a read of a free one, ...); nothing was changed.
+    #[error("block {block:?} is {found}, but this call needs it {needed}")]
+    WrongBlockState {
+        /// The block.
+        block: BlockId,
+        /// What it is now.
+        found: BlockCondition,
+        /// What the call needs it to be.
+        needed: BlockCondition,
     },
     /// A block was released that holds no reference.
     #[error("block {0:?} freed twice (refcount already zero)")]
@@ -160,8 +245,18 @@ pub enum Error {
     Corrupt {
         /// Tier holding the page.
         tier: Tier,
-        /// Slot index.
+        /// The slot whose page failed verification. Never made up: where no slot is known,
+        /// the error is [`Error::PageMiss`].
         slot: u64,
+    },
+    /// A tier could not serve the page of a hash it was asked for: absent (evicted meanwhile),
+    /// failed verification or unreadable. Nothing wrong was served; it counts as a miss.
+    #[error("{tier} could not serve the page of {hash:?}")]
+    PageMiss {
+        /// Tier that was asked.
+        tier: Tier,
+        /// Hash of the page asked for.
+        hash: BlockHash,
     },
     /// A tier's capacity exceeds what this machine can hold: its memory (pages plus block
     /// metadata) is more than RAM + swap (or the cgroup's memory limit), or its SSD slots need
@@ -177,4 +272,24 @@ pub enum Error {
         /// Bytes the machine offers (see the variant's docs for how it is measured).
         available: u64,
     },
+}
+
+impl Error {
+    /// The configuration field an [`Error::InvalidConfig`], [`Error::OutOfRange`] or
+    /// [`Error::UnknownName`] refers to; `None` for every other error.
+    ///
+    /// ```
+    /// use kvtier::KvLayout;
+    /// let err = KvLayout::preset("llama-4", 16).unwrap_err();
+    /// assert_eq!(err.config_field(), Some("layout preset"));
+    /// assert!(err.to_string().contains("qwen2.5-7b")); // the message lists what is known
+    /// ```
+    pub fn config_field(&self) -> Option<&'static str> {
+        match self {
+            Error::InvalidConfig { field, .. } | Error::OutOfRange { field, .. } | Error::UnknownName { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
 }

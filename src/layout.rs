@@ -64,10 +64,15 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
-    /// Builds a layout; every dimension must be non-zero and the page at most [`MAX_PAGE_BYTES`].
+    /// Builds a layout; every dimension must be non-zero ([`Error::OutOfRange`] otherwise), the
+    /// block at most 65536 tokens and the page at most [`MAX_PAGE_BYTES`].
     pub fn new(layers: u32, kv_heads: u32, head_dim: u32, dtype: Dtype, block_size: u32) -> Result<Self> {
         let nz = |v: u32, field| {
-            if v == 0 { Err(Error::InvalidConfig { field, reason: "must be non-zero" }) } else { Ok(v as usize) }
+            if v == 0 {
+                Err(Error::OutOfRange { field, value: v.to_string(), expected: "at least 1" })
+            } else {
+                Ok(v as usize)
+            }
         };
         let dims = [
             nz(layers, "layers")?,
@@ -78,7 +83,11 @@ impl KvLayout {
             dtype.bytes(),
         ];
         if block_size > MAX_BLOCK_TOKENS {
-            return Err(Error::InvalidConfig { field: "block_size", reason: "exceeds 65536 tokens" });
+            return Err(Error::OutOfRange {
+                field: "block_size",
+                value: block_size.to_string(),
+                expected: "1..=65536 tokens",
+            });
         }
         let too_big = Error::InvalidConfig { field: "page_bytes", reason: "exceeds 1 GiB" };
         let mut page_bytes = 1usize;
@@ -112,22 +121,30 @@ impl KvLayout {
         Self::new(32, 8, 128, Dtype::Bf16, block_size)
     }
 
-    /// Names [`KvLayout::preset`] accepts, so that a front end can list them.
+    /// Names of the presets [`KvLayout::preset`] knows.
+    pub const PRESETS: &'static [&'static str] = &["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b"];
+
+    /// Looks a preset up by name (one of [`KvLayout::PRESETS`]); another name is
+    /// [`Error::UnknownName`], which lists them.
     ///
     /// ```
-    /// # use kvtier::KvLayout;
-    /// assert!(KvLayout::PRESETS.iter().all(|name| KvLayout::preset(name, 16).is_ok()));
+    /// use kvtier::{Error, KvLayout};
+    /// assert_eq!(KvLayout::preset("qwen2.5-7b", 16)?, KvLayout::qwen2_5_7b(16)?);
+    /// let err = KvLayout::preset("foo", 16).unwrap_err();
+    /// assert!(matches!(&err, Error::UnknownName { name, known, .. } if name == "foo" && *known == KvLayout::PRESETS));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid configuration: unknown layout preset \"foo\" (known: llama-3.1-8b, llama-3.1-70b, qwen2.5-7b, mistral-7b)"
+    /// );
+    /// # Ok::<(), kvtier::Error>(())
     /// ```
-    pub const PRESETS: [&'static str; 4] = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b"];
-
-    /// Looks a preset up by name (one of [`KvLayout::PRESETS`]).
     pub fn preset(name: &str, block_size: u32) -> Result<Self> {
         match name {
             "llama-3.1-8b" => Self::llama_3_1_8b(block_size),
             "llama-3.1-70b" => Self::llama_3_1_70b(block_size),
             "qwen2.5-7b" => Self::qwen2_5_7b(block_size),
             "mistral-7b" => Self::mistral_7b(block_size),
-            _ => Err(Error::InvalidConfig { field: "layout preset", reason: "unknown name" }),
+            _ => Err(Error::UnknownName { field: "layout preset", name: name.to_owned(), known: Self::PRESETS }),
         }
     }
 
@@ -182,6 +199,9 @@ mod tests {
         assert_eq!(KvLayout::llama_3_1_70b(1).unwrap().bytes_per_token(), 320 << 10);
         assert_eq!(KvLayout::qwen2_5_7b(1).unwrap().bytes_per_token(), 56 << 10);
         assert!(KvLayout::preset("nope", 16).is_err());
+        for name in KvLayout::PRESETS {
+            assert!(KvLayout::preset(name, 16).is_ok(), "{name} is listed but not known");
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod table;
 pub mod tier;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
-pub use error::{Error, Result, Tier};
+pub use error::{BlockCondition, Error, Result, Tier};
 pub use events::{CacheSnapshot, KvEvent, KvEventKind};
 pub use layout::{Dtype, KvLayout, MAX_PAGE_BYTES};
 pub use metrics::CacheMetrics;

@@ -86,6 +86,7 @@ struct Tally {
 fn engine(setup: &Setup, d: &PathBuf) -> (TieredCache, kvtier::io::FaultTally) {
     let io = IoConfig::default().with_backend(setup.backend).with_queue_depth(8);
     let disk = DiskConfig::new(d)
+        .with_model_id("faults")
         .with_capacity_slots(96)
         .with_slots_per_file(32)
         .with_io(io.clone())
@@ -271,7 +272,7 @@ fn run(setup: Setup) {
     drop(t);
     // A warm restart without faults: every page the faulty run left on disk either verifies
     // or is a counted miss (torn and flipped writes that nobody read back yet).
-    let clean = DiskConfig::new(&d).with_capacity_slots(96).with_slots_per_file(32);
+    let clean = DiskConfig::new(&d).with_model_id("faults").with_capacity_slots(96).with_slots_per_file(32);
     let disk = DiskTier::open(&layout(), clean).unwrap();
     let page = layout().page_bytes();
     for &h in &written {

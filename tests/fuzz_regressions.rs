@@ -48,6 +48,7 @@ fn maintenance_settles_when_g3_is_smaller_than_g2() {
     let dir = TestDir::new("thrash");
     let layout = KvLayout::new(1, 1, 8, Dtype::F16, 2).unwrap();
     let disk = DiskConfig::new(dir.path())
+        .with_model_id("thrash")
         .with_capacity_slots(2)
         .with_slots_per_file(1)
         .with_io(IoConfig::default().with_backend(BackendKind::Psync));

@@ -78,6 +78,7 @@ fn gib_layout() -> KvLayout {
 
 fn disk_config(dir: &Path, slots: usize) -> DiskConfig {
     DiskConfig::new(dir)
+        .with_model_id("hostile")
         .with_capacity_slots(slots)
         .with_slots_per_file(4)
         .with_io(IoConfig::default().with_backend(BackendKind::Psync).with_queue_depth(4))

@@ -42,7 +42,10 @@ fn prompt(i: u32, blocks: usize) -> Vec<u32> {
 
 fn engine(name: &str, backend: BackendKind, g1: usize, g2: usize) -> (TieredCache, PathBuf) {
     let d = dir(name);
-    let disk = DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(backend));
+    let disk = DiskConfig::new(&d)
+        .with_model_id("tiers")
+        .with_capacity_slots(64)
+        .with_io(IoConfig::default().with_backend(backend));
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(g2))
         .with_disk(disk)
@@ -154,7 +157,7 @@ fn restart_recovers_pages_from_ssd() {
     assert!(!in_g3.is_empty());
     drop(t);
     // a new process: empty G1 and G2, the same SSD directory
-    let disk = DiskConfig::new(&d).with_capacity_slots(64);
+    let disk = DiskConfig::new(&d).with_model_id("tiers").with_capacity_slots(64);
     let config = OffloadConfig::default().with_disk(disk).with_workers(1);
     let t = TieredCache::new(CacheConfig::new(layout(), 16).with_watermark(0.0), config).unwrap();
     for &i in &in_g3 {
@@ -187,8 +190,10 @@ fn flipped_byte_on_ssd_is_a_miss_not_wrong_data() {
         }
     }
     assert!(flipped > 0);
-    let disk =
-        DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync));
+    let disk = DiskConfig::new(&d)
+        .with_model_id("tiers")
+        .with_capacity_slots(64)
+        .with_io(IoConfig::default().with_backend(BackendKind::Psync));
     let t = TieredCache::new(
         CacheConfig::new(layout(), 16).with_watermark(0.0),
         OffloadConfig::default().with_disk(disk).with_workers(0),
@@ -237,7 +242,7 @@ fn background_workers_offload_and_onboard() {
     let d = dir("workers");
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(64))
-        .with_disk(DiskConfig::new(&d).with_capacity_slots(64))
+        .with_disk(DiskConfig::new(&d).with_model_id("tiers").with_capacity_slots(64))
         .with_write_through_g2(true)
         .with_workers(2);
     let t = TieredCache::new(CacheConfig::new(layout(), 16).with_watermark(0.0), config).unwrap();
@@ -286,8 +291,10 @@ fn falls_back_to_psync_when_io_uring_is_blocked() {
 #[test]
 fn write_budget_defers_and_counts_never_loses_silently() {
     let d = dir("budget");
-    let disk =
-        DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync));
+    let disk = DiskConfig::new(&d)
+        .with_model_id("tiers")
+        .with_capacity_slots(64)
+        .with_io(IoConfig::default().with_backend(BackendKind::Psync));
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(8))
         .with_disk(disk)
@@ -323,8 +330,10 @@ fn write_budget_defers_and_counts_never_loses_silently() {
 #[test]
 fn seen_twice_admission_keeps_one_offs_off_the_ssd() {
     let d = dir("admission");
-    let disk =
-        DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync));
+    let disk = DiskConfig::new(&d)
+        .with_model_id("tiers")
+        .with_capacity_slots(64)
+        .with_io(IoConfig::default().with_backend(BackendKind::Psync));
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(8))
         .with_disk(disk)
@@ -370,7 +379,10 @@ fn onboarding_holds_g1_hits_beyond_the_first_gap() {
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(32))
         .with_disk(
-            DiskConfig::new(&d).with_capacity_slots(64).with_io(IoConfig::default().with_backend(BackendKind::Psync)),
+            DiskConfig::new(&d)
+                .with_model_id("tiers")
+                .with_capacity_slots(64)
+                .with_io(IoConfig::default().with_backend(BackendKind::Psync)),
         )
         .with_write_through_g2(true)
         .with_g1_low_watermark(0.0)
@@ -470,7 +482,7 @@ fn threads_hammering_one_engine_never_see_wrong_bytes() {
     let d = dir("stress");
     let config = OffloadConfig::default()
         .with_host(HostConfig::default().with_capacity_pages(24))
-        .with_disk(DiskConfig::new(&d).with_capacity_slots(96))
+        .with_disk(DiskConfig::new(&d).with_model_id("tiers").with_capacity_slots(96))
         .with_admission(Admission::All)
         .with_g1_low_watermark(0.3)
         .with_g2_low_watermark(0.3)
@@ -535,7 +547,7 @@ fn every_policy_in_every_tier_serves_exact_bytes() {
     use kvtier::policy::PolicyKind;
     for kind in PolicyKind::ALL {
         let d = dir(&format!("policy-{}", kind.name()));
-        let disk = DiskConfig::new(&d).with_capacity_slots(24).with_policy(kind);
+        let disk = DiskConfig::new(&d).with_model_id("tiers").with_capacity_slots(24).with_policy(kind);
         let config = OffloadConfig::default()
             .with_host(HostConfig::default().with_capacity_pages(10).with_policy(kind))
             .with_disk(disk)

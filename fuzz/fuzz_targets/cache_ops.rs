@@ -200,6 +200,7 @@ impl Config {
             .with_max_seq_len(12 + s.max_seq_len as usize % 29);
         let io = IoConfig::default().with_backend(BackendKind::Psync).with_psync_threads(1);
         let disk = DiskConfig::new(dir)
+            .with_model_id("fuzz-cache-ops")
             .with_capacity_slots(2 + s.g3_slots as usize % 12)
             .with_slots_per_file(1 + s.slots_per_file as usize % 4)
             .with_io(io)

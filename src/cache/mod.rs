@@ -12,7 +12,7 @@ pub use handle::{CacheGuard, KvCache};
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{BlockCondition, Error, Result};
 use crate::events::{CacheSnapshot, KvEvent};
 use crate::layout::KvLayout;
 use crate::metrics::CacheMetrics;
@@ -100,14 +100,17 @@ impl CacheConfig {
     /// machine can hold: more than RAM + swap, or the cgroup's memory limit, is
     /// [`Error::CapacityExceeded`] instead of an abort or the OOM killer later.
     pub fn validate(&self) -> Result<()> {
+        let out_of_range = |field, value: &dyn std::fmt::Display, expected| {
+            Err(Error::OutOfRange { field, value: value.to_string(), expected })
+        };
         if self.num_blocks == 0 {
-            return Err(Error::InvalidConfig { field: "num_blocks", reason: "must be non-zero" });
+            return out_of_range("num_blocks", &self.num_blocks, "at least 1");
         }
         if !(0.0..1.0).contains(&self.watermark) {
-            return Err(Error::InvalidConfig { field: "watermark", reason: "must be in [0, 1)" });
+            return out_of_range("watermark", &self.watermark, "in [0, 1)");
         }
         if self.max_seq_len == 0 || self.max_seq_len > u32::MAX as usize {
-            return Err(Error::InvalidConfig { field: "max_seq_len", reason: "must be in 1..=2^32-1" });
+            return out_of_range("max_seq_len", &self.max_seq_len, "1..=2^32-1");
         }
         let overflow = || Error::InvalidConfig { field: "num_blocks", reason: "arena size overflows" };
         let page_bytes = if self.arena { self.layout.page_bytes() } else { 0 };
@@ -192,7 +195,7 @@ impl CacheCore {
             max_seq_len: config.max_seq_len,
             pool,
             arena,
-            seqs: SeqTable::default(),
+            seqs: SeqTable::new(),
             cow_copies: 0,
             committed: None,
             engine_refs: std::collections::HashMap::new(),
@@ -213,20 +216,46 @@ impl CacheCore {
     }
 
     /// Copies `data` (exactly one page) into the page of `block`; see [`CacheCore::page_mut`].
+    /// The block must be [`BlockCondition::Writable`]: held by one sequence and not committed.
+    /// Any other block of the pool is [`Error::WrongBlockState`] (saying what it is), an id
+    /// outside the pool [`Error::InvalidBlock`].
+    ///
+    /// ```
+    /// use kvtier::{BlockCondition, CacheConfig, Error, ExtraKeys, KvCache, KvLayout};
+    /// let cache = KvCache::new(CacheConfig::new(KvLayout::new(1, 1, 8, kvtier::Dtype::F16, 4)?, 8))?;
+    /// let page = vec![1u8; cache.layout().page_bytes()];
+    /// let s = cache.add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default())?.seq;
+    /// let first = cache.lock().block_table(s)?[0];
+    /// cache.write_page(first, &page)?; // the runtime writes the KV it computed
+    /// cache.commit(s)?; // the first block is full: registered, its content final
+    /// let refused = cache.write_page(first, &page);
+    /// assert!(matches!(refused, Err(Error::WrongBlockState { found: BlockCondition::Committed, .. })));
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn write_page(&mut self, block: BlockId, data: &[u8]) -> Result<()> {
         let expected = self.layout.page_bytes();
         if data.len() != expected {
             return Err(Error::LayoutMismatch { expected, actual: data.len() });
         }
+        if self.arena.is_some() && self.pool.condition(block)? != BlockCondition::Writable {
+            return Err(self.pool.wrong_state(block, BlockCondition::Writable));
+        }
         self.page_mut(block)?.copy_from_slice(data);
         Ok(())
     }
 
-    /// Copies the page of `block` into `out` (exactly one page); see [`CacheCore::page`].
+    /// Copies the page of `block` into `out` (exactly one page); see [`CacheCore::page`]. The
+    /// block must hold data no copy is filling ([`BlockCondition::Readable`]), else
+    /// [`Error::WrongBlockState`].
     pub fn read_page(&self, block: BlockId, out: &mut [u8]) -> Result<()> {
         let expected = self.layout.page_bytes();
         if out.len() != expected {
             return Err(Error::LayoutMismatch { expected, actual: out.len() });
+        }
+        if self.arena.is_some()
+            && matches!(self.pool.condition(block)?, BlockCondition::Free | BlockCondition::Onboarding)
+        {
+            return Err(self.pool.wrong_state(block, BlockCondition::Readable));
         }
         out.copy_from_slice(&self.page(block)?);
         Ok(())
@@ -523,7 +552,9 @@ impl CacheCore {
     }
 
     /// Checks the pool invariants and that refcounts equal the references held by sequences.
-    #[doc(hidden)]
+    ///
+    /// A debugging aid (O(capacity), see [`crate::offload::TieredCache::check_invariants`]);
+    /// `Err` describes the first broken invariant for a human to read.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         self.pool.check_invariants()?;
         let mut refs = vec![0u32; self.pool.capacity()];
@@ -585,7 +616,12 @@ mod tests {
         let page = vec![9u8; c.layout().page_bytes()];
         c.write_page(b, &page).unwrap();
         assert!(matches!(c.write_page(b, &page[1..]), Err(Error::LayoutMismatch { .. })));
-        assert!(matches!(c.write_page(BlockId(3), &page), Err(Error::InvalidBlock { .. })));
+        let free: Result<()> = Err(Error::WrongBlockState {
+            block: BlockId(3),
+            found: BlockCondition::Free,
+            needed: BlockCondition::Writable,
+        });
+        assert_eq!(format!("{:?}", c.write_page(BlockId(3), &page)), format!("{free:?}"));
         assert!(matches!(c.write_page(BlockId(99), &page), Err(Error::InvalidBlock { .. })));
         let mut out = vec![0u8; page.len()];
         c.read_page(b, &mut out).unwrap();

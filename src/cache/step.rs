@@ -12,8 +12,9 @@ impl CacheCore {
     /// runtime must mirror are pushed to `copies`.
     ///
     /// The blocks the whole batch needs are checked up front: on [`Error::OutOfBlocks`] (or any
-    /// other error found before the first append) nothing changes. Each sequence must appear
-    /// at most once; a repeated one is appended twice and could run out midway.
+    /// other error found before the first append) nothing changes. Each sequence appears at
+    /// most once: a repeated one is [`Error::DuplicateSequence`] (checked in the same pass, by
+    /// a per-sequence batch stamp).
     ///
     /// ```
     /// use kvtier::{BatchTables, CacheConfig, ExtraKeys, KvCache, KvLayout};
@@ -39,14 +40,20 @@ impl CacheCore {
         if seqs.len() != tokens.len() {
             return Err(Error::BatchMismatch { sequences: seqs.len(), items: tokens.len() });
         }
+        let (shift, size) = (self.block_shift, self.block_size);
+        let split = move |pos: usize| match shift {
+            Some(s) => (pos >> s, pos & ((1 << s) - 1)),
+            None => (pos / size, pos % size),
+        };
         let (mut width, mut want) = (0, 0);
+        self.seqs.next_batch();
         for &s in seqs {
-            let st = self.seqs.get(s)?;
+            let st = self.seqs.get_in_batch(s)?;
             let len = st.tokens.len();
             if len >= self.max_seq_len {
                 return Err(Error::SequenceTooLong { requested: len + 1, max: self.max_seq_len });
             }
-            let new_block = self.split(len).1 == 0;
+            let new_block = split(len).1 == 0;
             let copy = match st.blocks.last() {
                 Some(&last) if !new_block && !st.tail_private => {
                     self.pool.refcount(last)? > 1 || self.pool.hash_of(last)?.is_some()
@@ -75,11 +82,6 @@ impl CacheCore {
         out.query_start.clear();
         out.query_start.push(0);
         let bs = self.block_size as i64;
-        let (shift, size) = (self.block_shift, self.block_size);
-        let split = move |pos: usize| match shift {
-            Some(s) => (pos >> s, pos & ((1 << s) - 1)),
-            None => (pos / size, pos % size),
-        };
         for (row, (&s, &t)) in seqs.iter().zip(tokens).enumerate() {
             let (appended, st) = self.append_inner(s, &[t])?;
             let blocks = &st.blocks;
@@ -143,17 +145,17 @@ mod tests {
     fn decode_step_equals_append_then_export() {
         for block in [3, 4] {
             let (mut a, seqs) = build(block);
-            let (mut b, _) = build(block);
+            let (mut b, seqs_b) = build(block);
             let tokens: Vec<u32> = (0..seqs.len() as u32).collect();
             for round in 0..12 {
                 let (mut ta, mut tb) = (BatchTables::new(), BatchTables::new());
                 let mut copies_a = vec![];
                 a.decode_step(&seqs, &tokens, &mut ta, &mut copies_a).unwrap();
                 let mut copies_b = vec![];
-                for (&s, &t) in seqs.iter().zip(&tokens) {
+                for (&s, &t) in seqs_b.iter().zip(&tokens) {
                     copies_b.extend(b.append_tokens(s, &[t]).unwrap().copy);
                 }
-                b.export_batch(&seqs, &mut tb).unwrap();
+                b.export_batch(&seqs_b, &mut tb).unwrap();
                 assert_eq!(ta.block_table(), tb.block_table(), "round {round}");
                 assert_eq!(ta.slot_mapping(), tb.slot_mapping());
                 assert_eq!(ta.seq_lens(), tb.seq_lens());
@@ -161,16 +163,16 @@ mod tests {
                 assert_eq!(copies_a, copies_b);
                 a.check_invariants().unwrap();
                 if round % 2 == 1 {
-                    for &s in &seqs {
+                    for (&s, &s_b) in seqs.iter().zip(&seqs_b) {
                         a.commit(s).unwrap();
-                        b.commit(s).unwrap();
+                        b.commit(s_b).unwrap();
                     }
                 }
                 if round == 3 {
                     // shrink a row between steps: the reused table must not keep stale ids
                     let len = a.tokens(seqs[5]).unwrap().len();
                     a.truncate(seqs[5], len - block as usize - 1).unwrap();
-                    b.truncate(seqs[5], len - block as usize - 1).unwrap();
+                    b.truncate(seqs_b[5], len - block as usize - 1).unwrap();
                 }
             }
         }

@@ -22,6 +22,7 @@
 //! The runtime's thread never blocks on a disk: it only takes short locks on bookkeeping.
 
 mod admission;
+mod config;
 mod metrics;
 mod queue;
 mod retention;
@@ -30,6 +31,7 @@ mod views;
 mod worker;
 
 pub use admission::Admission;
+pub use config::OffloadConfig;
 pub use metrics::{EngineMetrics, LatencySummary, Traffic};
 #[cfg(feature = "testing")]
 pub use queue::{Next, WorkQueue};
@@ -51,139 +53,12 @@ use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result, Tier};
 use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
-use crate::tier::disk::{DiskConfig, DiskMetrics, DiskTier};
-use crate::tier::host::{HostConfig, HostMetrics, HostTier};
+use crate::tier::disk::{DiskMetrics, DiskTier};
+use crate::tier::host::{HostMetrics, HostTier};
 
 use admission::{FrequencySketch, WriteBudget};
 use metrics::Histogram;
 use retention::Retention;
-
-/// Configuration of the offload engine.
-#[derive(Debug, Clone)]
-pub struct OffloadConfig {
-    /// The host tier. Default: [`HostConfig::default`].
-    pub host: HostConfig,
-    /// The SSD tier; `None` for G1 + G2 only. Default: none.
-    pub disk: Option<DiskConfig>,
-    /// G1 free + ready blocks below this fraction of the pool start offloading. Default 0.1.
-    pub g1_low_watermark: f64,
-    /// G2 free + ready slots below this fraction start spilling to G3. Default 0.1.
-    pub g2_low_watermark: f64,
-    /// Copy every committed G1 block to G2 at once. Default: false.
-    pub write_through_g2: bool,
-    /// Which pages G3 accepts. Default: [`Admission::SeenTwice`].
-    pub admission: Admission,
-    /// Cap on bytes written to G3 per second. Default: none.
-    pub write_budget_bytes_per_sec: Option<u64>,
-    /// Background workers; 0 runs everything on the caller's thread (tests). Default: 2.
-    pub workers: usize,
-    /// Most pages moved per batch. Default: 1024.
-    pub batch_pages: usize,
-    /// Bytes moved per batch: a batch takes `batch_bytes / page_bytes` pages (at least one, at
-    /// most `batch_pages`), so small pages travel in as many bytes per disk submission as big
-    /// ones and the drain at the end of each submission stays a small share of it.
-    /// Default: 64 MiB (32 pages of 2 MiB, 1024 of 64 KiB).
-    pub batch_bytes: usize,
-    /// How often idle workers check the watermarks. Default: 1 ms.
-    pub tick: Duration,
-}
-
-impl Default for OffloadConfig {
-    fn default() -> Self {
-        Self {
-            host: HostConfig::default(),
-            disk: None,
-            g1_low_watermark: 0.1,
-            g2_low_watermark: 0.1,
-            write_through_g2: false,
-            admission: Admission::SeenTwice,
-            write_budget_bytes_per_sec: None,
-            workers: 2,
-            batch_pages: 1024,
-            batch_bytes: 64 << 20,
-            tick: Duration::from_millis(1),
-        }
-    }
-}
-
-impl OffloadConfig {
-    /// Sets the host tier (default [`HostConfig::default`]).
-    pub fn with_host(mut self, host: HostConfig) -> Self {
-        self.host = host;
-        self
-    }
-    /// Adds an SSD tier (default none).
-    pub fn with_disk(mut self, disk: DiskConfig) -> Self {
-        self.disk = Some(disk);
-        self
-    }
-    /// Sets the G1 low watermark fraction (default 0.1).
-    pub fn with_g1_low_watermark(mut self, f: f64) -> Self {
-        self.g1_low_watermark = f;
-        self
-    }
-    /// Sets the G2 low watermark fraction (default 0.1).
-    pub fn with_g2_low_watermark(mut self, f: f64) -> Self {
-        self.g2_low_watermark = f;
-        self
-    }
-    /// Enables write-through from G1 to G2 (default off).
-    pub fn with_write_through_g2(mut self, on: bool) -> Self {
-        self.write_through_g2 = on;
-        self
-    }
-    /// Sets the G3 admission filter (default seen-twice).
-    pub fn with_admission(mut self, a: Admission) -> Self {
-        self.admission = a;
-        self
-    }
-    /// Caps G3 writes in bytes per second (default unlimited).
-    pub fn with_write_budget(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.write_budget_bytes_per_sec = bytes_per_sec;
-        self
-    }
-    /// Sets the number of background workers (default 2; 0 = caller's thread).
-    pub fn with_workers(mut self, n: usize) -> Self {
-        self.workers = n;
-        self
-    }
-    /// Sets the most pages per batch (default 1024).
-    pub fn with_batch_pages(mut self, n: usize) -> Self {
-        self.batch_pages = n;
-        self
-    }
-    /// Sets the bytes per batch (default 64 MiB).
-    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
-        self.batch_bytes = bytes;
-        self
-    }
-    /// Pages per batch for pages of `page_bytes`.
-    pub fn pages_per_batch(&self, page_bytes: usize) -> usize {
-        (self.batch_bytes / page_bytes.max(1)).clamp(1, self.batch_pages.max(1))
-    }
-    /// Checks the configuration.
-    pub fn validate(&self) -> Result<()> {
-        self.host.validate()?;
-        if let Some(d) = &self.disk {
-            d.validate()?;
-        }
-        for (field, v) in [("g1_low_watermark", self.g1_low_watermark), ("g2_low_watermark", self.g2_low_watermark)] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(Error::InvalidConfig { field, reason: "must be in [0, 1)" });
-            }
-        }
-        if self.batch_pages == 0 {
-            return Err(Error::InvalidConfig { field: "batch_pages", reason: "must be non-zero" });
-        }
-        if self.batch_bytes == 0 {
-            return Err(Error::InvalidConfig { field: "batch_bytes", reason: "must be non-zero" });
-        }
-        if self.workers > 64 {
-            return Err(Error::InvalidConfig { field: "workers", reason: "at most 64" });
-        }
-        Ok(())
-    }
-}
 
 /// Where a prefix was found: how many leading blocks some tier holds, and of those how many
 /// are in each tier (a block counts in the fastest tier that has it).
@@ -295,7 +170,8 @@ impl TieredCache {
     /// let layout = KvLayout::new(2, 2, 8, Dtype::F16, 4)?;
     /// let faulty = FaultyBackend::new(open_backend(&IoConfig::default())?, Fault::Random(FaultRates::uniform(1, 1000)));
     /// let tally = faulty.tally();
-    /// let config = OffloadConfig::default().with_disk(DiskConfig::new(&dir).with_capacity_slots(16));
+    /// let disk = DiskConfig::new(&dir).with_capacity_slots(16).with_model_id("doc-model");
+    /// let config = OffloadConfig::default().with_disk(disk);
     /// let t = TieredCache::with_disk_backend(CacheConfig::new(layout, 16), config, Box::new(faulty))?;
     /// assert_eq!(t.g3().unwrap().backend_name(), "faulty");
     /// # drop(t); std::fs::remove_dir_all(&dir).ok();
@@ -460,13 +336,36 @@ impl TieredCache {
         worker::maintain(&self.shared)
     }
 
-    /// Waits until queued jobs are done and one maintenance pass found nothing to do. Queued
-    /// jobs are also run on the caller's thread, so this works while the workers are paused.
+    /// Brings the engine to rest: returns once every job queued before the call is done, no
+    /// worker is in the middle of a maintenance pass (so no G1 block or G2 slot is pinned by a
+    /// copy), and a pass on the caller's thread found nothing to do. Afterwards only the
+    /// runtime's own references (sequences, tickets, retentions) hold G1 blocks.
+    ///
+    /// The workers are paused meanwhile ([`TieredCache::pause_workers`]): a pass a worker has
+    /// begun runs to its end first, then queued jobs and passes run on the caller's thread.
+    /// Waiting for queued jobs alone is not enough: a worker's pass pins the blocks it copies
+    /// down without any job being pending. The workers go on when this returns.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+    /// let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4)?;
+    /// let config = OffloadConfig::default().with_write_through_g2(true).with_workers(1);
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), config)?;
+    /// let s = t.g1().add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default())?.seq;
+    /// t.g1().commit(s)?; // its full block is pinned until it is copied to G2
+    /// t.g1().free(s)?;
+    /// t.quiesce()?;
+    /// assert_eq!(t.g1().metrics().in_use, 0);
+    /// assert_eq!(t.g2().metrics().stores, 1);
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn quiesce(&self) -> Result<()> {
+        let _paused = self.pause_workers();
+        // Every worker is parked between two units of work: pending jobs are all still queued.
         while let Some(job) = self.shared.queue.try_next() {
             worker::run_jobs(&self.shared, job);
         }
-        self.shared.queue.wait_idle();
         while worker::maintain(&self.shared)? {}
         Ok(())
     }
@@ -520,7 +419,22 @@ impl TieredCache {
     /// ([`TieredCache::pause_workers`]) or absent, also that no G2 or G3 slot is held by
     /// anything but a retention: any other reference would be a leak. The caller must not run
     /// engine calls on other threads meanwhile for that part to hold.
-    #[doc(hidden)]
+    ///
+    /// A debugging aid, for tests and for a runtime chasing a leak: it walks every block and
+    /// slot under the tiers' locks (O(capacity)), so it does not belong on a scheduler's hot
+    /// path. `Err` describes the first broken invariant, for a human to read; it is a bug in
+    /// kvtier (or memory corruption), never a state a caller is expected to handle.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+    /// let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4)?;
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), OffloadConfig::default().with_workers(0))?;
+    /// let s = t.g1().add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default())?.seq;
+    /// assert_eq!(t.check_invariants(), Ok(()));
+    /// t.g1().free(s)?;
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let idle = self.workers.is_empty() || self.shared.queue.is_paused();
         self.shared.g1.lock().check_invariants()?;

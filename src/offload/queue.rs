@@ -1,5 +1,5 @@
 //! The handoff between the runtime and the background workers: a job queue that also counts
-//! unfinished jobs (for `quiesce`) and can park every worker (for `pause_workers`).
+//! unfinished jobs and can park every worker (for `pause_workers` and `quiesce`).
 //!
 //! Lifecycle of a job:
 //! 1. The runtime [`WorkQueue::push`]es it: it is queued and counted as pending.
@@ -148,6 +148,10 @@ impl<T> WorkQueue<T> {
 
     /// Blocks until no job is pending. Jobs only finish if some thread runs them: with every
     /// worker paused, take them with [`WorkQueue::try_next`] first.
+    ///
+    /// No pending job does not mean idle workers: a worker may be in the middle of a
+    /// maintenance pass, which is no job. To wait for that too, [`WorkQueue::pause`]: it
+    /// returns once every worker is parked between two units of work.
     pub fn wait_idle(&self) {
         let mut st = lock(&self.state);
         while st.pending > 0 && !st.closed {

@@ -6,7 +6,7 @@
 //! slot of the free-queue ring, the eviction policy's entry and a 4-byte slot (at load <= 1/2) of
 //! the hash index. Nothing here allocates after construction, and every operation is O(1).
 
-use crate::error::{Error, Result};
+use crate::error::{BlockCondition, Error, Result};
 use crate::events::{CacheSnapshot, EventLog, KvEvent, KvEventKind};
 use crate::list::{IndexRing, MAX_INDEX};
 use crate::policy::{EvictionPolicy, Lru};
@@ -201,6 +201,41 @@ impl<P: EvictionPolicy> BlockPool<P> {
     pub fn refcount(&self, b: BlockId) -> Result<u32> {
         Ok(self.meta(b)?.refcount)
     }
+    /// What a block is, as [`Error::WrongBlockState`] reports it: free, cached, onboarding,
+    /// copying, committed, shared or writable (the first that applies).
+    ///
+    /// ```
+    /// use kvtier::{BlockCondition, BlockHash, BlockPool};
+    /// let mut pool = BlockPool::new(2)?;
+    /// let b = pool.allocate_one()?;
+    /// assert_eq!(pool.condition(b)?, BlockCondition::Writable);
+    /// pool.register(b, BlockHash(7), None, 16)?;
+    /// assert_eq!(pool.condition(b)?, BlockCondition::Committed);
+    /// pool.release(b)?;
+    /// assert_eq!(pool.condition(b)?, BlockCondition::Cached);
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn condition(&self, b: BlockId) -> Result<BlockCondition> {
+        let m = self.meta(b)?;
+        let (hashed, staged) = (m.flags & HASHED != 0, m.flags & IN_FLIGHT != 0);
+        Ok(match m.state {
+            BlockState::Free => BlockCondition::Free,
+            BlockState::Evictable => BlockCondition::Cached,
+            BlockState::InUse if staged && !hashed => BlockCondition::Onboarding,
+            BlockState::InUse if staged => BlockCondition::Copying,
+            BlockState::InUse if hashed => BlockCondition::Committed,
+            BlockState::InUse if m.refcount > 1 => BlockCondition::Shared,
+            BlockState::InUse => BlockCondition::Writable,
+        })
+    }
+    /// [`Error::WrongBlockState`] for `b`, which the caller found not to be `needed`.
+    #[cold]
+    pub(crate) fn wrong_state(&self, b: BlockId, needed: BlockCondition) -> Error {
+        match self.condition(b) {
+            Ok(found) => Error::WrongBlockState { block: b, found, needed },
+            Err(e) => e,
+        }
+    }
     /// The hash a block is registered under, if any.
     pub fn hash_of(&self, b: BlockId) -> Result<Option<BlockHash>> {
         let m = self.meta(b)?;
@@ -293,7 +328,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.state != BlockState::InUse {
-            return Err(Error::InvalidBlock { block: b, capacity });
+            return Err(self.wrong_state(b, BlockCondition::InUse));
         }
         m.refcount += 1;
         Ok(())
@@ -381,7 +416,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 m.refcount += 1;
                 self.policy.on_hit(b);
             }
-            BlockState::Free => return Err(Error::InvalidBlock { block: b, capacity }),
+            BlockState::Free => return Err(self.wrong_state(b, BlockCondition::HoldingData)),
         }
         Ok(())
     }
@@ -477,8 +512,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
             + self.index.bytes_per_entry(self.capacity())
     }
 
-    /// Checks every pool invariant; returns a description of the first one broken.
-    #[doc(hidden)]
+    /// Checks every pool invariant; returns a description of the first one broken. A
+    /// debugging aid: O(capacity), not for the hot path.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let (mut free, mut used, mut evictable, mut hashed, mut held) = (0, 0, 0, 0, 0);
         let mut children = vec![0u32; self.meta.len()];

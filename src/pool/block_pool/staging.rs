@@ -3,7 +3,7 @@
 //! already holds, and IO marks for blocks filled outside the owner's lock.
 
 use super::{BlockPool, BlockState, CLEAN, HASHED, IN_FLIGHT, QUEUED, READY, REJECTED};
-use crate::error::{Error, Result};
+use crate::error::{BlockCondition, Error, Result};
 use crate::policy::EvictionPolicy;
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
@@ -57,7 +57,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.flags & IN_FLIGHT == 0 || m.state != BlockState::InUse {
-            return Err(Error::InvalidBlock { block: b, capacity });
+            return Err(self.wrong_state(b, BlockCondition::Copying));
         }
         m.flags &= !IN_FLIGHT;
         if backed {
@@ -82,7 +82,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.flags & IN_FLIGHT == 0 || m.state != BlockState::InUse {
-            return Err(Error::InvalidBlock { block: b, capacity });
+            return Err(self.wrong_state(b, BlockCondition::Copying));
         }
         m.flags = (m.flags & !IN_FLIGHT) | REJECTED;
         m.refcount -= 1;
@@ -130,7 +130,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.state != BlockState::InUse || m.flags & (IN_FLIGHT | HASHED) != 0 {
-            return Err(Error::InvalidBlock { block: b, capacity });
+            return Err(self.wrong_state(b, BlockCondition::Writable));
         }
         m.flags |= IN_FLIGHT;
         Ok(())
@@ -141,7 +141,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.flags & IN_FLIGHT == 0 || m.flags & HASHED != 0 {
-            return Err(Error::InvalidBlock { block: b, capacity });
+            return Err(self.wrong_state(b, BlockCondition::Onboarding));
         }
         m.flags &= !IN_FLIGHT;
         Ok(())
@@ -252,7 +252,10 @@ mod tests {
         p.acquire_block(staged[1].0).unwrap();
         p.finish_staged(staged[0].0, true).unwrap();
         p.finish_staged(staged[1].0, true).unwrap();
-        assert!(matches!(p.finish_staged(staged[0].0, true), Err(Error::InvalidBlock { .. })));
+        assert!(matches!(
+            p.finish_staged(staged[0].0, true),
+            Err(Error::WrongBlockState { needed: BlockCondition::Copying, .. })
+        ));
         assert_eq!(p.num_ready(), 1);
         p.check_invariants().unwrap();
         // the backed block goes first, and it is not counted as a loss

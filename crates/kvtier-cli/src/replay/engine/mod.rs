@@ -317,7 +317,7 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
         dir.0 = Some(d.clone());
         // Direct IO only pays off, and only measures the drive, with full-size pages.
         let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);
-        let mut disk = DiskConfig::new(d).with_capacity_slots(config.g3_blocks).with_io(io);
+        let mut disk = DiskConfig::new(d).with_model_id("replay").with_capacity_slots(config.g3_blocks).with_io(io);
         if let Some(policy) = config.policy {
             disk = disk.with_policy(policy);
         }

@@ -1,0 +1,156 @@
+//! Configuration of the offload engine.
+
+use std::time::Duration;
+
+use super::Admission;
+use crate::error::{Error, Result};
+use crate::tier::disk::DiskConfig;
+use crate::tier::host::HostConfig;
+
+/// Configuration of the offload engine.
+#[derive(Debug, Clone)]
+pub struct OffloadConfig {
+    /// The host tier. Default: [`HostConfig::default`].
+    pub host: HostConfig,
+    /// The SSD tier; `None` for G1 + G2 only. Default: none. Its
+    /// [`DiskConfig::model_id`] must be set: the directory's pages are only served back to
+    /// the model that wrote them.
+    pub disk: Option<DiskConfig>,
+    /// G1 free + ready blocks below this fraction of the pool start offloading. Default 0.1.
+    pub g1_low_watermark: f64,
+    /// G2 free + ready slots below this fraction start spilling to G3. Default 0.1.
+    pub g2_low_watermark: f64,
+    /// Copy every committed G1 block to G2 at once. Default: false.
+    pub write_through_g2: bool,
+    /// Which pages G3 accepts. Default: [`Admission::SeenTwice`].
+    pub admission: Admission,
+    /// Cap on bytes written to G3 per second. Default: none.
+    pub write_budget_bytes_per_sec: Option<u64>,
+    /// Background workers; 0 runs everything on the caller's thread (tests). Default: 2.
+    pub workers: usize,
+    /// Most pages moved per batch. Default: 1024.
+    pub batch_pages: usize,
+    /// Bytes moved per batch: a batch takes `batch_bytes / page_bytes` pages (at least one, at
+    /// most `batch_pages`), so small pages travel in as many bytes per disk submission as big
+    /// ones and the drain at the end of each submission stays a small share of it.
+    /// Default: 64 MiB (32 pages of 2 MiB, 1024 of 64 KiB).
+    pub batch_bytes: usize,
+    /// How often idle workers check the watermarks. Default: 1 ms.
+    pub tick: Duration,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        Self {
+            host: HostConfig::default(),
+            disk: None,
+            g1_low_watermark: 0.1,
+            g2_low_watermark: 0.1,
+            write_through_g2: false,
+            admission: Admission::SeenTwice,
+            write_budget_bytes_per_sec: None,
+            workers: 2,
+            batch_pages: 1024,
+            batch_bytes: 64 << 20,
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+impl OffloadConfig {
+    /// Sets the host tier (default [`HostConfig::default`]).
+    pub fn with_host(mut self, host: HostConfig) -> Self {
+        self.host = host;
+        self
+    }
+    /// Adds an SSD tier (default none); [`OffloadConfig::validate`] requires its model id.
+    pub fn with_disk(mut self, disk: DiskConfig) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+    /// Sets the G1 low watermark fraction (default 0.1).
+    pub fn with_g1_low_watermark(mut self, f: f64) -> Self {
+        self.g1_low_watermark = f;
+        self
+    }
+    /// Sets the G2 low watermark fraction (default 0.1).
+    pub fn with_g2_low_watermark(mut self, f: f64) -> Self {
+        self.g2_low_watermark = f;
+        self
+    }
+    /// Enables write-through from G1 to G2 (default off).
+    pub fn with_write_through_g2(mut self, on: bool) -> Self {
+        self.write_through_g2 = on;
+        self
+    }
+    /// Sets the G3 admission filter (default seen-twice).
+    pub fn with_admission(mut self, a: Admission) -> Self {
+        self.admission = a;
+        self
+    }
+    /// Caps G3 writes in bytes per second (default unlimited).
+    pub fn with_write_budget(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.write_budget_bytes_per_sec = bytes_per_sec;
+        self
+    }
+    /// Sets the number of background workers (default 2; 0 = caller's thread).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    /// Sets the most pages per batch (default 1024).
+    pub fn with_batch_pages(mut self, n: usize) -> Self {
+        self.batch_pages = n;
+        self
+    }
+    /// Sets the bytes per batch (default 64 MiB).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+    /// Pages per batch for pages of `page_bytes`.
+    pub fn pages_per_batch(&self, page_bytes: usize) -> usize {
+        (self.batch_bytes / page_bytes.max(1)).clamp(1, self.batch_pages.max(1))
+    }
+    /// Checks the configuration: every field in range ([`Error::OutOfRange`]), the tiers'
+    /// own configurations, and an SSD tier's model id set ([`Error::InvalidConfig`] with
+    /// field `"model_id"`).
+    ///
+    /// ```
+    /// use kvtier::offload::OffloadConfig;
+    /// use kvtier::tier::DiskConfig;
+    /// let anonymous = OffloadConfig::default().with_disk(DiskConfig::new("/var/cache/kvtier/g3"));
+    /// assert_eq!(anonymous.validate().unwrap_err().config_field(), Some("model_id"));
+    /// let named = OffloadConfig::default().with_disk(DiskConfig::new("/var/cache/kvtier/g3").with_model_id("llama-3.1-8b"));
+    /// assert!(named.validate().is_ok());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.host.validate()?;
+        if let Some(d) = &self.disk {
+            d.validate()?;
+            if d.model_id.is_empty() {
+                // Pages are told apart by hash and fingerprint only: two models of one shape
+                // without a model id would share a directory and serve each other's pages.
+                return Err(Error::InvalidConfig { field: "model_id", reason: "must name the model for an SSD tier" });
+            }
+        }
+        let out_of_range = |field, value: &dyn std::fmt::Display, expected| {
+            Err(Error::OutOfRange { field, value: value.to_string(), expected })
+        };
+        for (field, v) in [("g1_low_watermark", self.g1_low_watermark), ("g2_low_watermark", self.g2_low_watermark)] {
+            if !(0.0..1.0).contains(&v) {
+                return out_of_range(field, &v, "in [0, 1)");
+            }
+        }
+        if self.batch_pages == 0 {
+            return out_of_range("batch_pages", &self.batch_pages, "at least 1");
+        }
+        if self.batch_bytes == 0 {
+            return out_of_range("batch_bytes", &self.batch_bytes, "at least 1");
+        }
+        if self.workers > 64 {
+            return out_of_range("workers", &self.workers, "0..=64");
+        }
+        Ok(())
+    }
+}

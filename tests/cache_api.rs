@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use kvtier::{
-    BatchTables, BlockHash, BlockId, BlockPool, BlockState, CacheConfig, CacheCore, Dtype, Error, ExtraKeys, HASH_SEED,
-    HASH_VERSION, KvCache, KvEvent, KvEventKind, KvLayout, MmInput, SeqId,
+    BatchTables, BlockCondition, BlockHash, BlockId, BlockPool, BlockState, CacheConfig, CacheCore, Dtype, Error,
+    ExtraKeys, HASH_SEED, HASH_VERSION, KvCache, KvEvent, KvEventKind, KvLayout, MmInput, SeqId,
 };
 
 mod common;
@@ -436,7 +436,10 @@ fn fork_then_append_copies_the_shared_partial_block() {
     let child = c.fork(a.seq).unwrap();
     assert_eq!(c.lock().block_table(child).unwrap(), &ta[..]);
     // a shared page is not writable through the safe API
-    assert!(matches!(c.lock().page_mut(ta[1]), Err(Error::InvalidBlock { .. })));
+    assert!(matches!(
+        c.lock().page_mut(ta[1]),
+        Err(Error::WrongBlockState { found: BlockCondition::Shared, needed: BlockCondition::Writable, .. })
+    ));
     assert_eq!(c.lock().num_computed(child).unwrap(), 6);
     assert_eq!(c.lock().pool().refcount(ta[1]).unwrap(), 2);
     // the child writes first: it gets a private copy
@@ -488,7 +491,7 @@ fn truncate_into_a_committed_block_then_append_copies_it() {
     let h = hashes(&c, &p, &no_keys());
     assert_eq!(c.lock().pool().hash_of(ta[1]).unwrap(), Some(h[1]));
     // a registered page is immutable through the safe API
-    assert!(matches!(c.lock().page_mut(ta[1]), Err(Error::InvalidBlock { .. })));
+    assert!(matches!(c.lock().page_mut(ta[1]), Err(Error::WrongBlockState { needed: BlockCondition::Writable, .. })));
     c.truncate(a.seq, 6).unwrap();
     assert_eq!(c.lock().num_computed(a.seq).unwrap(), 6);
     assert_eq!(c.lock().block_table(a.seq).unwrap(), &ta[..]);

@@ -1,10 +1,7 @@
 //! `wipe_on_mismatch` as its docs promise it: a directory kvtier cannot use is started over
 //! instead of refused, whatever is wrong with it.
-//!
-//! The header cases fail today: `DiskTier::open` returns `Error::BadHeader` for a corrupt or
-//! short index even with `wipe_on_mismatch`, because `check_existing` (src/tier/disk/mod.rs) calls
-//! `parse_header(&head)?` and checks the index length before it looks at `wipe`. They are
-//! ignored until that is fixed (`cargo test --release --test disk_recovery -- --ignored`).
+//! (A corrupt header or a short index used to be refused with `BadHeader` even with
+//! `wipe_on_mismatch`.)
 
 use std::path::{Path, PathBuf};
 
@@ -62,7 +59,6 @@ fn a_corrupt_header_is_refused_without_wipe() {
 
 /// With `wipe_on_mismatch` the directory is started over: it opens empty and works.
 #[test]
-#[ignore = "fails until DiskTier::open wipes a corrupt header (src/tier/disk/mod.rs check_existing)"]
 fn wipe_on_mismatch_recovers_a_corrupt_header() {
     let dir = populated("corrupt");
     corrupt_header(&dir);
@@ -84,7 +80,6 @@ fn wipe_on_mismatch_recovers_a_corrupt_header() {
 
 /// Same for an index cut short after a good header (a crash while it was being extended).
 #[test]
-#[ignore = "fails until DiskTier::open wipes a short index (src/tier/disk/mod.rs check_existing)"]
 fn wipe_on_mismatch_recovers_a_short_index() {
     let dir = populated("short");
     let index = std::fs::OpenOptions::new().write(true).open(dir.join(INDEX_FILE)).unwrap();

@@ -13,16 +13,13 @@
 //! would break those rules.
 
 use super::{CacheCore, KvCache};
+use crate::error::BlockCondition;
 use crate::error::{Error, Result};
 use crate::pool::{BlockId, BlockState, CopyOutcome, PageRead, PageWrite, StageOwner, StagedCopies};
 use crate::prefix::BlockHash;
 use crate::sync::lock;
 
 impl CacheCore {
-    fn invalid(&self, block: BlockId) -> Error {
-        Error::InvalidBlock { block, capacity: self.pool.capacity() }
-    }
-
     /// A shared lease of the page of a block that holds data (in use or cached). Refused while
     /// a worker fills it.
     pub fn page(&self, block: BlockId) -> Result<PageRead<'_>> {
@@ -30,7 +27,7 @@ impl CacheCore {
         let state = self.pool.state(block)?;
         let onboarding = self.pool.is_staged(block)? && self.pool.hash_of(block)?.is_none();
         if state == BlockState::Free || onboarding {
-            return Err(self.invalid(block));
+            return Err(self.pool.wrong_state(block, BlockCondition::Readable));
         }
         arena.read(block)
     }
@@ -42,7 +39,7 @@ impl CacheCore {
         let arena = self.arena.as_ref().ok_or(Error::NoArena)?;
         let private = self.pool.state(block)? == BlockState::InUse && self.pool.refcount(block)? == 1;
         if !private || self.pool.hash_of(block)?.is_some() || self.pool.is_staged(block)? {
-            return Err(self.invalid(block));
+            return Err(self.pool.wrong_state(block, BlockCondition::Writable));
         }
         arena.write(block)
     }

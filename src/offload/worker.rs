@@ -334,7 +334,7 @@ pub(crate) fn prefetch(shared: &Shared, hashes: &[BlockHash]) {
         let stored = shared.g2.store(h, |dst| match disk.read_pages(&mut [(h, dst)]).pop() {
             Some(Ok(true)) => Ok(()),
             Some(Err(e)) => Err(e),
-            _ => Err(Error::Corrupt { tier: Tier::G3, slot: 0 }),
+            _ => Err(Error::PageMiss { tier: Tier::G3, hash: h }),
         });
         match stored {
             Ok(true) => {

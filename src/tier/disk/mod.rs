@@ -200,12 +200,22 @@ impl DiskTier {
         if is_blank(&head) {
             return Ok(true); // creation was interrupted before the header was written
         }
-        let found = parse_header(&head)?;
+        // With `wipe`, whatever keeps the directory from being used as it is (another
+        // fingerprint, a corrupt header, a truncated index) starts it over.
+        let found = match parse_header(&head) {
+            Ok(found) => found,
+            Err(_) if wipe => return Ok(true),
+            Err(e) => return Err(e),
+        };
         if let Some(field) = found.first_difference(expected) {
             return if wipe { Ok(true) } else { Err(Error::Fingerprint { tier: Tier::G3, field }) };
         }
         if len < expected.index_file_bytes() {
-            return Err(Error::BadHeader { tier: Tier::G3, reason: "index file is shorter than its slot count" });
+            return if wipe {
+                Ok(true)
+            } else {
+                Err(Error::BadHeader { tier: Tier::G3, reason: "index file is shorter than its slot count" })
+            };
         }
         Ok(false)
     }

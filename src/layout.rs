@@ -43,7 +43,7 @@ impl Dtype {
 /// Largest page kvtier accepts (1 GiB): anything bigger is a configuration mistake.
 pub const MAX_PAGE_BYTES: usize = 1 << 30;
 /// Largest block size in tokens.
-pub const MAX_BLOCK_TOKENS: u32 = 1 << 16;
+pub(crate) const MAX_BLOCK_TOKENS: u32 = 1 << 16;
 
 /// Validated shape of one KV page.
 ///

@@ -8,7 +8,7 @@ const NIL: u32 = u32::MAX;
 const DETACHED: u32 = u32::MAX - 1;
 
 /// Largest universe an [`IndexList`] supports.
-pub const MAX_INDEX: usize = (u32::MAX - 2) as usize;
+pub(crate) const MAX_INDEX: usize = (u32::MAX - 2) as usize;
 
 #[derive(Clone, Copy)]
 struct Link {
@@ -17,7 +17,7 @@ struct Link {
 }
 
 /// Doubly-linked list over indices `0..capacity`.
-pub struct IndexList {
+pub(crate) struct IndexList {
     links: Vec<Link>,
     head: u32,
     tail: u32,
@@ -26,14 +26,14 @@ pub struct IndexList {
 
 impl IndexList {
     /// An empty list over the universe `0..capacity` (`capacity <= MAX_INDEX`).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity <= MAX_INDEX);
         Self { links: vec![Link { prev: DETACHED, next: DETACHED }; capacity], head: NIL, tail: NIL, len: 0 }
     }
 
     /// A list holding `0..capacity` in ascending order.
     #[allow(dead_code)] // used by tests; the free queue is an `IndexRing` now
-    pub fn full(capacity: usize) -> Self {
+    pub(crate) fn full(capacity: usize) -> Self {
         let mut links = Vec::with_capacity(capacity);
         for i in 0..capacity as u32 {
             let prev = if i == 0 { NIL } else { i - 1 };
@@ -46,40 +46,40 @@ impl IndexList {
 
     /// Number of elements in the list.
     #[inline]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// True when the list holds nothing.
     #[inline]
     #[allow(dead_code)] // used by tests and by policies that scan
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// True when `i` is in the list.
     #[inline]
-    pub fn contains(&self, i: u32) -> bool {
+    pub(crate) fn contains(&self, i: u32) -> bool {
         self.links.get(i as usize).is_some_and(|l| l.prev != DETACHED)
     }
 
     /// First element.
     #[inline]
-    pub fn front(&self) -> Option<u32> {
+    pub(crate) fn front(&self) -> Option<u32> {
         (self.head != NIL).then_some(self.head)
     }
 
     /// Element after `i`, for iteration from [`IndexList::front`].
     #[inline]
     #[allow(dead_code)] // used by tests and by policies that scan
-    pub fn next_of(&self, i: u32) -> Option<u32> {
+    pub(crate) fn next_of(&self, i: u32) -> Option<u32> {
         let n = self.links.get(i as usize)?.next;
         (n != NIL && n != DETACHED).then_some(n)
     }
 
     /// Appends `i` at the back. Returns false (and does nothing) if it is already linked.
     #[inline]
-    pub fn push_back(&mut self, i: u32) -> bool {
+    pub(crate) fn push_back(&mut self, i: u32) -> bool {
         if self.contains(i) || i as usize >= self.links.len() {
             return false;
         }
@@ -97,7 +97,7 @@ impl IndexList {
     /// Inserts `i` at the front. Returns false (and does nothing) if it is already linked.
     #[inline]
     #[allow(dead_code)] // used by tests and by policies that scan
-    pub fn push_front(&mut self, i: u32) -> bool {
+    pub(crate) fn push_front(&mut self, i: u32) -> bool {
         if self.contains(i) || i as usize >= self.links.len() {
             return false;
         }
@@ -114,7 +114,7 @@ impl IndexList {
 
     /// Removes and returns the first element.
     #[inline]
-    pub fn pop_front(&mut self) -> Option<u32> {
+    pub(crate) fn pop_front(&mut self) -> Option<u32> {
         let h = self.front()?;
         self.remove(h);
         Some(h)
@@ -122,7 +122,7 @@ impl IndexList {
 
     /// Unlinks `i` from anywhere in the list. Returns false if it was not linked.
     #[inline]
-    pub fn remove(&mut self, i: u32) -> bool {
+    pub(crate) fn remove(&mut self, i: u32) -> bool {
         if !self.contains(i) {
             return false;
         }
@@ -143,7 +143,7 @@ impl IndexList {
     }
 
     /// Bytes of link storage per element.
-    pub const fn bytes_per_element() -> usize {
+    pub(crate) const fn bytes_per_element() -> usize {
         std::mem::size_of::<Link>()
     }
 }
@@ -153,7 +153,7 @@ impl IndexList {
 /// consecutive memory instead of chasing links, which matters when the order is random and
 /// the universe is far larger than the CPU caches. The caller guarantees an index is queued
 /// at most once.
-pub struct IndexRing {
+pub(crate) struct IndexRing {
     slots: Vec<u32>,
     head: usize,
     len: usize,
@@ -161,26 +161,26 @@ pub struct IndexRing {
 
 impl IndexRing {
     /// An empty ring for up to `capacity` elements.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity <= MAX_INDEX);
         Self { slots: vec![0; capacity], head: 0, len: 0 }
     }
 
     /// A ring holding `0..capacity` in ascending order.
-    pub fn full(capacity: usize) -> Self {
+    pub(crate) fn full(capacity: usize) -> Self {
         debug_assert!(capacity <= MAX_INDEX);
         Self { slots: (0..capacity as u32).collect(), head: 0, len: capacity }
     }
 
     /// Number of queued elements.
     #[inline]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// The element `ahead` places behind the front, if queued.
     #[inline]
-    pub fn peek(&self, ahead: usize) -> Option<u32> {
+    pub(crate) fn peek(&self, ahead: usize) -> Option<u32> {
         if ahead >= self.len {
             return None;
         }
@@ -193,7 +193,7 @@ impl IndexRing {
 
     /// Removes and returns the oldest element.
     #[inline]
-    pub fn pop_front(&mut self) -> Option<u32> {
+    pub(crate) fn pop_front(&mut self) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -205,7 +205,7 @@ impl IndexRing {
 
     /// Appends `i` (not already queued) at the back. Returns false if the ring is full.
     #[inline]
-    pub fn push_back(&mut self, i: u32) -> bool {
+    pub(crate) fn push_back(&mut self, i: u32) -> bool {
         let cap = self.slots.len();
         if self.len == cap {
             return false;
@@ -220,13 +220,13 @@ impl IndexRing {
     }
 
     /// Queued elements, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         let (a, b) = self.slots.split_at(self.head);
         b.iter().chain(a).take(self.len).copied()
     }
 
     /// Bytes of storage per element.
-    pub const fn bytes_per_element() -> usize {
+    pub(crate) const fn bytes_per_element() -> usize {
         std::mem::size_of::<u32>()
     }
 }

@@ -236,6 +236,12 @@ pub struct HashIndex {
     max_len: usize,
 }
 
+impl std::fmt::Debug for HashIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashIndex").field("len", &self.len).field("slots", &self.slots.len()).finish()
+    }
+}
+
 #[inline(always)]
 fn tag(h: BlockHash) -> u32 {
     h.0 as u32

@@ -111,17 +111,17 @@ pub(crate) struct SeqTable {
 
 impl SeqTable {
     /// An empty table with a tag no other table of this process has (until 2^32 tables).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let tag = TABLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self { slots: Vec::new(), vacant: Vec::new(), live: 0, tag, batch: 0 }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live
     }
 
     /// A fresh, empty sequence (reusing a vacant slot's buffers).
-    pub fn insert(&mut self) -> Result<(SeqId, &mut SeqState)> {
+    pub(crate) fn insert(&mut self) -> Result<(SeqId, &mut SeqState)> {
         let slot = match self.vacant.pop() {
             Some(s) => s,
             None => {
@@ -150,14 +150,14 @@ impl SeqTable {
         ok.then_some(i)
     }
 
-    pub fn get(&self, id: SeqId) -> Result<&SeqState> {
+    pub(crate) fn get(&self, id: SeqId) -> Result<&SeqState> {
         match self.slot_of(id) {
             Some(i) => Ok(&self.slots[i].state),
             None => Err(self.refuse(id)),
         }
     }
 
-    pub fn get_mut(&mut self, id: SeqId) -> Result<&mut SeqState> {
+    pub(crate) fn get_mut(&mut self, id: SeqId) -> Result<&mut SeqState> {
         match self.slot_of(id) {
             Some(i) => Ok(&mut self.slots[i].state),
             None => Err(self.refuse(id)),
@@ -165,7 +165,7 @@ impl SeqTable {
     }
 
     /// Starts a batch: [`SeqTable::get_in_batch`] then refuses a sequence named twice in it.
-    pub fn next_batch(&mut self) {
+    pub(crate) fn next_batch(&mut self) {
         self.batch = self.batch.wrapping_add(1);
         if self.batch == 0 {
             // once in 2^32 batches: forget every stamp so that no old one equals a new batch
@@ -179,7 +179,7 @@ impl SeqTable {
     /// [`SeqTable::get`], stamping the sequence as named in the current batch:
     /// [`Error::DuplicateSequence`] if it already was. O(1), no allocation.
     #[inline]
-    pub fn get_in_batch(&mut self, id: SeqId) -> Result<&SeqState> {
+    pub(crate) fn get_in_batch(&mut self, id: SeqId) -> Result<&SeqState> {
         let Some(i) = self.slot_of(id) else { return Err(self.refuse(id)) };
         let s = &mut self.slots[i];
         if s.batch == self.batch {
@@ -191,19 +191,19 @@ impl SeqTable {
 
     /// Takes the state out for an operation that also needs the pool; put it back with
     /// [`SeqTable::put_back`].
-    pub fn take(&mut self, id: SeqId) -> Result<SeqState> {
+    pub(crate) fn take(&mut self, id: SeqId) -> Result<SeqState> {
         let s = self.get_mut(id)?;
         Ok(std::mem::take(s))
     }
 
-    pub fn put_back(&mut self, id: SeqId, state: SeqState) {
+    pub(crate) fn put_back(&mut self, id: SeqId, state: SeqState) {
         if let Some(i) = self.slot_of(id) {
             self.slots[i].state = state;
         }
     }
 
     /// Ends a sequence; its id becomes invalid forever (until the 2^31st reuse of its slot).
-    pub fn remove(&mut self, id: SeqId) -> Result<()> {
+    pub(crate) fn remove(&mut self, id: SeqId) -> Result<()> {
         let Some(i) = self.slot_of(id) else { return Err(self.refuse(id)) };
         let s = &mut self.slots[i];
         s.generation = s.generation.wrapping_add(1);
@@ -213,7 +213,7 @@ impl SeqTable {
         Ok(())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (SeqId, &SeqState)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SeqId, &SeqState)> {
         let cache = self.tag;
         self.slots
             .iter()

@@ -122,7 +122,7 @@ fn an_ssd_tier_needs_a_model_id() {
     let host = HostConfig::default().with_capacity_pages(8).with_huge_pages(false);
     let anonymous =
         OffloadConfig::default().with_host(host.clone()).with_disk(DiskConfig::new(&dir).with_capacity_slots(8));
-    let err = TieredCache::new(CacheConfig::new(layout, 8), anonymous).err().expect("an SSD tier without a model id");
+    let err = TieredCache::new(CacheConfig::new(layout, 8), anonymous).expect_err("an SSD tier without a model id");
     assert!(matches!(err, Error::InvalidConfig { field: "model_id", .. }), "{err}");
     assert!(!dir.join("g3.index").exists(), "nothing is created before the configuration is checked");
     let named = OffloadConfig::default()

@@ -16,6 +16,12 @@ use crate::table::BatchTables;
 /// Exclusive access to the cache for a batch of calls (one lock per scheduler step).
 pub struct CacheGuard<'a>(MutexGuard<'a, CacheCore>);
 
+impl std::fmt::Debug for CacheGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CacheGuard").field(&*self.0).finish()
+    }
+}
+
 impl std::ops::Deref for CacheGuard<'_> {
     type Target = CacheCore;
     fn deref(&self) -> &CacheCore {
@@ -36,6 +42,12 @@ pub struct KvCache {
     pub(super) arena: Option<Arc<Arena>>,
     layout: KvLayout,
     arena_base: Option<usize>,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache").field("layout", &self.layout).field("arena", &self.arena).finish_non_exhaustive()
+    }
 }
 
 impl KvCache {

@@ -174,6 +174,16 @@ pub struct CacheCore {
     engine_refs: std::collections::HashMap<BlockId, u32>,
 }
 
+impl std::fmt::Debug for CacheCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheCore")
+            .field("layout", &self.layout)
+            .field("pool", &self.pool)
+            .field("arena", &self.arena.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl CacheCore {
     /// Builds the pool (and its arena unless metadata-only).
     pub fn new(config: CacheConfig) -> Result<Self> {

@@ -132,6 +132,17 @@ pub struct TieredCache {
     workers: Vec<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("g1", &self.shared.g1)
+            .field("g2", &self.shared.g2)
+            .field("g3", &self.shared.g3)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keeps the background workers parked ([`TieredCache::pause_workers`]); they go on when it
 /// is dropped.
 #[must_use = "the workers resume as soon as the guard is dropped"]

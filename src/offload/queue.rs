@@ -15,6 +15,8 @@
 //! pause up. [`WorkQueue::close`] wakes everyone up for good.
 //!
 //! Built on `crate::sync`, so `tests/loom_engine.rs` checks this very code.
+// Public for the loom models with the `testing` feature; crate-private in use otherwise.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub, dead_code))]
 
 use std::collections::VecDeque;
 use std::time::Duration;

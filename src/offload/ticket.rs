@@ -1,4 +1,6 @@
 //! Onboarding tickets: the runtime's handle on pages coming up into G1.
+// Public for the loom models with the `testing` feature; crate-private in use otherwise.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub, dead_code))]
 
 use std::time::{Duration, Instant};
 

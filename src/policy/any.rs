@@ -64,6 +64,18 @@ pub enum AnyPolicy {
     Lhd(Lhd),
 }
 
+impl std::fmt::Debug for AnyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            AnyPolicy::Lru(_) => "Lru",
+            AnyPolicy::S3Fifo(_) => "S3Fifo",
+            AnyPolicy::Arc(_) => "Arc",
+            AnyPolicy::Lhd(_) => "Lhd",
+        };
+        f.debug_tuple("AnyPolicy").field(&name).finish()
+    }
+}
+
 macro_rules! each {
     ($self:ident, $p:ident => $e:expr) => {
         match $self {

@@ -44,6 +44,12 @@ pub struct Arc {
     last_victim_list: u8,
 }
 
+impl std::fmt::Debug for Arc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arc").finish_non_exhaustive()
+    }
+}
+
 impl Arc {
     /// An empty policy over entries `0..capacity`, with ghosts remembering about `capacity`
     /// keys in all.

@@ -73,6 +73,12 @@ pub struct Lhd {
     rng: u64,
 }
 
+impl std::fmt::Debug for Lhd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lhd").finish_non_exhaustive()
+    }
+}
+
 impl Lhd {
     /// An empty policy over entries `0..capacity`.
     pub fn new(capacity: usize) -> Self {

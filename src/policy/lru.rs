@@ -23,6 +23,12 @@ pub struct Lru {
     order: IndexList,
 }
 
+impl std::fmt::Debug for Lru {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lru").finish_non_exhaustive()
+    }
+}
+
 impl Lru {
     /// An empty LRU over entries `0..capacity`.
     pub fn new(capacity: usize) -> Self {

@@ -53,6 +53,12 @@ pub struct S3Fifo {
     last_victim_queue: u8,
 }
 
+impl std::fmt::Debug for S3Fifo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Fifo").finish_non_exhaustive()
+    }
+}
+
 impl S3Fifo {
     /// An empty policy over entries `0..capacity`, the small queue at 10 % of it and a ghost
     /// as large as the main queue.

@@ -114,6 +114,17 @@ pub struct BlockPool<P: EvictionPolicy = Lru> {
     tree: Tree,
 }
 
+impl<P: EvictionPolicy> std::fmt::Debug for BlockPool<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockPool")
+            .field("capacity", &self.capacity())
+            .field("free", &self.num_free())
+            .field("in_use", &self.num_in_use())
+            .field("evictable", &self.num_evictable())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BlockPool<Lru> {
     /// A pool of `capacity` blocks with LRU eviction and a 64 Ki-event buffer.
     pub fn new(capacity: usize) -> Result<Self> {

@@ -159,6 +159,16 @@ impl CacheCore {
         }
     }
 
+    /// Starts (or stops) recording the hashes G1 evicts, for the engine to drain.
+    pub(crate) fn log_evictions(&mut self, on: bool) {
+        self.pool.log_evictions(on);
+    }
+
+    /// Moves the hashes G1 evicted since the last call into `out`.
+    pub(crate) fn drain_evicted(&mut self, out: &mut Vec<BlockHash>) {
+        self.pool.drain_evicted(out);
+    }
+
     /// Whether `h` is cached in G1.
     pub(crate) fn contains(&self, h: BlockHash) -> bool {
         self.pool.lookup(h).is_some()

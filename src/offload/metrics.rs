@@ -108,6 +108,11 @@ pub struct EngineMetrics {
     pub offload_failed: u64,
     /// Spills the admission filter declined.
     pub admission_declined: u64,
+    /// G2 pages not spilled because G1 still held them (dropped from G2 instead: G1's block
+    /// is copied down again when it is evicted).
+    pub spill_skipped_in_g1: u64,
+    /// G2 pages made most recently used because G1 evicted its copy (demotion).
+    pub demoted: u64,
     /// Spills deferred because the write budget was spent.
     pub budget_deferred: u64,
     /// Spills that failed (IO error, disk full).

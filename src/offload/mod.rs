@@ -213,13 +213,23 @@ impl TieredCache {
         if let Some(d) = &g3 {
             d.log_evictions(true);
         }
+        let g1_pages = cache.num_blocks;
         let g1_target = (cache.num_blocks as f64 * config.g1_low_watermark).ceil() as usize;
         let g2_target = (config.host.capacity_pages as f64 * config.g2_low_watermark).ceil() as usize;
         let g1 = KvCache::new(cache)?;
         if config.write_through_g2 {
             g1.lock().set_commit_log(true);
         }
-        let sketch_size = config.host.capacity_pages;
+        // G1's evictions tell G2 which of its copies just became the only one (demotion).
+        g1.lock().log_evictions(true);
+        let g3_pages = config.disk.as_ref().map_or(0, |d| d.capacity_slots);
+        // The filter remembers a page over whole turnovers of the hierarchy, not of one tier.
+        let hierarchy = g1_pages.saturating_add(config.host.capacity_pages).saturating_add(g3_pages);
+        let sketch_window = match g3_pages {
+            0 => 0, // no admission to decide
+            _ => hierarchy.saturating_mul(config.admission_window_turnovers),
+        };
+        let budget = config.write_budget(page_bytes, g3_pages as u64);
         let shared = Arc::new(Shared {
             g1,
             g2,
@@ -228,8 +238,8 @@ impl TieredCache {
             g2_target,
             page_bytes,
             batch: config.pages_per_batch(page_bytes),
-            sketch: Mutex::new(FrequencySketch::new(sketch_size)),
-            budget: Mutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
+            sketch: Mutex::new(FrequencySketch::new(sketch_window)),
+            budget: Mutex::new(WriteBudget::new(budget)),
             stats: Mutex::new(Stats {
                 m: EngineMetrics::default(),
                 offload: Histogram::new(),

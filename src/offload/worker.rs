@@ -78,8 +78,33 @@ pub(crate) fn run_jobs(shared: &Shared, first: Job) {
 /// victim found already backed. Deferred (write budget) or failed copies are not progress, so
 /// a caller looping until no progress does not spin on a budget or a full tier.
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
+    // A burst of allocations can take G1 (or G2) more than one batch below its watermark;
+    // batches go on until both are back above it, or until one makes no progress. Without
+    // this, a runtime calling maintenance once per step lost a fifth of G1's victims to
+    // bursts with write-through off.
+    let rounds = 1 + shared.g1_target.max(shared.g2_target).div_ceil(shared.batch.max(1));
+    let mut did = false;
+    for _ in 0..rounds {
+        let progress = maintain_once(shared)?;
+        did |= progress;
+        if !progress || above_watermarks(shared) {
+            break;
+        }
+    }
+    Ok(did)
+}
+
+/// Whether G1 and (with an SSD tier) G2 have their watermark's worth of free + ready slots.
+fn above_watermarks(shared: &Shared) -> bool {
+    let g2_ok = shared.g3.is_none() || shared.g2.free_or_ready() >= shared.g2_target;
+    g2_ok && shared.g1.lock().free_or_ready() >= shared.g1_target
+}
+
+/// One batch of each kind of maintenance (see [`maintain`]).
+fn maintain_once(shared: &Shared) -> Result<bool> {
     let batch = shared.batch;
     let mut did = false;
+    demote(shared);
     propagate_evictions(shared)?;
     // Make room in G2 first, so that pages coming down from G1 do not push out pages G3 does
     // not hold yet.
@@ -103,9 +128,28 @@ pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
     };
     let (staged, examined, victims_staged) = shared.g1.stage_copies(shared.config.write_through_g2, &victims)?;
     did |= examined > victims_staged;
-    did |= copy_down(shared, staged)? > 0;
+    // With write-through, a victim staged here was written through at its commit already
+    // (and counted as a use then); its G2 copy was dropped meanwhile, so this is the same
+    // use copied again, not a new one.
+    let first_copies = match shared.config.write_through_g2 {
+        true => staged.len() - victims_staged,
+        false => staged.len(),
+    };
+    did |= copy_down(shared, staged, first_copies)? > 0;
     expire_retention(shared)?;
     Ok(did)
+}
+
+/// Demotion: a page G1 evicted is now served by G2 alone, so G2's copy becomes its most
+/// recently used. Without this, G2's order is that of the write-through copies (commit time),
+/// and a long-running request's pages would be the first G2 drops once G1 let them go.
+fn demote(shared: &Shared) {
+    let mut evicted = Vec::new();
+    shared.g1.lock().drain_evicted(&mut evicted);
+    if !evicted.is_empty() {
+        let moved = shared.g2.touch(&evicted);
+        shared.stats().m.demoted += moved as u64;
+    }
 }
 
 /// A page a lower tier evicted no longer backs the copies above it: G2 and G1 forget that
@@ -135,7 +179,7 @@ fn propagate_evictions(shared: &Shared) -> Result<()> {
 
 /// G1 -> G2 for blocks staged in G1; each block is handed back (backed or not) afterwards,
 /// also on an early return. Returns how many are now backed by G2.
-fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>) -> Result<usize> {
+fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize) -> Result<usize> {
     if staged.is_empty() {
         return Ok(0);
     }
@@ -156,7 +200,9 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>) -> Result<usize> {
             Ok(false) => shared.g2.contains(h),
             Err(_) => false,
         };
-        shared.record_use(h);
+        if i < first_copies {
+            shared.record_use(h);
+        }
         if backed {
             staged.set(i, CopyOutcome::Backed);
             backed_count += 1;
@@ -182,11 +228,17 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         return Ok(0);
     }
     let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, 0usize);
+    let mut in_g1 = 0u64;
     for i in 0..staged.len() {
         let h = staged.hash(i);
         if disk.contains(h) {
             staged.set(i, CopyOutcome::Backed);
             present += 1;
+        } else if shared.g1.lock().contains(h) {
+            // A page G1 still holds costs nothing to drop from G2 (G1's block is told, and
+            // copied down again when it is evicted): writing it to the SSD would only wear it.
+            staged.set(i, CopyOutcome::Declined);
+            in_g1 += 1;
         } else if !shared.admits(h) {
             staged.set(i, CopyOutcome::Declined);
             declined += 1;
@@ -202,7 +254,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         disk.write_pages(&batch)
     };
     let elapsed = t.elapsed();
-    let (mut written, mut failed, mut settled) = (0u64, 0u64, present + declined as usize);
+    let (mut written, mut failed, mut settled) = (0u64, 0u64, present + (declined + in_g1) as usize);
     for (&i, r) in admitted.iter().zip(results) {
         let backed = match r {
             Ok(true) => {
@@ -224,6 +276,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
     let mut s = shared.stats();
     s.m.g2_to_g3.add(written, shared.page_bytes);
     s.m.admission_declined += declined;
+    s.m.spill_skipped_in_g1 += in_g1;
     s.m.budget_deferred += deferred;
     s.m.spill_failed += failed;
     if !admitted.is_empty() {

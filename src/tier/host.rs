@@ -296,6 +296,26 @@ impl HostTier {
         Ok((StagedCopies::lease(self, &self.arena, staged)?, examined))
     }
 
+    /// Makes the pages of `hashes` this tier holds its most recently used (a tier above just
+    /// dropped its copy: from now on this is the one that serves them). Pages pinned or being
+    /// copied are left where they are. Returns how many were moved.
+    pub(crate) fn touch(&self, hashes: &[BlockHash]) -> usize {
+        let mut st = lock(&self.state);
+        let mut moved = 0;
+        for &h in hashes {
+            let Some(slot) = st.slots.lookup(h) else { continue };
+            if st.slots.state(slot).ok() != Some(crate::pool::BlockState::Evictable) {
+                continue;
+            }
+            // An evictable slot: taking and dropping a reference re-offers it to the policy as
+            // just used. Neither call can fail on a slot found evictable under this lock.
+            if st.slots.acquire_block(slot).is_ok() && st.slots.release(slot).is_ok() {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Marks the page under `h` as backed (or not) by G3.
     pub(crate) fn set_backed(&self, h: BlockHash, backed: bool) {
         let mut st = lock(&self.state);

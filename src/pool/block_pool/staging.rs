@@ -216,13 +216,21 @@ impl<P: EvictionPolicy> BlockPool<P> {
     /// it back would evict that in turn, for ever when the tier below is the smaller one. A
     /// prefix hit that revives the block clears the mark, so a block in use again is offered
     /// to the tier below again.
+    ///
+    /// A block still in use is only marked unbacked: the tier below let its copy go because
+    /// this one serves it (mostly-exclusive tiers), and once the block is released and
+    /// evicted it is copied down again (demoted) like any victim. That happens once per use,
+    /// never in a loop of maintenance passes.
     pub fn unback(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();
         let m = self.meta.get_mut(b.index()).ok_or(Error::InvalidBlock { block: b, capacity })?;
         if m.flags & CLEAN == 0 {
             return Ok(());
         }
-        m.flags = (m.flags & !CLEAN) | REJECTED;
+        m.flags &= !CLEAN;
+        if m.state != BlockState::InUse {
+            m.flags |= REJECTED;
+        }
         Ok(())
     }
 }

@@ -60,7 +60,7 @@ impl Default for OffloadConfig {
             g2_low_watermark: 0.1,
             write_through_g2: false,
             admission: Admission::SeenTwice,
-            admission_window_turnovers: 16,
+            admission_window_turnovers: 64,
             write_budget_bytes_per_sec: None,
             write_budget_dwpd: None,
             workers: 2,

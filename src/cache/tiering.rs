@@ -63,6 +63,11 @@ impl CacheCore {
         self.pool.stage_victims(n, out)
     }
 
+    /// Evictable blocks still in the policy's order (not yet on the ready list).
+    pub(crate) fn evictable_unbacked(&self) -> usize {
+        self.pool.num_evictable().saturating_sub(self.pool.num_ready())
+    }
+
     /// Free plus ready (loss-free) blocks.
     pub(crate) fn free_or_ready(&self) -> usize {
         self.pool.num_free() + self.pool.num_ready()
@@ -167,6 +172,12 @@ impl CacheCore {
     /// Moves the hashes G1 evicted since the last call into `out`.
     pub(crate) fn drain_evicted(&mut self, out: &mut Vec<BlockHash>) {
         self.pool.drain_evicted(out);
+    }
+
+    /// Whether `h` is cached in G1 in a block some sequence (or copy) holds: it stays in G1
+    /// at least until released, and a lower copy dropped meanwhile is made again on eviction.
+    pub(crate) fn holds_in_use(&self, h: BlockHash) -> bool {
+        self.pool.lookup(h).is_some_and(|b| self.pool.state(b).ok() == Some(BlockState::InUse))
     }
 
     /// Whether `h` is cached in G1.

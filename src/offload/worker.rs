@@ -110,18 +110,30 @@ fn maintain_once(shared: &Shared) -> Result<bool> {
     // not hold yet.
     if let Some(disk) = &shared.g3 {
         let have = shared.g2.free_or_ready();
-        if have < shared.g2_target {
-            let (spill, examined) = shared.g2.stage_spill((shared.g2_target - have).min(batch))?;
+        // While G3 has free slots, G2's pages go down early: a copy into a free slot loses
+        // nothing, and G2 then never drops a page that G3 had room for.
+        let g3_room = {
+            let m = disk.metrics();
+            usize::try_from(m.capacity_slots.saturating_sub(m.used_slots)).unwrap_or(usize::MAX)
+        };
+        let evictable_unbacked = shared.g2.evictable_unbacked();
+        let want = shared.g2_target.saturating_sub(have).max(g3_room.min(evictable_unbacked));
+        if want > 0 {
+            let (spill, examined) = shared.g2.stage_spill(want.min(batch))?;
             did |= examined > spill.len() + spill.refused();
             did |= write_g3(shared, disk, spill)? > 0;
         }
     }
     let victims = |core: &crate::cache::CacheCore| {
         let have = core.free_or_ready();
-        if have >= shared.g1_target {
+        // G2 slots that hold nothing G3 lacks (free, or ready: backed below) take G1's
+        // evictable blocks early, in the policy's order: G1 then never drops a page the
+        // tiers below had room for, whatever the burst.
+        let g2_room = shared.g2.free_or_ready().min(core.evictable_unbacked());
+        let n = shared.g1_target.saturating_sub(have).max(g2_room).min(batch);
+        if n == 0 {
             return 0;
         }
-        let n = (shared.g1_target - have).min(batch);
         // Backpressure: with G2 full of pages still owed to G3, a G1 victim stays in G1
         // rather than displacing one of them.
         if shared.g3.is_some() { n.min(shared.g2.free_or_ready()) } else { n }
@@ -229,22 +241,31 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
     }
     let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, 0usize);
     let mut in_g1 = 0u64;
+    // While G3 has free slots, a write evicts nothing: every page is admitted, so no page is
+    // lost while a lower tier has room (at most one drive fill of writes in all).
+    let room = {
+        let m = disk.metrics();
+        m.capacity_slots.saturating_sub(m.used_slots)
+    };
+    let mut room = usize::try_from(room).unwrap_or(usize::MAX);
     for i in 0..staged.len() {
         let h = staged.hash(i);
         if disk.contains(h) {
             staged.set(i, CopyOutcome::Backed);
             present += 1;
-        } else if shared.g1.lock().contains(h) {
-            // A page G1 still holds costs nothing to drop from G2 (G1's block is told, and
-            // copied down again when it is evicted): writing it to the SSD would only wear it.
+        } else if shared.g1.lock().holds_in_use(h) {
+            // A page a running request holds in G1 costs nothing to drop from G2 (G1's block
+            // is told, and copied down again once released and evicted): writing it to the
+            // SSD now would only wear it.
             staged.set(i, CopyOutcome::Declined);
             in_g1 += 1;
-        } else if !shared.admits(h) {
+        } else if room == 0 && !shared.admits(h) {
             staged.set(i, CopyOutcome::Declined);
             declined += 1;
         } else if !lock(&shared.budget).try_take(shared.page_bytes as u64) {
             deferred += 1;
         } else {
+            room = room.saturating_sub(1);
             admitted.push(i);
         }
     }

@@ -158,7 +158,12 @@ fn no_page_lost_while_a_lower_tier_has_room() {
             let mut hashes = Vec::new();
             t.g1().lock().hash_tokens(p, &ExtraKeys::default(), &mut hashes);
             let found = t.longest_prefix(&hashes);
-            assert_eq!(found.total, 4, "write-through {write_through}: prompt {i} lost pages: {found:?} {:#?}", t.metrics());
+            assert_eq!(
+                found.total,
+                4,
+                "write-through {write_through}: prompt {i} lost pages: {found:?} {:#?}",
+                t.metrics()
+            );
         }
         let m = t.metrics();
         assert_eq!(m.g1.unbacked_evictions, 0, "{:?}", m.g1);

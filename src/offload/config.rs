@@ -123,9 +123,8 @@ impl OffloadConfig {
     /// The G3 write budget in bytes per second for pages of `page_bytes` and a G3 of
     /// `g3_pages` pages: the smaller of the byte rate and the DWPD cap, `None` if neither.
     pub fn write_budget(&self, page_bytes: usize, g3_pages: u64) -> Option<u64> {
-        let dwpd = self
-            .write_budget_dwpd
-            .map(|d| ((page_bytes as f64) * (g3_pages as f64) * d / 86_400.0).max(1.0) as u64);
+        let dwpd =
+            self.write_budget_dwpd.map(|d| ((page_bytes as f64) * (g3_pages as f64) * d / 86_400.0).max(1.0) as u64);
         match (self.write_budget_bytes_per_sec, dwpd) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -5,17 +5,29 @@
 //! 1. **Offload (write-back).** Background workers keep G1's *free + ready* blocks above a low
 //!    watermark: they take the eviction policy's next victims, pin them (still shareable by
 //!    prefix hits, but not evictable), copy their pages into G2 outside every lock, and put
-//!    them on G1's ready list, evicted first and at no loss. With write-through, every block
-//!    is copied as soon as it is committed, so eviction from G1 never waits.
-//! 2. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
-//!    G3 in batches, through the admission filter (seen-twice frequency sketch) and the write
-//!    budget. A page declined by admission is evicted early from G2 (counted).
-//! 3. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
-//! 4. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
+//!    them on G1's ready list, evicted first and at no loss. While G2 has slots that hold
+//!    nothing G3 lacks (free, or backed below), every evictable G1 block goes down early, so
+//!    a burst of allocations never drops a page a lower tier had room for. With
+//!    write-through, every block is copied as soon as it is committed, so eviction from G1
+//!    never waits.
+//! 2. **Mostly-exclusive tiers.** A page G1 evicts is *demoted*: its G2 copy becomes G2's most
+//!    recently used, so G2's order is that of G1's evictions, not of the copies (a
+//!    write-through copy made at commit would otherwise be the first G2 drops). G2 pages that
+//!    a running request holds in G1 are dropped from G2 rather than written to the SSD; G1's
+//!    block learns it and is copied down again when it is evicted. A page onboarded from G3
+//!    stays there (promoted to G1, still backed below).
+//! 3. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
+//!    G3 in batches (and every page while G3 has free slots), through the admission filter
+//!    and the write budget ([`OffloadConfig::write_budget_dwpd`]). The filter
+//!    ([`Admission::SeenTwice`]) remembers uses over many turnovers of the whole hierarchy,
+//!    so a page used again long after it left every tier is recognised; a page it declines
+//!    is evicted early from G2 (counted).
+//! 4. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
+//! 5. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
 //!    prefix found only below, copies asynchronously, and returns a [`Ticket`]. When it
 //!    completes, the blocks are registered in G1 and held by the ticket until the runtime
 //!    admits the request with [`KvCache::add_sequence`] (which then hits them) and drops it.
-//! 5. **Backpressure.** A page is only ever dropped by eviction, and every eviction of a page
+//! 6. **Backpressure.** A page is only ever dropped by eviction, and every eviction of a page
 //!    no lower tier holds is counted; a page being copied stays where it is until the copy
 //!    is done. Nothing is ever served that was not verified (G3 checksums every page).
 //!

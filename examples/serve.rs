@@ -1,7 +1,7 @@
 //! kvtier embedded in a serving runtime: a tiny decoder (seeded weights, no external model) runs
 //! batched requests with shared prefixes, and its attention reads K and V only through kvtier's
 //! page tables. G1 is small, so prefixes are offloaded to G2/G3 and onboarded again; every
-//! output token and logit must be bit-identical to a run whose G1 never offloads.
+//! output token and logit must be bit-identical to a run whose G1 never onboards.
 //!
 //! `cargo run --release --example serve`
 //!
@@ -361,7 +361,8 @@ pub fn run(config: &ServeConfig) -> Result<ServeRun, Box<dyn std::error::Error>>
 }
 
 /// Runs the workload with a small G1 (prefixes offloaded and onboarded again) and with a G1
-/// that never offloads, and checks that every token and logit is bit-identical.
+/// that never onboards (it has room for everything; the engine may still copy its idle blocks
+/// into free G2 slots), and checks that every token and logit is bit-identical.
 pub fn equivalence(small_g1: usize, dir: &Path, verbose: bool) -> Result<(ServeRun, ServeRun), String> {
     let run_in = |g1, name: &str, verbose| {
         let d = dir.join(name);
@@ -375,8 +376,9 @@ pub fn equivalence(small_g1: usize, dir: &Path, verbose: bool) -> Result<(ServeR
     let small = run_in(small_g1, "small-g1", verbose)?;
     let large = run_in(4096, "large-g1", false)?;
     let e = &small.metrics.engine;
-    if e.g2_to_g1.pages + e.g3_to_g1.pages == 0 || large.metrics.engine.g1_to_g2.pages != 0 {
-        return Err(format!("the small G1 must onboard and the large one never offload: {e:?}"));
+    let l = &large.metrics.engine;
+    if e.g2_to_g1.pages + e.g3_to_g1.pages == 0 || l.g2_to_g1.pages + l.g3_to_g1.pages != 0 {
+        return Err(format!("the small G1 must onboard and the large one never: {e:?}"));
     }
     for (i, (a, b)) in small.outputs.iter().zip(&large.outputs).enumerate() {
         let same_logits = a.logits.len() == b.logits.len()

@@ -110,14 +110,7 @@ fn maintain_once(shared: &Shared) -> Result<bool> {
     // not hold yet.
     if let Some(disk) = &shared.g3 {
         let have = shared.g2.free_or_ready();
-        // While G3 has free slots, G2's pages go down early: a copy into a free slot loses
-        // nothing, and G2 then never drops a page that G3 had room for.
-        let g3_room = {
-            let m = disk.metrics();
-            usize::try_from(m.capacity_slots.saturating_sub(m.used_slots)).unwrap_or(usize::MAX)
-        };
-        let evictable_unbacked = shared.g2.evictable_unbacked();
-        let want = shared.g2_target.saturating_sub(have).max(g3_room.min(evictable_unbacked));
+        let want = shared.g2_target.saturating_sub(have);
         if want > 0 {
             let (spill, examined) = shared.g2.stage_spill(want.min(batch))?;
             did |= examined > spill.len() + spill.refused();

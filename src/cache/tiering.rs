@@ -63,11 +63,6 @@ impl CacheCore {
         self.pool.stage_victims(n, out)
     }
 
-    /// Evictable blocks still in the policy's order (not yet on the ready list).
-    pub(crate) fn evictable_unbacked(&self) -> usize {
-        self.pool.num_evictable().saturating_sub(self.pool.num_ready())
-    }
-
     /// Free plus ready (loss-free) blocks.
     pub(crate) fn free_or_ready(&self) -> usize {
         self.pool.num_free() + self.pool.num_ready()

@@ -5,9 +5,8 @@
 //! 1. **Offload (write-back).** Background workers keep G1's *free + ready* blocks above a low
 //!    watermark: they take the eviction policy's next victims, pin them (still shareable by
 //!    prefix hits, but not evictable), copy their pages into G2 outside every lock, and put
-//!    them on G1's ready list, evicted first and at no loss. While G2 has slots that hold
-//!    nothing G3 lacks (free, or backed below), every evictable G1 block goes down early, so
-//!    a burst of allocations never drops a page a lower tier had room for. With
+//!    them on G1's ready list, evicted first and at no loss. A pass goes on until the
+//!    watermark is met, so a burst between two passes is covered up to the watermark. With
 //!    write-through, every block is copied as soon as it is committed, so eviction from G1
 //!    never waits.
 //! 2. **Mostly-exclusive tiers.** A page G1 evicts is *demoted*: its G2 copy becomes G2's most
@@ -17,7 +16,7 @@
 //!    block learns it and is copied down again when it is evicted. A page onboarded from G3
 //!    stays there (promoted to G1, still backed below).
 //! 3. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
-//!    G3 in batches (and every page while G3 has free slots), through the admission filter
+//!    G3 in batches, through the admission filter (every page while G3 has free slots)
 //!    and the write budget ([`OffloadConfig::write_budget_dwpd`]). The filter
 //!    ([`Admission::SeenTwice`]) remembers uses over many turnovers of the whole hierarchy,
 //!    so a page used again long after it left every tier is recognised; a page it declines

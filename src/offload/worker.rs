@@ -119,11 +119,7 @@ fn maintain_once(shared: &Shared) -> Result<bool> {
     }
     let victims = |core: &crate::cache::CacheCore| {
         let have = core.free_or_ready();
-        // G2 slots that hold nothing G3 lacks (free, or ready: backed below) take G1's
-        // evictable blocks early, in the policy's order: G1 then never drops a page the
-        // tiers below had room for, whatever the burst.
-        let g2_room = shared.g2.free_or_ready().min(core.evictable_unbacked());
-        let n = shared.g1_target.saturating_sub(have).max(g2_room).min(batch);
+        let n = shared.g1_target.saturating_sub(have).min(batch);
         if n == 0 {
             return 0;
         }

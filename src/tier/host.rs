@@ -180,12 +180,6 @@ impl HostTier {
         hashes.iter().take_while(|h| st.slots.lookup(**h).is_some()).count()
     }
 
-    /// Evictable slots still in the policy's order (not yet on the ready list).
-    pub(crate) fn evictable_unbacked(&self) -> usize {
-        let st = lock(&self.state);
-        st.slots.num_evictable().saturating_sub(st.slots.num_ready())
-    }
-
     /// Slots that can take a page without losing one: free plus ready (backed by G3).
     pub fn free_or_ready(&self) -> usize {
         let st = lock(&self.state);

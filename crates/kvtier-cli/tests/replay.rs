@@ -336,7 +336,7 @@ fn policy_all_compares_every_policy_and_charts_them() {
     let o = kvtier(&["--mode", "sim", "--policy", "all", "--capacity", "100,400", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    for name in ["fifo", "lru", "s3fifo", "arc", "lhd", "opt"] {
+    for name in ["fifo", "lru", "s3fifo", "arc", "lhd", "adaptive", "opt"] {
         assert!(stdout.contains(name), "{name} missing: {stdout}");
     }
     let json: serde_json::Value =

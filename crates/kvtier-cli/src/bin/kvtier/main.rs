@@ -152,6 +152,7 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         Some(TierPolicy::S3fifo) => config.with_policy(PolicyKind::S3Fifo),
         Some(TierPolicy::Arc) => config.with_policy(PolicyKind::Arc),
         Some(TierPolicy::Lhd) => config.with_policy(PolicyKind::Lhd),
+        Some(TierPolicy::Adaptive) => config.with_policy(PolicyKind::Adaptive),
     })
 }
 

@@ -12,13 +12,15 @@ use crate::ids::BlockId;
 /// evictable entries (an LRU list and LHD's sampled set, which keeps learning whichever one
 /// evicts), and the choice between them is measured:
 /// 1. Each key the tier registers is sampled or not by its hash (spatial sampling at a rate
-///    that leaves about 1,024 to 2,048 sampled entries in a full tier; every key below that
-///    size). Its fingerprint is kept with the entry (4 bytes).
+///    that leaves 8,192 to 16,383 sampled entries in a full tier; every key below that size).
+///    Its fingerprint is kept with the entry (4 bytes).
 /// 2. Every registration (a miss) and every prefix hit of a sampled entry replays that access
 ///    in two mini caches of `capacity x rate` entries, one evicting with LRU and one with LHD.
-/// 3. After every two mini-cache capacities of sampled accesses, a sign test on the accesses
-///    where only one mini cache hit decides what to follow: LHD once it leads by two standard
-///    deviations, LRU again once LRU leads by one; counts decay by a fifth per epoch.
+/// 3. After every half mini-cache capacity of sampled accesses, sign tests decide what to
+///    follow: LHD once LHD's mini cache leads LRU's by two standard deviations (on the accesses
+///    where exactly one hit); LRU again once LRU's mini cache leads the tier itself (the real,
+///    tree-aware LHD cache) or LHD's mini cache by four, with a hold that doubles at every
+///    return. Counts decay by 5 % per epoch.
 /// 4. Evictions take the followed policy's victim and remove it from the other order.
 ///
 /// The tier starts on LRU, the baseline, and leaves it only on evidence. Cost: an LRU link and
@@ -169,8 +171,8 @@ impl EvictionPolicy for Adaptive {
     }
 
     /// An LRU link (8), an LHD entry (20), a fingerprint (4), and the mini caches spread over
-    /// the tier's capacity (about 100 KiB-200 KiB in all: under a byte per block from 200 K
-    /// blocks up).
+    /// the tier's capacity (8,192-16,383 entries each once the tier exceeds 8,192 blocks, about
+    /// 1-1.5 MiB for both: 14 bytes per block at 100 K blocks, about 1 at 1 M).
     fn bytes_per_entry(&self) -> usize {
         self.lru.bytes_per_entry() + self.lhd.bytes_per_entry() + 4 + self.shadow.bytes().div_ceil(self.capacity)
     }

@@ -8,11 +8,17 @@
 //! `capacity x rate` entries fed only the sampled keys. Both candidates (LRU and LHD) get such a
 //! mini cache, and their hits are compared access by access.
 //!
-//! The decision is a sign test on the accesses where exactly one mini cache hits: if the two
-//! policies were equally good, each such access would favour either one with probability 1/2.
-//! The tier follows LHD only while LHD leads by [`Z_FOLLOW`] standard deviations of that null
-//! hypothesis, and returns to LRU (the baseline it must never fall below) as soon as LRU leads
-//! by [`Z_RETURN`]; in between it keeps what it follows (hysteresis, so noise does not flip it).
+//! The decisions are sign tests on the accesses where exactly one of two caches hits: if the
+//! two were equally good, each such access would favour either with probability 1/2.
+//! 1. The tier starts on LRU (the baseline it must not fall below) and follows LHD once LHD's
+//!    mini cache leads LRU's by [`Z_FOLLOW`] standard deviations of that null hypothesis.
+//! 2. A flat mini cache undersells LHD: in the tier LHD ranks only leaves of the prefix tree.
+//!    Flat LRU does not have that problem (an ancestor is always more recent than its
+//!    descendants, so it keeps prefixes as the tree does). So while following LHD the tier
+//!    itself, the real LHD cache, is compared with LRU's mini cache, and the tier returns to
+//!    LRU when that mini cache (or the LHD one) leads by [`Z_RETURN`].
+//! 3. Each return doubles the hold before LHD may be followed again (hysteresis, so that noise
+//!    or the two tests disagreeing cannot make the tier flap; every switch costs a transient).
 //! Counts decay every epoch so that the choice follows a workload that changes.
 
 use std::collections::HashMap;

@@ -19,6 +19,7 @@
 //!    LRU when that mini cache (or the LHD one) leads by [`Z_RETURN`].
 //! 3. Each return doubles the hold before LHD may be followed again (hysteresis, so that noise
 //!    or the two tests disagreeing cannot make the tier flap; every switch costs a transient).
+//!
 //! Counts decay every epoch so that the choice follows a workload that changes.
 
 use std::collections::HashMap;

@@ -40,7 +40,7 @@ pub mod sim;
 pub mod synth;
 
 pub use engine::report::{EngineReport, EngineTiming};
-pub use engine::{EngineConfig, EngineRun};
+pub use engine::{EngineConfig, EngineRun, Reference};
 pub use sim::{PrefixPlan, SimPolicy, SimResult};
 
 use crate::error::{Error, Result};

@@ -10,8 +10,10 @@
 //! `--mode sim` uses the hit-rate definition of the public kvcache-simulator (see
 //! `kvtier_cli::replay`), so its numbers compare with published tables. `--mode engine` replays
 //! the trace through the real G1 + G2 + G3 engine with simulated request lifetimes
-//! (`kvtier_cli::replay::engine`) and also writes a chart. `--mode both` (the default) runs the
-//! two. An error names the flag and value, or the file and line, it comes from.
+//! (`kvtier_cli::replay::engine`) and also writes a chart; its headline is the second half's
+//! hit rate, every page it serves is verified, and it is compared with the same engine holding
+//! one G1 of the summed capacity (`--no-reference` skips that second replay). `--mode both`
+//! (the default) runs the two. An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -19,9 +19,14 @@
 //! 3. A step lasts [`EngineConfig::decode_step`] plus the prefill it computed at
 //!    [`EngineConfig::prefill_tokens_per_sec`]; when nothing runs the clock jumps to the next
 //!    event.
+//! 4. Every page a request is served (G1 hit or onboarded) is checked at admission against the
+//!    stamp written when its block was computed ([`verify`]); a wrong page fails the replay.
+//! 5. Unless [`EngineConfig::reference`] is off, the same trace is replayed again through one
+//!    G1 of the summed capacity with nothing below it, and the simulator-compatible LRU/OPT run
+//!    at that capacity ([`reference`]): the report gives the ratio tiered / one large G1.
 //!
 //! Pages carry a tiny payload (one layer, one head, one dimension: 64 bytes per 16-token
-//! block) so that a one-hour trace replays in seconds; block counts and the engine's decisions
+//! block, the whole of it a verification stamp) so that a one-hour trace replays in seconds; block counts and the engine's decisions
 //! are the real ones, and every byte figure is given both as moved and as it would be at the
 //! model layout (2 MiB per 16-token block for Llama-3.1-8B). G3 slots are 4 KiB on disk
 //! whatever the payload (direct IO alignment). With [`EngineConfig::full_data`] pages are
@@ -31,9 +36,14 @@
 //!
 //! ## Hit-rate definition (engine mode)
 //! Tokens of each request's prompt served from the cache at its first admission (G1 hits plus
-//! pages onboarded from G2/G3; at most `len - 1` tokens, whole blocks) / all prompt tokens, over
-//! every request; `second_half` restricts both to the second half of the requests, like the
-//! `sim` mode's measured half.
+//! pages onboarded from G2/G3; at most `len - 1` tokens, whole blocks) / all prompt tokens.
+//! The headline ([`report::HitRates::second_half`]) counts the second half of the requests
+//! only, as the `sim` mode and the public kvcache-simulator do (the first half warms the
+//! cache); `all_requests` includes the cold start.
+//!
+//! ## SSD wear
+//! Pages G3 wrote, at the model layout, per hour of simulated time, and the drive writes per
+//! day that rate means for the configured G3 size ([`report::SsdWear`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -9,31 +9,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kvtier::testing::XorShift;
 use kvtier::{BlockHash, BlockPool, ExtraKeys};
 
 const BLOCK_TOKENS: usize = 16;
 const PREFIX_BLOCKS: usize = 32;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
-
 /// A pool full of cached, evictable 32-block prefixes; returns it and every prefix's hashes.
-fn cached_pool(n: usize, rng: &mut Rng) -> (BlockPool, Vec<BlockHash>) {
+fn cached_pool(n: usize, rng: &mut XorShift) -> (BlockPool, Vec<BlockHash>) {
     let mut pool = BlockPool::new(n).expect("pool");
     let mut all = Vec::with_capacity(n);
     pool.allocate(n, &mut all).expect("allocate");
@@ -43,7 +26,7 @@ fn cached_pool(n: usize, rng: &mut Rng) -> (BlockPool, Vec<BlockHash>) {
     let (mut hashes, mut blocks, mut chain) = (Vec::new(), Vec::new(), Vec::new());
     let mut tokens = vec![0u32; PREFIX_BLOCKS * BLOCK_TOKENS];
     for _ in 0..prefixes {
-        tokens.iter_mut().for_each(|t| *t = (rng.next() % 128_000) as u32);
+        tokens.iter_mut().for_each(|t| *t = (rng.next_u64() % 128_000) as u32);
         chain.clear();
         BlockHash::extend_chain(&mut chain, &tokens, BLOCK_TOKENS, &ExtraKeys::default());
         let at = blocks.len();
@@ -67,12 +50,12 @@ fn lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("prefix");
     group.throughput(Throughput::Elements(PREFIX_BLOCKS as u64));
     for n in [1_000usize, 100_000, 10_000_000] {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let (mut pool, hashes) = cached_pool(n, &mut rng);
         let prefixes = hashes.len() / PREFIX_BLOCKS;
         group.bench_function(BenchmarkId::new("longest_prefix_32", n), |b| {
             b.iter(|| {
-                let p = rng.below(prefixes);
+                let p = rng.index(prefixes);
                 let hit = pool.longest_prefix(black_box(&hashes[p * PREFIX_BLOCKS..(p + 1) * PREFIX_BLOCKS]));
                 debug_assert_eq!(hit, PREFIX_BLOCKS);
                 hit
@@ -81,7 +64,7 @@ fn lookup(c: &mut Criterion) {
         let mut held = Vec::with_capacity(PREFIX_BLOCKS);
         group.bench_function(BenchmarkId::new("lookup_acquire_release_32", n), |b| {
             b.iter(|| {
-                let p = rng.below(prefixes);
+                let p = rng.index(prefixes);
                 for h in &hashes[p * PREFIX_BLOCKS..(p + 1) * PREFIX_BLOCKS] {
                     let blk = pool.lookup(*h).expect("cached");
                     pool.acquire_block(blk).expect("acquire");

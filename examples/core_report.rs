@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use kvtier::policy::{EvictionPolicy, Lru, PolicyKind};
+use kvtier::testing::XorShift;
 use kvtier::{
     Arena, BatchTables, BlockHash, BlockId, BlockPool, CacheConfig, Dtype, ExtraKeys, KvCache, KvLayout, SeqId,
 };
@@ -23,26 +24,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 const BLOCK_TOKENS: usize = 16;
 const PREFIX_BLOCKS: usize = 32;
 const DECODE_SEQS: usize = 256;
-
-/// Small deterministic PRNG (xorshift64*), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
 
 /// Settings of one run.
 struct Plan {
@@ -84,12 +65,17 @@ fn tiny_layout() -> Result<KvLayout> {
 }
 
 /// A pool whose free queue holds every block in a random order.
-fn churned_pool(n: usize, rng: &mut Rng, events: usize) -> Result<BlockPool> {
+fn churned_pool(n: usize, rng: &mut XorShift, events: usize) -> Result<BlockPool> {
     churned_pool_with(n, rng, events, Lru::new(n))
 }
 
 /// [`churned_pool`] evicting with `policy`.
-fn churned_pool_with<P: EvictionPolicy>(n: usize, rng: &mut Rng, events: usize, policy: P) -> Result<BlockPool<P>> {
+fn churned_pool_with<P: EvictionPolicy>(
+    n: usize,
+    rng: &mut XorShift,
+    events: usize,
+    policy: P,
+) -> Result<BlockPool<P>> {
     let mut pool = BlockPool::with_policy(n, policy, events)?;
     let mut all = Vec::with_capacity(n);
     pool.allocate(n, &mut all)?;
@@ -114,19 +100,19 @@ fn alloc_free(pool: &mut BlockPool, batch: usize, total_blocks: usize) -> Result
 /// `n / 32` cached prefixes of 32 blocks filling the whole pool: blocks come from a churned
 /// (random) free queue and become evictable in a random prefix order (tail first, as a
 /// finishing sequence releases them). Returns the pool and every prefix's hashes.
-fn cached_pool(n: usize, rng: &mut Rng) -> Result<(BlockPool, Vec<BlockHash>)> {
+fn cached_pool(n: usize, rng: &mut XorShift) -> Result<(BlockPool, Vec<BlockHash>)> {
     cached_pool_with_events(n, rng, 1 << 16)
 }
 
 /// [`cached_pool`] with a given KV event buffer (0: events off).
-fn cached_pool_with_events(n: usize, rng: &mut Rng, events: usize) -> Result<(BlockPool, Vec<BlockHash>)> {
+fn cached_pool_with_events(n: usize, rng: &mut XorShift, events: usize) -> Result<(BlockPool, Vec<BlockHash>)> {
     cached_pool_with(n, rng, events, Lru::new(n))
 }
 
 /// [`cached_pool_with_events`] evicting with `policy`.
 fn cached_pool_with<P: EvictionPolicy>(
     n: usize,
-    rng: &mut Rng,
+    rng: &mut XorShift,
     events: usize,
     policy: P,
 ) -> Result<(BlockPool<P>, Vec<BlockHash>)> {
@@ -138,7 +124,7 @@ fn cached_pool_with<P: EvictionPolicy>(
     let mut blocks = Vec::with_capacity(prefixes * PREFIX_BLOCKS);
     let mut chain = Vec::with_capacity(PREFIX_BLOCKS);
     for _ in 0..prefixes {
-        tokens.iter_mut().for_each(|t| *t = rng.next() as u32 % 128_000);
+        tokens.iter_mut().for_each(|t| *t = rng.next_u64() as u32 % 128_000);
         chain.clear();
         BlockHash::extend_chain(&mut chain, &tokens, BLOCK_TOKENS, &keys);
         let at = blocks.len();
@@ -163,9 +149,9 @@ fn cached_pool_with<P: EvictionPolicy>(
 }
 
 /// Longest-prefix lookup of random cached 32-block prefixes, ns per block.
-fn lookup(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, rng: &mut Rng) -> f64 {
+fn lookup(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, rng: &mut XorShift) -> f64 {
     let prefixes = hashes.len() / PREFIX_BLOCKS;
-    let picks: Vec<usize> = (0..queries).map(|_| rng.below(prefixes)).collect();
+    let picks: Vec<usize> = (0..queries).map(|_| rng.index(prefixes)).collect();
     let start = Instant::now();
     let mut hit = 0;
     for p in picks {
@@ -176,9 +162,9 @@ fn lookup(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, rng: &mut 
 }
 
 /// Prefix hit taken and dropped: lookup + acquire_block per block, then release tail first.
-fn acquire_release(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, rng: &mut Rng) -> Result<f64> {
+fn acquire_release(pool: &mut BlockPool, hashes: &[BlockHash], queries: usize, rng: &mut XorShift) -> Result<f64> {
     let prefixes = hashes.len() / PREFIX_BLOCKS;
-    let picks: Vec<usize> = (0..queries).map(|_| rng.below(prefixes)).collect();
+    let picks: Vec<usize> = (0..queries).map(|_| rng.index(prefixes)).collect();
     let mut held = Vec::with_capacity(PREFIX_BLOCKS);
     let start = Instant::now();
     for p in picks {
@@ -237,7 +223,7 @@ fn hashing(tokens: &[u32], out: &mut Vec<BlockHash>) -> f64 {
 /// `DECODE_SEQS` running sequences with context lengths in `ctx`, committed (prefill done),
 /// their blocks spread over the whole pool: between sequences a filler sequence grows over a
 /// gap of blocks and is truncated, so those blocks go to the back of the free queue.
-fn decode_cache(n: usize, ctx: (usize, usize), rng: &mut Rng) -> Result<(KvCache, Vec<SeqId>, Vec<usize>)> {
+fn decode_cache(n: usize, ctx: (usize, usize), rng: &mut XorShift) -> Result<(KvCache, Vec<SeqId>, Vec<usize>)> {
     let seq_blocks = DECODE_SEQS * ctx.1.div_ceil(BLOCK_TOKENS);
     let gap = (n * 9 / 10).saturating_sub(2 * seq_blocks) / DECODE_SEQS;
     let config =
@@ -253,8 +239,8 @@ fn decode_cache(n: usize, ctx: (usize, usize), rng: &mut Rng) -> Result<(KvCache
             g.append_tokens(filler, &filler_tokens)?;
             g.truncate(filler, 1)?;
         }
-        let len = ctx.0 + rng.below(ctx.1 - ctx.0 + 1);
-        let prompt: Vec<u32> = (0..len).map(|_| rng.next() as u32 % 128_000).collect();
+        let len = ctx.0 + rng.index(ctx.1 - ctx.0 + 1);
+        let prompt: Vec<u32> = (0..len).map(|_| rng.next_u64() as u32 % 128_000).collect();
         let s = g.add_sequence(&prompt, &keys)?.seq;
         g.commit(s)?;
         seqs.push(s);
@@ -309,7 +295,7 @@ struct Row {
 
 fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) -> Result<()> {
     let col = |rows: &mut [Row], i: usize, c: Option<Cell>| rows[i].cells.push(c);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
+    let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15 ^ n as u64);
     let t0 = Instant::now();
 
     // 1. alloc + free on a churned free queue.
@@ -323,7 +309,7 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
     drop(pool);
 
     // 2. hashing (pool independent; measured per column to show noise).
-    let stream: Vec<u32> = (0..ops(plan, 20_000) * BLOCK_TOKENS).map(|_| rng.next() as u32 % 128_000).collect();
+    let stream: Vec<u32> = (0..ops(plan, 20_000) * BLOCK_TOKENS).map(|_| rng.next_u64() as u32 % 128_000).collect();
     let mut out = Vec::with_capacity(stream.len() / BLOCK_TOKENS);
     col(rows, 3, Some(measure(plan.repeats, || hashing(&stream, &mut out))));
 
@@ -396,7 +382,7 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
 }
 
 /// ns per policy operation (evict + admit, or revive) on a full cache of `n` entries.
-fn policy_churn(kind: PolicyKind, n: usize, total: usize, rng: &mut Rng) -> f64 {
+fn policy_churn(kind: PolicyKind, n: usize, total: usize, rng: &mut XorShift) -> f64 {
     let mut p = kind.build(n);
     let mut order: Vec<u32> = (0..n as u32).collect();
     rng.shuffle(&mut order);
@@ -406,7 +392,7 @@ fn policy_churn(kind: PolicyKind, n: usize, total: usize, rng: &mut Rng) -> f64 
         p.insert(BlockId(b));
         key += 1;
     }
-    let targets: Vec<u32> = (0..total).map(|_| rng.below(n) as u32).collect();
+    let targets: Vec<u32> = (0..total).map(|_| rng.index(n) as u32).collect();
     let start = Instant::now();
     for (i, &t) in targets.iter().enumerate() {
         if i % 4 == 3 {

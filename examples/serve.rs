@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use kvtier::io::{BackendKind, IoConfig};
 use kvtier::offload::{Admission, OffloadConfig, TierMetrics, TieredCache};
+use kvtier::testing::XorShift;
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
 use kvtier::{BatchTables, BlockId, CacheConfig, CacheCore, Dtype, Error, ExtraKeys, KvLayout, PageRead, SeqId};
@@ -104,7 +105,7 @@ pub struct ServeRun {
     pub cached_tokens: usize,
 }
 
-/// The decoder's weights, drawn from a seeded xorshift generator.
+/// The decoder's weights, drawn from kvtier's seeded test generator (`testing` feature).
 struct Model {
     embed: Vec<f32>,
     wq: Vec<Vec<f32>>,
@@ -118,16 +119,9 @@ struct Model {
 
 impl Model {
     fn new(seed: u64) -> Self {
-        let mut x = seed | 1;
+        let mut rng = XorShift::new(seed | 1);
         let mut draw = |n: usize, scale: f32| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-                })
-                .collect()
+            (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale).collect()
         };
         let s = 1.0 / (DIM as f32).sqrt();
         let mut per_layer = |n, scale| (0..LAYERS).map(|_| draw(n, scale)).collect::<Vec<_>>();

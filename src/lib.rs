@@ -57,6 +57,8 @@ mod prefix;
 mod seq;
 mod sync;
 mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tier;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kvtier::io::{BackendKind, Fault, FaultCounts, FaultRates, FaultyBackend, IoConfig, open_backend};
 use kvtier::offload::{Admission, OffloadConfig, RetentionId, TieredCache};
+use kvtier::testing::XorShift;
 use kvtier::tier::host::HostConfig;
 use kvtier::tier::{DiskConfig, DiskTier};
 use kvtier::{BlockHash, CacheConfig, Dtype, Error, ExtraKeys, KvLayout, SeqId};
@@ -42,20 +43,6 @@ fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 struct Setup {
@@ -118,7 +105,7 @@ fn hashes_of(t: &TieredCache, tokens: &[u32]) -> Vec<BlockHash> {
 }
 
 /// A request: one of 16 families of shared prefixes (1-4 blocks) plus its own tail.
-fn request(rng: &mut Rng) -> Vec<u32> {
+fn request(rng: &mut XorShift) -> Vec<u32> {
     let family = rng.below(16) as u32;
     let shared = (family % 4 + 1) as usize * BS;
     let mut tokens: Vec<u32> = (0..shared as u32).map(|t| family * 100_000 + t).collect();
@@ -187,7 +174,7 @@ fn run(setup: Setup) {
     let started = Instant::now();
     let d = dir(setup.name);
     let (t, faults) = engine(&setup, &d);
-    let mut rng = Rng(setup.seed | 1);
+    let mut rng = XorShift::new(setup.seed | 1);
     let mut tally = Tally::default();
     let mut written = HashSet::new();
     let mut running: Vec<SeqId> = Vec::new();
@@ -423,7 +410,7 @@ fn random_faults_three_runtime_threads() {
                 let t = &t;
                 let setup = &setup;
                 s.spawn(move || {
-                    let mut rng = Rng((setup.seed + thread) | 1);
+                    let mut rng = XorShift::new((setup.seed + thread) | 1);
                     let mut tally = Tally::default();
                     let mut written = HashSet::new();
                     for _ in 0..setup.ops {

@@ -1,3 +1,4 @@
+use crate::testing::XorShift;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -30,21 +31,6 @@ impl Drop for TestDir {
     }
 }
 
-/// xorshift64*: deterministic, dependency-free test randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn uring_backend(queue_depth: usize) -> Option<Box<dyn IoBackend>> {
     let config = IoConfig::default().with_backend(BackendKind::Uring).with_queue_depth(queue_depth);
     open_backend(&config).ok()
@@ -60,9 +46,9 @@ fn all_backends(queue_depth: usize) -> Vec<Box<dyn IoBackend>> {
 }
 
 fn fill(buf: &mut [u8], seed: u64) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift::new(seed | 1);
     for chunk in buf.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
+        let v = rng.next_u64().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
 }
@@ -70,7 +56,7 @@ fn fill(buf: &mut [u8], seed: u64) {
 /// Writes blocks of 4 KiB .. 2 MiB at random aligned, non-overlapping offsets, reads them back
 /// into fresh buffers in a shuffled order and compares.
 fn round_trip(backend: &dyn IoBackend, slab: &SlabFile, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::new(seed);
     let slot_bytes = 2u64 << 20;
     let slots = slab.len().unwrap() / slot_bytes;
     let mut slot_ids: Vec<u64> = (0..slots).collect();

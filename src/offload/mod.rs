@@ -32,7 +32,7 @@ mod worker;
 
 pub use admission::Admission;
 pub use config::OffloadConfig;
-pub use metrics::{EngineMetrics, LatencySummary, Traffic};
+pub use metrics::{EngineMetrics, LatencyHistogram, LatencySummary, Traffic};
 #[cfg(feature = "testing")]
 pub use queue::{Next, WorkQueue};
 #[cfg(not(feature = "testing"))]
@@ -57,7 +57,6 @@ use crate::tier::disk::{DiskMetrics, DiskTier};
 use crate::tier::host::{HostMetrics, HostTier};
 
 use admission::{FrequencySketch, WriteBudget};
-use metrics::Histogram;
 use retention::Retention;
 
 /// Where a prefix was found: how many leading blocks some tier holds, and of those how many
@@ -120,10 +119,10 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub(crate) struct Stats {
     pub(crate) m: EngineMetrics,
-    pub(crate) offload: Histogram,
-    pub(crate) spill: Histogram,
-    pub(crate) onboard_g2: Histogram,
-    pub(crate) onboard_g3: Histogram,
+    pub(crate) offload: LatencyHistogram,
+    pub(crate) spill: LatencyHistogram,
+    pub(crate) onboard_g2: LatencyHistogram,
+    pub(crate) onboard_g3: LatencyHistogram,
 }
 
 /// G1 + G2 (+ G3) with background offload and onboarding. `Send + Sync`.
@@ -232,10 +231,10 @@ impl TieredCache {
             budget: Mutex::new(WriteBudget::new(config.write_budget_bytes_per_sec)),
             stats: Mutex::new(Stats {
                 m: EngineMetrics::default(),
-                offload: Histogram::new(),
-                spill: Histogram::new(),
-                onboard_g2: Histogram::new(),
-                onboard_g3: Histogram::new(),
+                offload: LatencyHistogram::new(),
+                spill: LatencyHistogram::new(),
+                onboard_g2: LatencyHistogram::new(),
+                onboard_g3: LatencyHistogram::new(),
             }),
             retained: Mutex::new(Vec::new()),
             next_retention: AtomicU64::new(1),

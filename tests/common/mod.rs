@@ -1,36 +1,13 @@
-//! Scaffolding shared by the behaviour tests: a seeded generator and a scratch directory.
+//! Scaffolding shared by the behaviour tests: the seeded generator (the library's, `testing`
+//! feature) and a scratch directory.
 //!
 //! Each test file that needs it declares `mod common;`; a file uses only part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// xorshift64 (13, 7, 17): tiny, seeded, the same stream on every platform, so a failing run
-/// repeats exactly.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator starting from `seed`, which must not be 0 (xorshift never leaves 0).
-    pub fn new(seed: u64) -> Self {
-        assert_ne!(seed, 0, "xorshift needs a non-zero seed");
-        Self(seed)
-    }
-
-    /// The next value of the stream.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// The next value reduced to `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+pub use kvtier::testing::XorShift;
 
 /// A scratch directory under the target's tmp dir, absent at first (a tier or the test makes
 /// it) and removed on drop, also when the test panics. Names carry the process id and a

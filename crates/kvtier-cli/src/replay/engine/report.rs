@@ -1,8 +1,6 @@
 //! What an engine replay reports: deterministic results ([`EngineReport`]) apart from the
 //! wall-clock measurements ([`EngineTiming`]).
 
-use std::time::Duration;
-
 use kvtier::offload::{Admission, LatencySummary, TieredCache, Traffic};
 use serde::Serialize;
 
@@ -426,69 +424,9 @@ pub struct EngineTiming {
     pub onboard_g3_batch_latency: OpLatency,
 }
 
-/// Log-linear latency histogram: 8 sub-buckets per power of two of nanoseconds.
-#[derive(Debug, Clone)]
-pub(crate) struct LatencyHistogram {
-    buckets: Vec<u64>,
-    count: u64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        Self { buckets: vec![0; 64 * 8], count: 0 }
-    }
-}
-
-impl LatencyHistogram {
-    pub(crate) fn record(&mut self, d: Duration) {
-        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
-        let i = if ns < 8 {
-            ns as usize
-        } else {
-            let exp = 63 - ns.leading_zeros();
-            (exp * 8 + ((ns >> (exp - 3)) & 7) as u32) as usize
-        };
-        self.buckets[i.min(64 * 8 - 1)] += 1;
-        self.count += 1;
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.buckets.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                let (exp, sub) = (i as u32 / 8, i as u64 % 8);
-                return if exp < 3 { i as u64 } else { (8 + sub) << (exp - 3) };
-            }
-        }
-        0
-    }
-
-    pub(crate) fn summary(&self) -> OpLatency {
-        if self.count == 0 {
-            return OpLatency::default();
-        }
-        OpLatency { count: self.count, p50_ns: self.quantile(0.5), p99_ns: self.quantile(0.99) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_quantiles_within_a_bucket() {
-        let mut h = LatencyHistogram::default();
-        for us in 1..=100u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let s = h.summary();
-        assert_eq!(s.count, 100);
-        assert!((43_000..=50_000).contains(&s.p50_ns), "{s:?}");
-        assert!((86_000..=99_000).contains(&s.p99_ns), "{s:?}");
-        assert_eq!(LatencyHistogram::default().summary(), OpLatency::default());
-    }
 
     #[test]
     fn wait_quantiles() {

@@ -3,12 +3,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use kvtier::offload::{OnboardOutcome, Ticket, TieredCache};
+use kvtier::offload::{LatencyHistogram, OnboardOutcome, Ticket, TieredCache};
 use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId};
 
-use super::report::{
-    EngineReport, EngineTiming, LatencyHistogram, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window,
-};
+use super::report::{EngineReport, EngineTiming, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window};
 use super::verify::Verifier;
 use super::{EngineConfig, EngineRun, decode_token, prompt_tokens};
 use crate::trace::{Trace, TraceRecord};
@@ -529,9 +527,9 @@ impl<'a> Replay<'a> {
             wall_seconds: started.elapsed().as_secs_f64(),
             reference_seconds: 0.0,
             sim_reference_seconds: 0.0,
-            add_sequence: self.add_latency.summary(),
-            decode_step: self.decode_latency.summary(),
-            free: self.free_latency.summary(),
+            add_sequence: self.add_latency.summary().into(),
+            decode_step: self.decode_latency.summary().into(),
+            free: self.free_latency.summary().into(),
             maintenance_seconds: self.maintenance.as_secs_f64(),
             onboard_seconds: self.onboard_time.as_secs_f64(),
             offload_bytes_per_sec: per_sec(offloaded, self.maintenance),

@@ -23,7 +23,7 @@
 //!    stamp written when its block was computed ([`verify`]); a wrong page fails the replay.
 //! 5. Unless [`EngineConfig::reference`] is off, the same trace is replayed again through one
 //!    G1 of the summed capacity with nothing below it, and the simulator-compatible LRU/OPT run
-//!    at that capacity ([`reference`]): the report gives the ratio tiered / one large G1.
+//!    at that capacity ([`reference`](mod@reference)): the report gives the ratio tiered / one large G1.
 //!
 //! Pages carry a tiny payload (one layer, one head, one dimension: 64 bytes per 16-token
 //! block, the whole of it a verification stamp) so that a one-hour trace replays in seconds; block counts and the engine's decisions
@@ -149,7 +149,7 @@ pub struct EngineConfig {
     pub policy: Option<PolicyKind>,
     /// Also replay the reference: the same engine and scheduler with one G1 of the summed
     /// capacity (G1 + G2 + G3 blocks) and no tier below, plus the simulator-compatible LRU and
-    /// OPT at that capacity ([`reference`]). Default: true.
+    /// OPT at that capacity ([`reference`](mod@reference)). Default: true.
     pub reference: bool,
     /// Test fault: the first block this request computes is stamped with another hash's bytes.
     pub(crate) wrong_stamp_for: Option<u32>,
@@ -333,7 +333,7 @@ impl Drop for TempDir {
 }
 
 /// Replays `trace` through the engine, then (unless [`EngineConfig::reference`] is off) the
-/// reference it is compared with ([`reference`]). `progress` is called with the number of
+/// reference it is compared with ([`reference`](mod@reference)). `progress` is called with the number of
 /// requests done: up to `trace.len()` for the tiered replay, then on up to twice that for the
 /// reference. Fails with [`Error::WrongPages`] if any served page was not what was written for
 /// its hash (in either replay).

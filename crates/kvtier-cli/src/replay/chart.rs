@@ -55,14 +55,19 @@ fn draw(report: &EngineReport, path: &Path) -> Result<(), Box<dyn std::error::Er
         }
         None => format!("prefix hit rate of the requests admitted; second half {h:.3}"),
     };
-    panel(&top, &title, end, &report.samples, &hit, &levels)?;
+    // Hit rates are small next to 1: the axis ends well above the cumulative rates and the
+    // levels (per-interval spikes above that are cut off).
+    let cumulative = report.samples.iter().flat_map(|s| hit[..2].iter().map(move |(_, _, value)| value(s)));
+    let highest = cumulative.chain(levels.iter().map(|l| l.3)).fold(0.0, f64::max);
+    let top_end = (highest * 1.6).clamp(0.05, 1.0);
+    panel(&top, &title, (end, top_end), &report.samples, &hit, &levels)?;
     let used: [Series; 4] = [
         ("G1 holding data", BLUE.stroke_width(2), |s| s.g1_used),
         ("G1 held by running requests", CYAN.stroke_width(2), |s| s.g1_in_use),
         ("G2", GREEN.stroke_width(2), |s| s.g2_used),
         ("G3", RED.stroke_width(2), |s| s.g3_used),
     ];
-    panel(&bottom, "tier occupancy (fraction of capacity)", end, &report.samples, &used, &[])?;
+    panel(&bottom, "tier occupancy (fraction of capacity)", (end, 1.0), &report.samples, &used, &[])?;
     root.present()?;
     Ok(())
 }
@@ -70,7 +75,7 @@ fn draw(report: &EngineReport, path: &Path) -> Result<(), Box<dyn std::error::Er
 fn panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
-    end: f64,
+    (end, y_end): (f64, f64),
     samples: &[Sample],
     series: &[Series],
     levels: &[Level],
@@ -80,7 +85,7 @@ fn panel(
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(48)
-        .build_cartesian_2d(0.0..end, 0.0..1.0)?;
+        .build_cartesian_2d(0.0..end, 0.0..y_end)?;
     chart.configure_mesh().x_desc("simulated time (s)").draw()?;
     for &(name, style, value) in series {
         chart

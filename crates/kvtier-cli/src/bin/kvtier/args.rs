@@ -95,6 +95,10 @@ pub(crate) struct ReplayArgs {
     /// mapped at full size, so keep capacities and --requests small).
     #[arg(long)]
     pub(crate) full_data: bool,
+    /// Engine mode: skip the reference replay (the same engine with one G1 of the summed
+    /// capacity, and sim-mode LRU/OPT at that capacity) for a quicker run.
+    #[arg(long)]
+    pub(crate) no_reference: bool,
     /// Replay only the first N requests of the trace.
     #[arg(long, value_name = "N")]
     pub(crate) requests: Option<usize>,

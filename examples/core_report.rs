@@ -293,14 +293,15 @@ struct Row {
     cells: Vec<Option<Cell>>,
 }
 
-fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) -> Result<()> {
+fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<(f64, f64)>) -> Result<()> {
     let col = |rows: &mut [Row], i: usize, c: Option<Cell>| rows[i].cells.push(c);
     let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15 ^ n as u64);
     let t0 = Instant::now();
 
     // 1. alloc + free on a churned free queue.
     let mut pool = churned_pool(n, &mut rng, 1 << 16)?;
-    meta_bytes.push(pool.metadata_bytes_per_block());
+    let adaptive = BlockPool::with_policy(n, kvtier::policy::Adaptive::new(n), 0)?.metadata_bytes_per_block();
+    meta_bytes.push((pool.metadata_bytes_per_block(), adaptive));
     for (i, batch) in [1usize, 16, 256].into_iter().enumerate() {
         let total = ops(plan, 200_000);
         let c = measure(plan.repeats, || alloc_free(&mut pool, batch, total).unwrap_or(f64::NAN));
@@ -345,7 +346,15 @@ fn run_size(n: usize, plan: &Plan, rows: &mut [Row], meta_bytes: &mut Vec<f64>) 
     let c = measure(plan.repeats, || {
         lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
     });
-    col(rows, 16, Some(c));
+    col(rows, 17, Some(c));
+    drop(pool);
+    // the same with the adaptive policy (G1's default)
+    let (mut pool, hashes) = cached_pool_with(n, &mut rng, 1 << 16, kvtier::policy::Adaptive::new(n))?;
+    drop(hashes);
+    let c = measure(plan.repeats, || {
+        lifecycle(&mut pool, &mut arena, &stream, blocks, &mut cursor, &mut parent).unwrap_or(f64::NAN)
+    });
+    col(rows, 18, Some(c));
     drop((pool, arena));
 
     // 4. decode steps of 256 sequences, short and (where the pool holds them) long contexts.
@@ -465,7 +474,9 @@ fn main() -> Result<()> {
         row("policy s3fifo: evict+admit / revive", "ns/op", None),
         row("policy arc: evict+admit / revive", "ns/op", None),
         row("policy lhd: evict+admit / revive", "ns/op", None),
+        row("policy adaptive: evict+admit / revive", "ns/op", None),
         row("lifecycle evicting with LHD", "ns/block", None),
+        row("lifecycle evicting with adaptive (G1)", "ns/block", None),
     ];
     let mut meta_bytes = Vec::new();
     for &n in &plan.sizes {
@@ -513,7 +524,12 @@ fn main() -> Result<()> {
         }
     }
     print!("{:<w$} {:>9}", "metadata per block", "bytes");
-    for b in &meta_bytes {
+    for (b, _) in &meta_bytes {
+        print!(" {b:>10.1}  ");
+    }
+    println!();
+    print!("{:<w$} {:>9}", "  ... with adaptive (G1 default)", "bytes");
+    for (_, b) in &meta_bytes {
         print!(" {b:>10.1}  ");
     }
     println!();

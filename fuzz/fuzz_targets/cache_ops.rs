@@ -334,9 +334,16 @@ impl Harness {
                 continue;
             }
             let page = pattern(*h, self.page_bytes);
-            match g.page_mut(b) {
-                Ok(p) => p.copy_from_slice(&page),
-                Err(_) => {
+            let written = match g.page_mut(b) {
+                Ok(mut p) => {
+                    p.copy_from_slice(&page);
+                    true
+                }
+                Err(_) => false,
+            };
+            match written {
+                true => {}
+                false => {
                     // Not registered but shared by forks: the safe API refuses it, a kernel
                     // writes it through the arena base (every holder has the same tokens here).
                     assert!(g.pool().refcount(b).unwrap() > 1, "{b:?} private but not writable");

@@ -1,6 +1,6 @@
 //! Choosing a policy at run time without a vtable.
 
-use super::{Arc, EvictionPolicy, Lhd, Lru, S3Fifo};
+use super::{Adaptive, Arc, EvictionPolicy, Lhd, Lru, S3Fifo};
 use crate::ids::BlockId;
 
 /// The eviction policies a tier can be configured with.
@@ -15,13 +15,16 @@ pub enum PolicyKind {
     Arc,
     /// Least hit density.
     Lhd,
+    /// LRU or LHD, whichever wins on a sampled miniature replay of the tier's keys.
+    Adaptive,
 }
 
 impl PolicyKind {
     /// Every kind, in report order.
-    pub const ALL: [PolicyKind; 4] = [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd];
+    pub const ALL: [PolicyKind; 5] =
+        [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd, PolicyKind::Adaptive];
 
-    /// Lower-case name ("lru", "s3fifo", "arc", "lhd").
+    /// Lower-case name ("lru", "s3fifo", "arc", "lhd", "adaptive").
     ///
     /// ```
     /// assert_eq!(kvtier::policy::PolicyKind::S3Fifo.name(), "s3fifo");
@@ -32,6 +35,7 @@ impl PolicyKind {
             PolicyKind::S3Fifo => "s3fifo",
             PolicyKind::Arc => "arc",
             PolicyKind::Lhd => "lhd",
+            PolicyKind::Adaptive => "adaptive",
         }
     }
 
@@ -47,6 +51,7 @@ impl PolicyKind {
             PolicyKind::S3Fifo => AnyPolicy::S3Fifo(S3Fifo::for_universe(universe, capacity, 0.1)),
             PolicyKind::Arc => AnyPolicy::Arc(Arc::for_universe(universe, capacity)),
             PolicyKind::Lhd => AnyPolicy::Lhd(Lhd::for_universe(universe, capacity)),
+            PolicyKind::Adaptive => AnyPolicy::Adaptive(Box::new(Adaptive::for_universe(universe, capacity))),
         }
     }
 }
@@ -62,6 +67,8 @@ pub enum AnyPolicy {
     Arc(Arc),
     /// [`Lhd`].
     Lhd(Lhd),
+    /// [`Adaptive`] (boxed: it holds an LRU, an LHD and two mini caches).
+    Adaptive(Box<Adaptive>),
 }
 
 impl std::fmt::Debug for AnyPolicy {
@@ -71,6 +78,7 @@ impl std::fmt::Debug for AnyPolicy {
             AnyPolicy::S3Fifo(_) => "S3Fifo",
             AnyPolicy::Arc(_) => "Arc",
             AnyPolicy::Lhd(_) => "Lhd",
+            AnyPolicy::Adaptive(_) => "Adaptive",
         };
         f.debug_tuple("AnyPolicy").field(&name).finish()
     }
@@ -83,6 +91,7 @@ macro_rules! each {
             AnyPolicy::S3Fifo($p) => $e,
             AnyPolicy::Arc($p) => $e,
             AnyPolicy::Lhd($p) => $e,
+            AnyPolicy::Adaptive($p) => $e,
         }
     };
 }

@@ -181,6 +181,34 @@ impl Lhd {
     }
 }
 
+impl Lhd {
+    /// `block` was evicted by another policy's choice (see [`super::Adaptive`]): it leaves the
+    /// evictable set, and its age and class are learned from as if LHD had chosen it.
+    #[inline]
+    pub(crate) fn evict(&mut self, block: BlockId) {
+        let i = block.index();
+        if i < self.entries.len() && self.entries[i].pos != NOT_LINKED {
+            self.evicted(i);
+        }
+    }
+
+    #[inline]
+    fn evicted(&mut self, i: usize) {
+        let e = self.entries[i];
+        let (c, a) = (Self::class_of(&e), self.age_of(&e));
+        self.evictions[c][a] += 1.0;
+        // The entry stays resident (age and hits kept) until its content is really dropped
+        // (`on_forget`) or replaced (`on_register`): a tier may stage a victim, copy it down and
+        // put it back, and hits on it must still be learned.
+        self.unlink(i);
+        self.evictions_since_estimate += 1;
+        if self.evictions_since_estimate >= self.estimate_every {
+            self.evictions_since_estimate = 0;
+            self.estimate();
+        }
+    }
+}
+
 impl EvictionPolicy for Lhd {
     fn name(&self) -> &'static str {
         "lhd"
@@ -276,20 +304,8 @@ impl EvictionPolicy for Lhd {
                 best = (d, e.stamp, c as usize);
             }
         }
-        let i = best.2;
-        let e = self.entries[i];
-        let (c, a) = (Self::class_of(&e), self.age_of(&e));
-        self.evictions[c][a] += 1.0;
-        // The entry stays resident (age and hits kept) until its content is really dropped
-        // (`on_forget`) or replaced (`on_register`): a tier may stage a victim, copy it down and
-        // put it back, and hits on it must still be learned.
-        self.unlink(i);
-        self.evictions_since_estimate += 1;
-        if self.evictions_since_estimate >= self.estimate_every {
-            self.evictions_since_estimate = 0;
-            self.estimate();
-        }
-        Some(BlockId(i as u32))
+        self.evicted(best.2);
+        Some(BlockId(best.2 as u32))
     }
 
     #[inline]

@@ -16,23 +16,29 @@
 //!   whose split adapts to hits in ghosts of both.
 //! - [`Lhd`]: least hit density (Beckmann et al., NSDI '18): learns, per age and hit count, the
 //!   hits an entry can still expect per unit of space-time, and evicts the lowest of a sample.
+//! - [`Adaptive`]: LRU or LHD, whichever scores more hits on miniature simulations of both over
+//!   a hash-sampled subset of the tier's keys (SHARDS-style), switching with hysteresis.
 //!
 //! [`PolicyKind`] names them for configs and CLIs; [`AnyPolicy`] dispatches without a vtable.
 //! Belady's offline OPT exists only in the replay tool (`kvtier_cli::replay::sim`, in the
 //! workspace's `kvtier-cli` crate), where the future is known.
 
+mod adaptive;
 mod any;
 mod arc;
 mod ghost;
 mod lhd;
 mod lru;
 mod s3fifo;
+mod shadow;
 
+pub use adaptive::Adaptive;
 pub use any::{AnyPolicy, PolicyKind};
 pub use arc::Arc;
 pub use lhd::Lhd;
 pub use lru::Lru;
 pub use s3fifo::S3Fifo;
+pub use shadow::ShadowTotals;
 
 use crate::ids::BlockId;
 

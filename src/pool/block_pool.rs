@@ -609,7 +609,7 @@ mod tests {
     #[test]
     fn leaf_preferring_policies_evict_children_before_parents() {
         use crate::policy::PolicyKind;
-        for kind in [PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd] {
+        for kind in [PolicyKind::S3Fifo, PolicyKind::Arc, PolicyKind::Lhd, PolicyKind::Adaptive] {
             let mut p = BlockPool::with_policy(8, kind.build(8), 64).unwrap();
             let mut chain = Vec::new();
             p.allocate(4, &mut chain).unwrap();

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::replay::engine::verify::Mismatch;
 use crate::trace::TraceReason;
 
 /// Result alias used throughout kvtier-cli.
@@ -64,6 +65,19 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// An engine replay served a page whose bytes were not what was written for its hash
+    /// (see [`crate::replay::engine::verify`]): its hit rate cannot be trusted.
+    #[error("{replay} replay served {mismatches} wrong page(s) of {checked} checked ({})", first_at(first))]
+    WrongPages {
+        /// Which replay (`tiered`, or the `one-large-G1 reference`).
+        replay: &'static str,
+        /// Served pages checked.
+        checked: u64,
+        /// Of those, pages that did not carry their hash's stamp.
+        mismatches: u64,
+        /// Where the first one was served.
+        first: Option<Mismatch>,
+    },
     /// The kvtier library refused a configuration or failed while the replay drove it.
     #[error(transparent)]
     Kvtier(#[from] kvtier::Error),
@@ -89,6 +103,14 @@ fn at(path: &Option<PathBuf>) -> String {
     match path {
         Some(path) => format!("{}: ", path.display()),
         None => "trace ".to_string(),
+    }
+}
+
+/// Where the first wrong page of a [`Error::WrongPages`] was served.
+fn first_at(first: &Option<Mismatch>) -> String {
+    match first {
+        Some(m) => format!("first: request {} block {} served from {}", m.request, m.block, m.tier),
+        None => "no location recorded".to_string(),
     }
 }
 

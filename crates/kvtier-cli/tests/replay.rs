@@ -161,7 +161,14 @@ fn engine_replay_is_deterministic_and_uses_every_tier() {
     assert_eq!(r.prompt_tokens, trace.prompt_tokens());
     assert_eq!(r.prefill_tokens_saved, r.hit_tokens.total());
     assert!(r.hit_tokens.g1 > 0 && r.hit_tokens.g2 > 0 && r.hit_tokens.g3 > 0, "{:?}", r.hit_tokens);
-    assert!((r.hit_rate.overall - (r.hit_rate.g1 + r.hit_rate.g2 + r.hit_rate.g3)).abs() < 1e-12);
+    assert!((r.hit_rate.all_requests - (r.hit_rate.g1 + r.hit_rate.g2 + r.hit_rate.g3)).abs() < 1e-12);
+    let h = &r.hit_rate;
+    assert!((h.second_half - (h.second_half_g1 + h.second_half_g2 + h.second_half_g3)).abs() < 1e-12);
+    assert_eq!(r.verification.mismatches, 0);
+    // every page served, from every tier, was checked (re-admissions after a preemption too)
+    let checked = r.verification.pages_checked;
+    assert!(checked.g1 >= r.hit_tokens.g1 / 16 && checked.g2 >= r.hit_tokens.g2 / 16, "{checked:?}");
+    assert!(checked.g3 >= r.hit_tokens.g3 / 16 && checked.g3 > 0, "{checked:?}");
     let down = r.traffic("G1", "G2").unwrap();
     assert!(down.pages > 0);
     assert_eq!((down.bytes_moved, down.bytes_at_model), (down.pages * 64, down.pages * (2 << 20)));
@@ -318,14 +325,35 @@ fn engine_mode_writes_report_and_chart() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("hit rate") && stdout.contains("G1->G2"), "{stdout}");
+    assert!(stdout.contains("second half (headline") && stdout.contains("tiered / one large G1 = "), "{stdout}");
+    assert!(stdout.contains("0 wrong") && stdout.contains("drive writes per day"), "{stdout}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("replay_engine.json")).unwrap()).unwrap();
-    assert_eq!(json["report"]["g1_blocks"], 2048); // 4 GiB of 2 MiB Llama-3.1-8B blocks
-    assert_eq!(json["report"]["g3_blocks"], 32);
-    assert_eq!(json["report"]["requests"], 3);
-    assert!(std::fs::read_to_string(out.join("replay_engine.svg")).unwrap().starts_with("<svg"));
+    let report = &json["report"];
+    assert_eq!(report["g1_blocks"], 2048); // 4 GiB of 2 MiB Llama-3.1-8B blocks
+    assert_eq!(report["g3_blocks"], 32);
+    assert_eq!(report["requests"], 3);
+    // r1 finds r0's 62 full blocks (1000 tokens) in G1: the second half (r1, r2) hits 992 of 2012
+    let second_half = report["hit_rate"]["second_half"].as_f64().unwrap();
+    assert!((second_half - 992.0 / 2012.0).abs() < 1e-12, "{second_half}");
+    assert_eq!(report["reference"]["g1_blocks"], 2048 + 65_536 + 32);
+    assert_eq!(report["reference"]["ratio"], 1.0);
+    assert_eq!(report["reference"]["sim"]["capacity_blocks"], (2048 + 65_536 + 32) * 16 / 512);
+    assert_eq!(report["verification"]["pages_checked"]["g1"], 62);
+    assert_eq!(report["verification"]["mismatches"], 0);
+    assert!(report["ssd_wear"]["drive_writes_per_day"].is_number());
+    let svg = std::fs::read_to_string(out.join("replay_engine.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("1.00x one large G1"), "the chart shows the ratio");
     let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    // --no-reference skips it
+    let args =
+        ["--mode", "engine", "--no-reference", "--trace", trace.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let o = kvtier(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("replay_engine.json")).unwrap()).unwrap();
+    assert!(json["report"]["reference"].is_null());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -336,7 +364,7 @@ fn policy_all_compares_every_policy_and_charts_them() {
     let o = kvtier(&["--mode", "sim", "--policy", "all", "--capacity", "100,400", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    for name in ["fifo", "lru", "s3fifo", "arc", "lhd", "opt"] {
+    for name in ["fifo", "lru", "s3fifo", "arc", "lhd", "adaptive", "opt"] {
         assert!(stdout.contains(name), "{name} missing: {stdout}");
     }
     let json: serde_json::Value =

@@ -12,8 +12,9 @@
 //!   only leaves of the prefix tree. See [`sim`] for the step-by-step rules.
 //! - **Engine (`engine` mode, [`engine`])**: requests run through the real G1+G2+G3 engine
 //!   with simulated lifetimes (arrival, prefill, decode steps, preemption under G1 pressure);
-//!   hit rate = prompt tokens served from any tier at admission / all prompt tokens, over every
-//!   request (and over the second half, for comparison), split per tier.
+//!   hit rate = prompt tokens served from any tier at admission / all prompt tokens, over the
+//!   second half of the requests as above (the headline; also over every request), split per
+//!   tier, every served page verified, compared with one G1 of the summed capacity.
 //!
 //! ## How a compatible replay runs
 //! 1. [`PrefixPlan::build`] turns the trace into a prefix tree once.
@@ -40,7 +41,7 @@ pub mod sim;
 pub mod synth;
 
 pub use engine::report::{EngineReport, EngineTiming};
-pub use engine::{EngineConfig, EngineRun};
+pub use engine::{EngineConfig, EngineRun, Reference};
 pub use sim::{PrefixPlan, SimPolicy, SimResult};
 
 use crate::error::{Error, Result};

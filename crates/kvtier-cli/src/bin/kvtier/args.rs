@@ -84,8 +84,8 @@ pub(crate) struct ReplayArgs {
     /// Engine mode: pages G3 takes from G2.
     #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
     pub(crate) admission: AdmissionArg,
-    /// Engine mode: eviction policy of every tier (default: each tier's own, G1 LHD, G2 and
-    /// G3 LRU).
+    /// Engine mode: eviction policy of every tier (default: each tier's own, G1 adaptive, G2
+    /// and G3 LRU).
     #[arg(long, value_enum)]
     pub(crate) tier_policy: Option<TierPolicy>,
     /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
@@ -95,6 +95,10 @@ pub(crate) struct ReplayArgs {
     /// mapped at full size, so keep capacities and --requests small).
     #[arg(long)]
     pub(crate) full_data: bool,
+    /// Engine mode: skip the reference replay (the same engine with one G1 of the summed
+    /// capacity, and sim-mode LRU/OPT at that capacity) for a quicker run.
+    #[arg(long)]
+    pub(crate) no_reference: bool,
     /// Replay only the first N requests of the trace.
     #[arg(long, value_name = "N")]
     pub(crate) requests: Option<usize>,
@@ -140,6 +144,7 @@ pub(crate) enum TierPolicy {
     S3fifo,
     Arc,
     Lhd,
+    Adaptive,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +220,7 @@ pub(crate) enum Policy {
     S3fifo,
     Arc,
     Lhd,
+    Adaptive,
     Opt,
     All,
 }
@@ -229,6 +235,7 @@ pub(crate) fn sim_policies(named: &[Policy]) -> Vec<SimPolicy> {
             Policy::S3fifo => &[SimPolicy::S3Fifo],
             Policy::Arc => &[SimPolicy::Arc],
             Policy::Lhd => &[SimPolicy::Lhd],
+            Policy::Adaptive => &[SimPolicy::Adaptive],
             Policy::Opt => &[SimPolicy::Opt],
             Policy::All => &SimPolicy::ALL,
         };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvtier_cli::replay::{EngineRun, SimConfig, SimReport};
+use kvtier_cli::replay::{EngineRun, Reference, SimConfig, SimReport};
 use kvtier_cli::trace::Trace;
 
 fn gib(bytes: u64) -> String {
@@ -59,9 +59,36 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
     );
     let h = &r.hit_rate;
     println!(
-        "hit rate     {:.4} overall = G1 {:.4} + G2 {:.4} + G3 {:.4}; second half {:.4}",
-        h.overall, h.g1, h.g2, h.g3, h.second_half
+        "hit rate     {:.4} second half (headline: the first half warms the cache) = G1 {:.4} + G2 {:.4} + G3 {:.4}",
+        h.second_half, h.second_half_g1, h.second_half_g2, h.second_half_g3
     );
+    println!("             {:.4} all requests = G1 {:.4} + G2 {:.4} + G3 {:.4}", h.all_requests, h.g1, h.g2, h.g3);
+    match &r.reference {
+        Some(reference) => print_reference(reference, h.second_half),
+        None => println!("reference    skipped (--no-reference)"),
+    }
+    let v = &r.verification;
+    println!(
+        "verified     {} served pages checked against their hash's stamp (G1 {}, G2 {}, G3 {}; {} B at each end), {} wrong; {} pages stamped",
+        v.pages_checked.total(),
+        v.pages_checked.g1,
+        v.pages_checked.g2,
+        v.pages_checked.g3,
+        v.stamp_bytes,
+        v.mismatches,
+        v.pages_stamped
+    );
+    if let Some(w) = &r.ssd_wear {
+        println!(
+            "ssd wear     G3 wrote {} pages = {} at the model ({} on disk): {}/h of simulated time, {:.2} drive writes per day of {}",
+            w.pages_written,
+            format_bytes(w.bytes_written_at_model),
+            format_bytes(w.bytes_written_on_disk),
+            format_bytes(w.bytes_per_hour as u64),
+            w.drive_writes_per_day,
+            format_bytes(w.capacity_bytes)
+        );
+    }
     println!(
         "prefill      {} tokens saved (G1 {}, G2 {}, G3 {}), {} computed (recomputation included)",
         r.prefill_tokens_saved, r.hit_tokens.g1, r.hit_tokens.g2, r.hit_tokens.g3, r.prefill_tokens_computed
@@ -117,7 +144,33 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
     ] {
         println!("engine       {name:<13} p50 {:>9}  p99 {:>9}  ({} ops)", us(l.p50_ns), us(l.p99_ns), l.count);
     }
-    println!("elapsed      {:.3} s", t.wall_seconds);
+    let total = t.wall_seconds + t.reference_seconds + t.sim_reference_seconds;
+    println!(
+        "elapsed      {total:.3} s (tiered {:.3} s, one large G1 {:.3} s, sim LRU/OPT {:.3} s)",
+        t.wall_seconds, t.reference_seconds, t.sim_reference_seconds
+    );
+}
+
+fn print_reference(reference: &Reference, tiered: f64) {
+    let ratio = |r: Option<f64>| r.map_or("n/a (the reference hits nothing)".to_string(), |r| format!("{r:.3}x"));
+    println!(
+        "reference    one G1 of {} blocks, no G2/G3, same scheduler: {:.4} second half ({:.4} all requests)",
+        reference.g1_blocks, reference.second_half, reference.all_requests
+    );
+    println!(
+        "             tiered / one large G1 = {} ({:.4} / {:.4}; all requests {})",
+        ratio(reference.ratio),
+        tiered,
+        reference.second_half,
+        ratio(reference.ratio_all_requests)
+    );
+    let s = &reference.sim;
+    println!(
+        "             sim mode at {} blocks of 512 tokens (the same capacity): LRU {:.4}, OPT {:.4}",
+        s.capacity_blocks, s.lru, s.opt
+    );
+    let v = &reference.verification;
+    println!("             {} served pages checked, {} wrong", v.pages_checked.total(), v.mismatches);
 }
 
 fn pct(n: usize, of: usize) -> f64 {

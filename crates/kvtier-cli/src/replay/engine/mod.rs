@@ -19,9 +19,14 @@
 //! 3. A step lasts [`EngineConfig::decode_step`] plus the prefill it computed at
 //!    [`EngineConfig::prefill_tokens_per_sec`]; when nothing runs the clock jumps to the next
 //!    event.
+//! 4. Every page a request is served (G1 hit or onboarded) is checked at admission against the
+//!    stamp written when its block was computed ([`verify`]); a wrong page fails the replay.
+//! 5. Unless [`EngineConfig::reference`] is off, the same trace is replayed again through one
+//!    G1 of the summed capacity with nothing below it, and the simulator-compatible LRU/OPT run
+//!    at that capacity ([`reference`](mod@reference)): the report gives the ratio tiered / one large G1.
 //!
 //! Pages carry a tiny payload (one layer, one head, one dimension: 64 bytes per 16-token
-//! block) so that a one-hour trace replays in seconds; block counts and the engine's decisions
+//! block, the whole of it a verification stamp) so that a one-hour trace replays in seconds; block counts and the engine's decisions
 //! are the real ones, and every byte figure is given both as moved and as it would be at the
 //! model layout (2 MiB per 16-token block for Llama-3.1-8B). G3 slots are 4 KiB on disk
 //! whatever the payload (direct IO alignment). With [`EngineConfig::full_data`] pages are
@@ -31,9 +36,14 @@
 //!
 //! ## Hit-rate definition (engine mode)
 //! Tokens of each request's prompt served from the cache at its first admission (G1 hits plus
-//! pages onboarded from G2/G3; at most `len - 1` tokens, whole blocks) / all prompt tokens, over
-//! every request; `second_half` restricts both to the second half of the requests, like the
-//! `sim` mode's measured half.
+//! pages onboarded from G2/G3; at most `len - 1` tokens, whole blocks) / all prompt tokens.
+//! The headline ([`report::HitRates::second_half`]) counts the second half of the requests
+//! only, as the `sim` mode and the public kvcache-simulator do (the first half warms the
+//! cache); `all_requests` includes the cold start.
+//!
+//! ## SSD wear
+//! Pages G3 wrote, at the model layout, per hour of simulated time, and the drive writes per
+//! day that rate means for the configured G3 size ([`report::SsdWear`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -50,9 +60,12 @@ use kvtier::{CacheConfig, Dtype, KvLayout};
 use crate::error::{Error, Result};
 use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceRecord};
 
+pub mod reference;
 pub mod report;
 mod scheduler;
+pub mod verify;
 
+pub use reference::Reference;
 pub use report::{EngineReport, EngineTiming};
 use scheduler::Replay;
 
@@ -134,6 +147,12 @@ pub struct EngineConfig {
     /// Eviction policy of every tier. Default: each tier's own default (G1 LHD, G2 and G3
     /// LRU) when `None`.
     pub policy: Option<PolicyKind>,
+    /// Also replay the reference: the same engine and scheduler with one G1 of the summed
+    /// capacity (G1 + G2 + G3 blocks) and no tier below, plus the simulator-compatible LRU and
+    /// OPT at that capacity ([`reference`](mod@reference)). Default: true.
+    pub reference: bool,
+    /// Test fault: the first block this request computes is stamped with another hash's bytes.
+    pub(crate) wrong_stamp_for: Option<u32>,
 }
 
 impl Default for EngineConfig {
@@ -159,6 +178,8 @@ impl Default for EngineConfig {
             max_batch: 256,
             samples: 200,
             policy: None,
+            reference: true,
+            wrong_stamp_for: None,
         }
     }
 }
@@ -223,6 +244,19 @@ impl EngineConfig {
         self.samples = samples;
         self
     }
+    /// Replays the one-large-G1 reference too (default true).
+    pub fn with_reference(mut self, on: bool) -> Self {
+        self.reference = on;
+        self
+    }
+    /// Test fault: the first block request `request` (index in the trace) computes gets the
+    /// stamp of another hash, as a page the engine mixed up would; the replay must then fail
+    /// with [`Error::WrongPages`] as soon as that page is served.
+    #[cfg(feature = "testing")]
+    pub fn with_wrong_stamp(mut self, request: u32) -> Self {
+        self.wrong_stamp_for = Some(request);
+        self
+    }
 
     /// Checks the configuration: the block size must divide 512, capacities G1/G2 be non-zero,
     /// speeds positive.
@@ -258,7 +292,8 @@ impl EngineConfig {
     }
 
     /// The layout pages actually carry: the model's with [`EngineConfig::full_data`], else one
-    /// layer, one head, one f16 dimension.
+    /// layer, one head, f16, and as few dimensions as make a page of at least 64 bytes (one
+    /// for 16-token blocks), room for the whole verification stamp ([`verify`]).
     ///
     /// ```
     /// # use kvtier_cli::replay::engine::EngineConfig;
@@ -267,9 +302,12 @@ impl EngineConfig {
     /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
     pub fn payload_layout(&self) -> kvtier::Result<KvLayout> {
+        let block_size = self.layout.block_size();
+        // K and V, 2 bytes each, per token and dimension
+        let dims = (verify::STAMP_BYTES as u32).div_ceil(4 * block_size.max(1)).max(1);
         match self.full_data {
             true => Ok(self.layout),
-            false => KvLayout::new(1, 1, 1, Dtype::F16, self.layout.block_size()),
+            false => KvLayout::new(1, 1, dims, Dtype::F16, block_size),
         }
     }
 }
@@ -294,9 +332,40 @@ impl Drop for TempDir {
     }
 }
 
-/// Replays `trace` through the engine; `progress` is called with the number of requests done.
-pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) -> Result<EngineRun> {
+/// Replays `trace` through the engine, then (unless [`EngineConfig::reference`] is off) the
+/// reference it is compared with ([`reference`](mod@reference)). `progress` is called with the number of
+/// requests done: up to `trace.len()` for the tiered replay, then on up to twice that for the
+/// reference. Fails with [`Error::WrongPages`] if any served page was not what was written for
+/// its hash (in either replay).
+pub fn run(trace: &Trace, config: &EngineConfig, mut progress: impl FnMut(usize)) -> Result<EngineRun> {
     config.validate()?;
+    let mut run = replay(trace, config, Shape::Tiered, &mut progress)?;
+    if config.reference {
+        let started = Instant::now();
+        let flat = reference::flat_config(config);
+        let n = trace.len();
+        let flat_run = replay(trace, &flat, Shape::Flat, &mut |done| progress(n + done))?;
+        run.timing.reference_seconds = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let sim = reference::sim_at_capacity(trace, config);
+        run.timing.sim_reference_seconds = started.elapsed().as_secs_f64();
+        run.report.reference = Some(Reference::new(&run.report, &flat_run.report, sim));
+    }
+    Ok(run)
+}
+
+/// How the tiers of one replay are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// As configured.
+    Tiered,
+    /// One G1 and nothing below it: the G2 the engine needs is a single page no block ever
+    /// reaches (no write-through, no offload watermark) and there is no G3.
+    Flat,
+}
+
+/// One replay of `trace` through tiers built as `shape` says.
+fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnMut(usize)) -> Result<EngineRun> {
     let started = Instant::now();
     let mut cache = CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0);
     let mut host = HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false);
@@ -308,6 +377,9 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
         .with_admission(config.admission)
         .with_write_through_g2(config.write_through_g2)
         .with_workers(0);
+    if shape == Shape::Flat {
+        offload = offload.with_g1_low_watermark(0.0);
+    }
     let mut dir = TempDir(None);
     if config.g3_blocks > 0 {
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -329,5 +401,18 @@ pub fn run(trace: &Trace, config: &EngineConfig, progress: impl FnMut(usize)) ->
     let result = replay.finish(started);
     drop(tiers);
     drop(dir);
-    Ok(result?)
+    let run = result?;
+    let v = &run.report.verification;
+    if v.mismatches > 0 {
+        return Err(Error::WrongPages {
+            replay: match shape {
+                Shape::Tiered => "tiered",
+                Shape::Flat => "one-large-G1 reference",
+            },
+            checked: v.pages_checked.total(),
+            mismatches: v.mismatches,
+            first: v.first_mismatch,
+        });
+    }
+    Ok(run)
 }

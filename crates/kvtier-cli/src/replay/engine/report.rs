@@ -5,6 +5,8 @@ use kvtier::offload::{Admission, LatencySummary, TieredCache, Traffic};
 use serde::Serialize;
 
 use super::EngineConfig;
+pub use super::reference::{Reference, SimAtCapacity};
+pub use super::verify::{Mismatch, TierPages, Verification};
 
 /// Prompt tokens served from the cache, by the tier they were found in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -30,18 +32,73 @@ impl TierTokens {
 }
 
 /// Prefix hit rates (token-weighted; see the module docs of [`super`]).
+///
+/// The headline is [`HitRates::second_half`]: the first half of the requests only warms the
+/// cache, as the `sim` mode and the public kvcache-simulator count it. The rates over all
+/// requests include the cold start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct HitRates {
-    /// All tiers, all requests.
-    pub overall: f64,
-    /// Served from G1.
-    pub g1: f64,
-    /// Onboarded from G2.
-    pub g2: f64,
-    /// Onboarded from G3.
-    pub g3: f64,
-    /// All tiers, second half of the requests (compare with the `sim` mode's measured half).
+    /// Headline: all tiers, second half of the requests.
     pub second_half: f64,
+    /// Second half, served from G1.
+    pub second_half_g1: f64,
+    /// Second half, onboarded from G2.
+    pub second_half_g2: f64,
+    /// Second half, onboarded from G3.
+    pub second_half_g3: f64,
+    /// All tiers, all requests (cold start included).
+    pub all_requests: f64,
+    /// All requests, served from G1.
+    pub g1: f64,
+    /// All requests, onboarded from G2.
+    pub g2: f64,
+    /// All requests, onboarded from G3.
+    pub g3: f64,
+}
+
+/// What the replay wrote to the SSD tier, and the wear that implies for the drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SsdWear {
+    /// Pages written to G3 (every path: spills, and whatever else writes there).
+    pub pages_written: u64,
+    /// Those pages at the model layout.
+    pub bytes_written_at_model: u64,
+    /// Bytes the replay actually wrote (small payload pages in 4 KiB slots, unless full data).
+    pub bytes_written_on_disk: u64,
+    /// `bytes_written_at_model` per hour of simulated time (the trace's span plus the drain
+    /// of its last requests).
+    pub bytes_per_hour: f64,
+    /// The configured G3 size at the model layout.
+    pub capacity_bytes: u64,
+    /// Drive writes per day that rate implies for a drive of `capacity_bytes`:
+    /// `bytes_per_hour * 24 / capacity_bytes`.
+    pub drive_writes_per_day: f64,
+}
+
+impl SsdWear {
+    /// The wear of `pages_written` pages of `model_page_bytes` over `simulated_seconds`, for
+    /// a G3 of `g3_blocks`.
+    ///
+    /// ```
+    /// use kvtier_cli::replay::engine::report::SsdWear;
+    /// // a 1,000-page G3 written 500 pages in half an hour: one full drive write per hour
+    /// let w = SsdWear::new(500, 500 * 4096, 4096, 1_000, 1800.0);
+    /// assert_eq!((w.bytes_per_hour, w.drive_writes_per_day), (4_096_000.0, 24.0));
+    /// ```
+    pub fn new(pages_written: u64, bytes_on_disk: u64, model_page_bytes: u64, g3_blocks: usize, sim_secs: f64) -> Self {
+        let at_model = pages_written * model_page_bytes;
+        let capacity_bytes = g3_blocks as u64 * model_page_bytes;
+        let bytes_per_hour = if sim_secs > 0.0 { at_model as f64 * 3600.0 / sim_secs } else { 0.0 };
+        let drive_writes_per_day = if capacity_bytes > 0 { bytes_per_hour * 24.0 / capacity_bytes as f64 } else { 0.0 };
+        Self {
+            pages_written,
+            bytes_written_at_model: at_model,
+            bytes_written_on_disk: bytes_on_disk,
+            bytes_per_hour,
+            capacity_bytes,
+            drive_writes_per_day,
+        }
+    }
 }
 
 /// Pages moved one way between two tiers.
@@ -91,6 +148,9 @@ pub struct Sample {
     pub t_s: f64,
     /// Hit rate of every request admitted so far, all tiers.
     pub cumulative_hit_rate: f64,
+    /// Hit rate of the second-half requests admitted so far (the headline as it builds up;
+    /// 0 before the first of them).
+    pub second_half_cumulative_hit_rate: f64,
     /// Hit rate of the requests admitted during the interval, all tiers.
     pub hit_rate: f64,
     /// Of which G1.
@@ -202,10 +262,19 @@ pub struct EngineReport {
     pub decode_tokens: u64,
     /// Prompt tokens of the second half of the requests.
     pub second_half_prompt_tokens: u64,
-    /// Of those, served from the cache.
-    pub second_half_hit_tokens: u64,
-    /// Hit rates.
+    /// Of those, served from the cache, per tier.
+    pub second_half_hit_tokens: TierTokens,
+    /// Arrival of the first second-half request, simulated seconds.
+    pub second_half_from_s: f64,
+    /// Hit rates; the headline is `second_half`.
     pub hit_rate: HitRates,
+    /// Every served page checked against what was written for its hash.
+    pub verification: Verification,
+    /// The same engine with one G1 of the summed capacity, and the simulator's LRU/OPT at
+    /// that capacity (unless turned off).
+    pub reference: Option<Reference>,
+    /// G3 writes and the drive wear they imply (none without a G3).
+    pub ssd_wear: Option<SsdWear>,
     /// Pages moved between tiers.
     pub traffic: Vec<TrafficRow>,
     /// Simulated time from arrival to admission (waiting for G1 room and for onboarding).
@@ -262,8 +331,12 @@ impl EngineReport {
             prefill_tokens_computed: 0,
             decode_tokens: 0,
             second_half_prompt_tokens: 0,
-            second_half_hit_tokens: 0,
+            second_half_hit_tokens: TierTokens::default(),
+            second_half_from_s: 0.0,
             hit_rate: HitRates::default(),
+            verification: Verification::default(),
+            reference: None,
+            ssd_wear: None,
             traffic: Vec::new(),
             admission_wait: WaitSummary::default(),
             peaks: Peaks::default(),
@@ -280,14 +353,18 @@ impl EngineReport {
 
     pub(crate) fn finalize(&mut self) {
         let rate = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-        let h = self.hit_tokens;
+        let (h, s) = (self.hit_tokens, self.second_half_hit_tokens);
+        let second = self.second_half_prompt_tokens;
         self.prefill_tokens_saved = h.total();
         self.hit_rate = HitRates {
-            overall: rate(h.total(), self.prompt_tokens),
+            second_half: rate(s.total(), second),
+            second_half_g1: rate(s.g1, second),
+            second_half_g2: rate(s.g2, second),
+            second_half_g3: rate(s.g3, second),
+            all_requests: rate(h.total(), self.prompt_tokens),
             g1: rate(h.g1, self.prompt_tokens),
             g2: rate(h.g2, self.prompt_tokens),
             g3: rate(h.g3, self.prompt_tokens),
-            second_half: rate(self.second_half_hit_tokens, self.second_half_prompt_tokens),
         };
     }
 
@@ -317,8 +394,12 @@ impl From<LatencySummary> for OpLatency {
 /// Wall-clock measurements of an engine replay (they vary from run to run).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EngineTiming {
-    /// The whole replay, seconds.
+    /// The tiered replay, seconds.
     pub wall_seconds: f64,
+    /// The reference replay through one large G1, seconds (0 without a reference).
+    pub reference_seconds: f64,
+    /// The simulator-compatible LRU and OPT at the summed capacity, seconds.
+    pub sim_reference_seconds: f64,
     /// `add_sequence` calls (admissions, including refused ones).
     pub add_sequence: OpLatency,
     /// `decode_step` calls (one per batch).

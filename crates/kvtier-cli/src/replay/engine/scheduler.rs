@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use kvtier::offload::{LatencyHistogram, OnboardOutcome, Ticket, TieredCache};
 use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId};
 
-use super::report::{EngineReport, EngineTiming, Sample, TierTokens, TrafficRow, WaitSummary, Window};
+use super::report::{EngineReport, EngineTiming, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window};
+use super::verify::Verifier;
 use super::{EngineConfig, EngineRun, decode_token, prompt_tokens};
 use crate::trace::{Trace, TraceRecord};
 
@@ -24,7 +25,8 @@ struct Request {
     output: u32,
     generated: u32,
     seq: Option<SeqId>,
-    /// Block hashes of `tokens` (computed at the first lookup, kept while it waits).
+    /// Block hashes of the full blocks of `tokens` (computed at the lookup, kept while it
+    /// waits and runs, extended as decode fills blocks; cleared at a preemption).
     hashes: Vec<BlockHash>,
     admitted_once: bool,
     /// Looked up in the tiers since it last entered the queue.
@@ -57,6 +59,9 @@ pub(crate) struct Replay<'a> {
     sample_every_us: u64,
     next_sample_us: u64,
     keys: ExtraKeys,
+    verifier: Verifier,
+    /// Index of the first request of the second half (the measured half).
+    second_half_from: usize,
 }
 
 impl<'a> Replay<'a> {
@@ -65,6 +70,8 @@ impl<'a> Replay<'a> {
         let sample_every_us = (last_ms * 1000 / config.samples.max(1) as u64).max(1_000_000);
         let mut report = EngineReport::new(config, tiers);
         report.requests = trace.len();
+        let second_half_from = trace.len() / 2;
+        report.second_half_from_s = trace.records().get(second_half_from).map_or(0.0, |r| r.timestamp_ms as f64 / 1e3);
         Self {
             trace,
             config,
@@ -82,6 +89,8 @@ impl<'a> Replay<'a> {
             sample_every_us,
             next_sample_us: sample_every_us,
             keys: ExtraKeys::default(),
+            verifier: Verifier::new(tiers.g1().layout().page_bytes(), config.wrong_stamp_for),
+            second_half_from,
         }
     }
 
@@ -319,10 +328,17 @@ impl<'a> Replay<'a> {
             Err(Error::OutOfBlocks { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // What the request is served is checked; what its prefill computes is stamped, before
+        // the commit makes it shareable (and queues its copy down).
+        if req.hashes.len() != req.tokens.len() / self.bs {
+            core.hash_tokens(&req.tokens, &self.keys, &mut req.hashes);
+        }
+        let served = added.cached_tokens / self.bs;
+        self.verifier.check_served(&core, req.index, added.seq, &req.hashes, served, onboarded)?;
+        self.verifier.stamp_computed(&mut core, req.index, added.seq, &req.hashes, served)?;
         core.commit(added.seq)?;
         drop(core);
         req.seq = Some(added.seq);
-        req.hashes = Vec::new();
         let computed = req.tokens.len() - added.cached_tokens;
         self.report.prefill_tokens_computed += computed as u64;
         if !req.admitted_once {
@@ -364,9 +380,9 @@ impl<'a> Replay<'a> {
         self.report.hit_tokens.add(&hit);
         self.window.prompt_tokens += prompt;
         self.window.hit.add(&hit);
-        if req.index as usize >= self.trace.len() / 2 {
+        if req.index as usize >= self.second_half_from {
             self.report.second_half_prompt_tokens += prompt;
-            self.report.second_half_hit_tokens += hit.total();
+            self.report.second_half_hit_tokens.add(&hit);
         }
     }
 
@@ -399,11 +415,14 @@ impl<'a> Replay<'a> {
             match stepped {
                 Ok(()) => {
                     for r in running.iter_mut().filter(|r| r.generated < r.output) {
-                        if let Some(seq) = r.seq {
-                            core.commit(seq)?;
-                        }
                         r.tokens.push(decode_token(r.index, r.generated));
                         r.generated += 1;
+                        let Some(seq) = r.seq else { continue };
+                        // A block the token filled is stamped before the commit registers it.
+                        let full = r.hashes.len();
+                        BlockHash::extend_chain(&mut r.hashes, &r.tokens, self.bs, &self.keys);
+                        self.verifier.stamp_computed(&mut core, r.index, seq, &r.hashes, full)?;
+                        core.commit(seq)?;
                     }
                     copies.clear();
                     self.report.decode_tokens += seqs.len() as u64;
@@ -454,6 +473,10 @@ impl<'a> Replay<'a> {
                     0 => 0.0,
                     all => self.report.hit_tokens.total() as f64 / all as f64,
                 },
+                second_half_cumulative_hit_rate: match self.report.second_half_prompt_tokens {
+                    0 => 0.0,
+                    all => self.report.second_half_hit_tokens.total() as f64 / all as f64,
+                },
                 hit_rate: rate(w.hit.total()),
                 g1_hit_rate: rate(w.hit.g1),
                 g2_hit_rate: rate(w.hit.g2),
@@ -492,12 +515,18 @@ impl<'a> Replay<'a> {
         r.onboard_failed = e.onboard_failed;
         r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());
         r.admission_wait = WaitSummary::of(&mut self.waits_us);
+        r.verification = self.verifier.counts;
+        r.ssd_wear = m.g3.map(|d| {
+            SsdWear::new(d.pages_written, d.bytes_written, model_page, self.config.g3_blocks, r.simulated_seconds)
+        });
         r.finalize();
         let offloaded = e.g1_to_g2.bytes + e.g2_to_g3.bytes;
         let onboarded = e.g2_to_g1.bytes + e.g3_to_g1.bytes;
         let per_sec = |bytes: u64, d: Duration| if d.is_zero() { 0.0 } else { bytes as f64 / d.as_secs_f64() };
         let timing = EngineTiming {
             wall_seconds: started.elapsed().as_secs_f64(),
+            reference_seconds: 0.0,
+            sim_reference_seconds: 0.0,
             add_sequence: self.add_latency.summary().into(),
             decode_step: self.decode_latency.summary().into(),
             free: self.free_latency.summary().into(),

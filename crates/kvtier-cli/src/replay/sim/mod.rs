@@ -49,6 +49,8 @@ pub enum SimPolicy {
     Arc,
     /// [`kvtier::policy::Lhd`] over the evictable leaves.
     Lhd,
+    /// [`kvtier::policy::Adaptive`] (LRU or LHD, as sampled mini caches say) over the leaves.
+    Adaptive,
 }
 
 impl SimPolicy {
@@ -65,12 +67,20 @@ impl SimPolicy {
             SimPolicy::S3Fifo => "s3fifo",
             SimPolicy::Arc => "arc",
             SimPolicy::Lhd => "lhd",
+            SimPolicy::Adaptive => "adaptive",
         }
     }
 
     /// Every policy, online ones first and the offline bound last.
-    pub const ALL: [SimPolicy; 6] =
-        [SimPolicy::Fifo, SimPolicy::Lru, SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Lhd, SimPolicy::Opt];
+    pub const ALL: [SimPolicy; 7] = [
+        SimPolicy::Fifo,
+        SimPolicy::Lru,
+        SimPolicy::S3Fifo,
+        SimPolicy::Arc,
+        SimPolicy::Lhd,
+        SimPolicy::Adaptive,
+        SimPolicy::Opt,
+    ];
 
     /// The tier policy this replays, if it is one ([`SimPolicy::Fifo`] and [`SimPolicy::Opt`]
     /// exist only here).
@@ -80,6 +90,7 @@ impl SimPolicy {
             SimPolicy::S3Fifo => Some(PolicyKind::S3Fifo),
             SimPolicy::Arc => Some(PolicyKind::Arc),
             SimPolicy::Lhd => Some(PolicyKind::Lhd),
+            SimPolicy::Adaptive => Some(PolicyKind::Adaptive),
             SimPolicy::Fifo | SimPolicy::Opt => None,
         }
     }
@@ -264,7 +275,7 @@ impl PrefixPlan {
             SimPolicy::Fifo => self.fifo(capacity_blocks),
             SimPolicy::Lru => Lru::new(self.parent.len()).run(self, capacity_blocks),
             SimPolicy::Opt => self.opt(capacity_blocks),
-            SimPolicy::S3Fifo | SimPolicy::Arc | SimPolicy::Lhd => {
+            SimPolicy::S3Fifo | SimPolicy::Arc | SimPolicy::Lhd | SimPolicy::Adaptive => {
                 let kind = policy.tier_policy().unwrap_or_default();
                 self.simulate_with(&mut kind.build_for(self.parent.len(), capacity_blocks as usize), capacity_blocks)
             }

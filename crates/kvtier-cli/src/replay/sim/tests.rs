@@ -153,9 +153,12 @@ fn leaf_first_pool_replays_follow_the_model() {
     .unwrap();
     let plan = PrefixPlan::build(&sample);
     let capacity = plan.unique_blocks() as u32 / 20;
-    for (policy, kind) in
-        [(SimPolicy::S3Fifo, PolicyKind::S3Fifo), (SimPolicy::Arc, PolicyKind::Arc), (SimPolicy::Lhd, PolicyKind::Lhd)]
-    {
+    for (policy, kind) in [
+        (SimPolicy::S3Fifo, PolicyKind::S3Fifo),
+        (SimPolicy::Arc, PolicyKind::Arc),
+        (SimPolicy::Lhd, PolicyKind::Lhd),
+        (SimPolicy::Adaptive, PolicyKind::Adaptive),
+    ] {
         let model = plan.simulate(policy, capacity).hit_rate;
         let pool = plan.simulate_in_pool(policy, capacity).unwrap().hit_rate;
         assert!((model - pool).abs() < 0.02, "{kind:?}: model {model}, pool {pool}");
@@ -168,7 +171,7 @@ fn every_online_policy_stays_within_the_ceiling_and_is_deterministic() {
         let plan = PrefixPlan::build(&random_trace(seed, 150));
         let ceiling = plan.ceiling_hit_tokens();
         for capacity in [1, 4, 16, 64, 1000] {
-            for policy in [SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Lhd] {
+            for policy in [SimPolicy::S3Fifo, SimPolicy::Arc, SimPolicy::Lhd, SimPolicy::Adaptive] {
                 let a = plan.simulate(policy, capacity);
                 assert!(a.hit_tokens <= ceiling, "{policy:?} seed {seed} cap {capacity}");
                 assert_eq!(a, plan.simulate(policy, capacity));

@@ -15,6 +15,7 @@ use kvtier::tier::host::HostConfig;
 use kvtier::{BlockHash, CacheConfig, Dtype, Error, ExtraKeys, KvLayout};
 
 mod common;
+use common::pattern;
 use common::{TestDir, XorShift};
 
 const BS: usize = 16;
@@ -27,11 +28,6 @@ const CYCLES: u64 = 20;
 
 fn layout() -> KvLayout {
     KvLayout::new(2, 2, 32, Dtype::F16, BS as u32).unwrap() // 8 KiB pages
-}
-
-fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
-    let mut rng = XorShift::new((h.0 as u64) ^ ((h.0 >> 64) as u64) | 1);
-    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Prompt `i`: a 2-block prefix shared by its family of 10, then its own block and one token.

@@ -18,6 +18,9 @@ use kvtier::tier::host::HostConfig;
 use kvtier::tier::{DiskConfig, DiskTier};
 use kvtier::{BlockHash, CacheConfig, Dtype, Error, ExtraKeys, KvLayout, SeqId};
 
+mod common;
+use common::pattern;
+
 const BS: usize = 16;
 
 /// 2 layers x 2 heads x 32 dims x f16 x 16 tokens x K,V = 8 KiB pages: two 4 KiB blocks per
@@ -30,19 +33,6 @@ fn dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// The KV a page must hold: derived from its hash, so every read can be checked.
-fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
-    let mut x = (h.0 as u64) ^ ((h.0 >> 64) as u64) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 struct Setup {

@@ -8,7 +8,10 @@ use kvtier::io::{BackendKind, IoConfig};
 use kvtier::offload::{OffloadConfig, TieredCache};
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
-use kvtier::{BlockHash, CacheConfig, Dtype, ExtraKeys, KvLayout};
+use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+
+mod common;
+use common::pattern;
 
 const BS: usize = 4;
 
@@ -20,19 +23,6 @@ fn dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("layout-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// The KV a page must hold: derived from its hash.
-fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
-    let mut x = (h.0 as u64) ^ ((h.0 >> 64) as u64) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A conversation workload: `conversations` chats of growing prompts (each turn repeats the

@@ -10,6 +10,9 @@ use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
 use kvtier::{BlockHash, CacheConfig, Dtype, ExtraKeys, KvLayout};
 
+mod common;
+use common::pattern;
+
 const BS: usize = 16;
 
 fn layout() -> KvLayout {
@@ -21,19 +24,6 @@ fn dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiers-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// The KV a page must hold: derived from its hash, so every read can be checked.
-fn pattern(h: BlockHash, len: usize) -> Vec<u8> {
-    let mut x = (h.0 as u64) ^ ((h.0 >> 64) as u64) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn prompt(i: u32, blocks: usize) -> Vec<u32> {

@@ -9,6 +9,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use kvtier::testing::XorShift;
 
+/// The KV a page must hold in these tests: bytes derived from its hash, so every page a tier
+/// serves can be checked.
+pub fn pattern(h: kvtier::BlockHash, len: usize) -> Vec<u8> {
+    let mut rng = XorShift::new((h.0 as u64) ^ ((h.0 >> 64) as u64) | 1);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
 /// A scratch directory under the target's tmp dir, absent at first (a tier or the test makes
 /// it) and removed on drop, also when the test panics. Names carry the process id and a
 /// counter, so tests running in parallel never share one.

@@ -181,39 +181,12 @@ impl EvictionPolicy for Adaptive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::tests::flat_hits;
     use crate::policy::{AnyPolicy, PolicyKind};
-
-    /// Hits of a flat cache of `slots` entries replaying `keys` with `p` (as
-    /// `policy::tests::flat_hits`).
-    fn replay(p: &mut impl EvictionPolicy, slots: usize, keys: &[u64]) -> usize {
-        let mut slot_of = std::collections::HashMap::new();
-        let mut key_of = vec![None; slots];
-        let mut hits = 0;
-        for &k in keys {
-            if let Some(&s) = slot_of.get(&k) {
-                hits += 1;
-                p.remove(BlockId(s));
-                p.on_hit(BlockId(s));
-                p.insert(BlockId(s));
-                continue;
-            }
-            let s = match key_of.iter().position(Option::is_none) {
-                Some(s) => s as u32,
-                None => p.pop_victim().map_or(0, |v| v.0),
-            };
-            if let Some(old) = key_of[s as usize].replace(k) {
-                slot_of.remove(&old);
-            }
-            slot_of.insert(k, s);
-            p.on_register(BlockId(s), k);
-            p.insert(BlockId(s));
-        }
-        hits
-    }
 
     fn hits_of(kind: PolicyKind, slots: usize, keys: &[u64]) -> usize {
         let mut p: AnyPolicy = kind.build(slots);
-        replay(&mut p, slots, keys)
+        flat_hits(&mut p, slots, keys)
     }
 
     /// Deterministic xorshift stream.
@@ -232,7 +205,7 @@ mod tests {
         // 100 keys in a loop through 80 slots: LRU never hits, LHD learns to keep a part.
         let keys: Vec<u64> = (0..200).flat_map(|_| 1..=100).collect();
         let mut p = Adaptive::new(80);
-        let hits = replay(&mut p, 80, &keys);
+        let hits = flat_hits(&mut p, 80, &keys);
         assert_eq!(p.following(), "lhd");
         assert_eq!(hits_of(PolicyKind::Lru, 80, &keys), 0);
         assert!(hits > keys.len() / 5, "adaptive hit {hits} of {}", keys.len());
@@ -257,7 +230,7 @@ mod tests {
             keys.push(k);
         }
         let mut p = Adaptive::new(64);
-        let hits = replay(&mut p, 64, &keys);
+        let hits = flat_hits(&mut p, 64, &keys);
         let lru = hits_of(PolicyKind::Lru, 64, &keys);
         let lhd = hits_of(PolicyKind::Lhd, 64, &keys);
         assert!(lhd < lru, "the pattern must favour LRU: lhd {lhd}, lru {lru}");
@@ -270,7 +243,7 @@ mod tests {
         let mut next = stream(3);
         let keys: Vec<u64> = (0..20_000).map(|_| next(3_000)).collect();
         let (mut pa, mut pb) = (Adaptive::new(500), Adaptive::new(500));
-        let (a, b) = (replay(&mut pa, 500, &keys), replay(&mut pb, 500, &keys));
+        let (a, b) = (flat_hits(&mut pa, 500, &keys), flat_hits(&mut pb, 500, &keys));
         assert_eq!((a, pa.shadow_totals(), pa.following()), (b, pb.shadow_totals(), pb.following()));
     }
 }

@@ -165,8 +165,9 @@ mod tests {
         }
     }
 
-    /// Hits of a flat cache of `slots` entries replaying `keys` with policy `p`.
-    fn flat_hits(mut p: AnyPolicy, slots: usize, keys: &[u64]) -> usize {
+    /// Hits of a flat cache of `slots` entries replaying `keys` with policy `p` (also used by
+    /// the adaptive policy's tests).
+    pub(super) fn flat_hits(p: &mut impl EvictionPolicy, slots: usize, keys: &[u64]) -> usize {
         let mut slot_of = std::collections::HashMap::new();
         let mut key_of = vec![None; slots];
         let mut hits = 0;
@@ -180,7 +181,7 @@ mod tests {
             }
             let s = match key_of.iter().position(Option::is_none) {
                 Some(s) => s as u32,
-                None => p.pop_victim().unwrap().0,
+                None => p.pop_victim().expect("a full flat cache has a victim").0,
             };
             if let Some(old) = key_of[s as usize].replace(k) {
                 slot_of.remove(&old);
@@ -196,8 +197,8 @@ mod tests {
     fn lhd_learns_a_loop_that_lru_always_misses() {
         // 100 keys in a loop through 80 slots: LRU evicts each key just before it comes back.
         let keys: Vec<u64> = (0..200).flat_map(|_| 1..=100).collect();
-        assert_eq!(flat_hits(PolicyKind::Lru.build(80), 80, &keys), 0);
-        let lhd = flat_hits(PolicyKind::Lhd.build(80), 80, &keys);
+        assert_eq!(flat_hits(&mut PolicyKind::Lru.build(80), 80, &keys), 0);
+        let lhd = flat_hits(&mut PolicyKind::Lhd.build(80), 80, &keys);
         assert!(lhd > keys.len() / 4, "LHD hit {lhd} of {}", keys.len());
     }
 

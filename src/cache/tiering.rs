@@ -84,7 +84,7 @@ impl CacheCore {
     }
 
     /// Ends onboarding: the first `loaded` blocks hold `hashes[..loaded]` and are registered
-    /// (backed below; `parents[i]` is block `i`'s parent for the event); the rest are returned. The blocks kept for the caller (one reference
+    /// (`parents[i]` is block `i`'s parent for the event; not backed below, see the engine's promotion); the rest are returned. The blocks kept for the caller (one reference
     /// each, to release later) are pushed to `held`: the onboarded block, or the block that
     /// already held the same hash if another path registered it meanwhile.
     pub(crate) fn finish_onboard(
@@ -105,7 +105,9 @@ impl CacheCore {
                     // parent hash is one it holds.
                     let linked = parent.map(|p| (p, self.pool.lookup(p)));
                     if self.pool.register_linked(b, h, linked, self.block_size as u32)? {
-                        self.pool.set_backed(b, true)?;
+                        // Not backed: the tier it came from keeps its copy only as a cold one
+                        // (promotion), so giving the block up copies it down again or finds
+                        // that copy still there.
                         self.hold(b);
                         held.push(b);
                     } else {

@@ -13,20 +13,25 @@
 //!    recently used, so G2's order is that of G1's evictions, not of the copies (a
 //!    write-through copy made at commit would otherwise be the first G2 drops). G2 pages that
 //!    a running request holds in G1 are dropped from G2 rather than written to the SSD; G1's
-//!    block learns it and is copied down again when it is evicted. A page onboarded from G3
-//!    stays there (promoted to G1, still backed below).
-//! 3. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
+//!    block learns it and is copied down again when it is evicted.
+//! 3. **Promotion.** A page onboarded to G1 is G1's alone: its G2 copy goes to the cold end
+//!    of G2 (evicted first, at no loss), so G2 holds other pages instead of duplicates, and
+//!    G1's block is not backed. When G1 gives it up, the copy-down finds the cold copy still
+//!    there (and makes it most recent again) or copies the page anew. A G3 copy stays at the
+//!    recent end unless [`OffloadConfig::exclusive_g3`]: keeping it spares the drive a second
+//!    write of a page that returns.
+//! 4. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
 //!    G3 in batches, through the admission filter (every page while G3 has free slots)
 //!    and the write budget ([`OffloadConfig::write_budget_dwpd`]). The filter
 //!    ([`Admission::SeenTwice`]) remembers uses over many turnovers of the whole hierarchy,
 //!    so a page used again long after it left every tier is recognised; a page it declines
 //!    is evicted early from G2 (counted).
-//! 4. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
-//! 5. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
+//! 5. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
+//! 6. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
 //!    prefix found only below, copies asynchronously, and returns a [`Ticket`]. When it
 //!    completes, the blocks are registered in G1 and held by the ticket until the runtime
 //!    admits the request with [`KvCache::add_sequence`] (which then hits them) and drops it.
-//! 6. **Backpressure.** A page is only ever dropped by eviction, and every eviction of a page
+//! 7. **Backpressure.** A page is only ever dropped by eviction, and every eviction of a page
 //!    no lower tier holds is counted; a page being copied stays where it is until the copy
 //!    is done. Nothing is ever served that was not verified (G3 checksums every page).
 //!

@@ -185,6 +185,7 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize)
         return Ok(0);
     }
     let mut latencies = Vec::with_capacity(staged.len());
+    let mut present = Vec::new();
     let (mut backed_count, mut failed) = (0usize, 0u64);
     for i in 0..staged.len() {
         let h = staged.hash(i);
@@ -198,8 +199,12 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize)
                 latencies.push(t.elapsed());
                 true
             }
-            Ok(false) => shared.g2.contains(h),
-            Err(_) => false,
+            Ok(false) if shared.g2.contains(h) => {
+                // G2 kept its copy (cold since the page's promotion): reused, not copied again
+                present.push(h);
+                true
+            }
+            Ok(false) | Err(_) => false,
         };
         if i < first_copies {
             shared.record_use(h);
@@ -212,6 +217,8 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize)
         }
     }
     staged.finish()?;
+    // G1 gives these pages up: G2's copy is the one that serves them from now on.
+    shared.g2.touch(&present);
     let mut s = shared.stats();
     s.m.g1_to_g2.add(latencies.len() as u64, shared.page_bytes);
     s.m.offload_failed += failed;
@@ -228,7 +235,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
     if staged.is_empty() {
         return Ok(0);
     }
-    let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, 0usize);
+    let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, Vec::new());
     let mut in_g1 = 0u64;
     // While G3 has free slots, a write evicts nothing: every page is admitted, so no page is
     // lost while a lower tier has room (at most one drive fill of writes in all).
@@ -240,8 +247,9 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
     for i in 0..staged.len() {
         let h = staged.hash(i);
         if disk.contains(h) {
+            // G3 kept its copy (cold since the page's promotion): it serves the page again
             staged.set(i, CopyOutcome::Backed);
-            present += 1;
+            present.push(h);
         } else if shared.g1.lock().holds_in_use(h) {
             // A page a running request holds in G1 costs nothing to drop from G2 (G1's block
             // is told, and copied down again once released and evicted): writing it to the
@@ -264,7 +272,8 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         disk.write_pages(&batch)
     };
     let elapsed = t.elapsed();
-    let (mut written, mut failed, mut settled) = (0u64, 0u64, present + (declined + in_g1) as usize);
+    disk.touch(&present);
+    let (mut written, mut failed, mut settled) = (0u64, 0u64, present.len() + (declined + in_g1) as usize);
     for (&i, r) in admitted.iter().zip(results) {
         let backed = match r {
             Ok(true) => {
@@ -346,9 +355,33 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
             s.onboard_g2.record(l);
         }
     }
+    // Promotion: G1 serves the loaded pages now, so their lower copies go to the cold end of
+    // their tier (evicted first, at no loss) instead of holding space as duplicates; G1's
+    // blocks are not backed, and are copied down (or find these copies still there) when G1
+    // gives them up.
+    let mut below: Vec<Vec<bool>> = ok.iter().map(|o| vec![false; o.len()]).collect();
+    for &(j, i) in &from_g3 {
+        below[j][i] = true;
+    }
+    let (mut cold_g2, mut cold_g3) = (Vec::new(), Vec::new());
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, &h) in job.hashes.iter().enumerate() {
+            match (ok[j][i], below[j][i]) {
+                (true, true) => cold_g3.push(h),
+                (true, false) => cold_g2.push(h),
+                (false, _) => {}
+            }
+        }
+    }
     for (j, job) in jobs.into_iter().enumerate() {
         let g3_pages: Vec<usize> = from_g3.iter().filter(|&&(jj, _)| jj == j).map(|&(_, i)| i).collect();
         finish_job(shared, job, &ok[j], &g3_pages, g3_latency);
+    }
+    shared.g2.make_cold(&cold_g2);
+    if let Some(disk) = &shared.g3
+        && shared.config.exclusive_g3
+    {
+        disk.make_cold(&cold_g3);
     }
 }
 
@@ -402,6 +435,9 @@ pub(crate) fn prefetch(shared: &Shared, hashes: &[BlockHash]) {
         match stored {
             Ok(true) => {
                 shared.g2.set_backed(h, true);
+                if shared.config.exclusive_g3 {
+                    disk.make_cold(&[h]); // G2 serves it now
+                }
                 moved += 1;
             }
             Ok(false) => {}

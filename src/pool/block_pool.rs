@@ -43,6 +43,9 @@ const READY: u8 = 16;
 const QUEUED: u8 = 32;
 /// Evictable, but kept out of the policy while cached children hang below it (leaves first).
 const HELD: u8 = 64;
+/// Cold: a tier above took this content back (promotion) and serves it from there, so this
+/// copy waits on the ready queue, evicted first at no loss (mostly-exclusive tiers).
+const COLD: u8 = 128;
 /// Evicted hashes kept for the owner before it drains them (beyond: not recorded).
 const EVICTION_LOG_CAP: usize = 1 << 16;
 /// How far ahead in the free ring [`BlockPool::allocate_one`] touches metadata.
@@ -275,7 +278,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
                 let Some(b) = victim else {
                     return Err(Error::OutOfBlocks { requested: 1, available: 0 });
                 };
-                if self.meta[b.index()].flags & CLEAN == 0 {
+                if self.meta[b.index()].flags & (CLEAN | COLD) == 0 {
                     self.counters.unbacked_evictions += 1;
                 }
                 self.forget_hash(b);
@@ -317,7 +320,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
 
     fn forget_hash(&mut self, b: BlockId) {
         let m = &mut self.meta[b.index()];
-        m.flags &= !(CLEAN | REJECTED);
+        m.flags &= !(CLEAN | REJECTED | COLD);
         if m.flags & HASHED != 0 {
             m.flags &= !HASHED;
             let hash = m.hash();
@@ -416,7 +419,7 @@ impl<P: EvictionPolicy> BlockPool<P> {
             BlockState::Evictable => {
                 m.state = BlockState::InUse;
                 m.refcount = 1;
-                m.flags &= !REJECTED;
+                m.flags &= !(REJECTED | COLD);
                 self.in_use += 1;
                 if !self.ready_remove(b) {
                     self.unoffer(b);
@@ -556,8 +559,8 @@ impl<P: EvictionPolicy> BlockPool<P> {
                     if m.refcount != 0 || in_free || m.flags & HASHED == 0 || m.flags & IN_FLIGHT != 0 {
                         return Err(format!("{b:?} evictable but referenced, queued, staged or unhashed"));
                     }
-                    if m.flags & READY != 0 && m.flags & (CLEAN | REJECTED) == 0 {
-                        return Err(format!("{b:?} ready for eviction but neither backed nor declined"));
+                    if m.flags & READY != 0 && m.flags & (CLEAN | REJECTED | COLD) == 0 {
+                        return Err(format!("{b:?} ready for eviction but neither backed, declined nor cold"));
                     }
                     if m.flags & HELD != 0
                         && (m.flags & READY != 0 || self.tree.children.get(i).is_none_or(|&c| c == 0))

@@ -316,6 +316,22 @@ impl HostTier {
         moved
     }
 
+    /// The pages of `hashes` this tier holds were promoted to G1, which serves them now: each
+    /// copy waits to be evicted first, at no loss, unless G1 gives the page up again before
+    /// (then [`HostTier::touch`] makes it the most recently used). Returns how many moved.
+    pub(crate) fn make_cold(&self, hashes: &[BlockHash]) -> usize {
+        let mut st = lock(&self.state);
+        let mut moved = 0;
+        for &h in hashes {
+            if let Some(slot) = st.slots.lookup(h)
+                && matches!(st.slots.make_cold(slot), Ok(true))
+            {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Marks the page under `h` as backed (or not) by G3.
     pub(crate) fn set_backed(&self, h: BlockHash, backed: bool) {
         let mut st = lock(&self.state);

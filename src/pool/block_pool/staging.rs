@@ -2,7 +2,7 @@
 //! blocks) for a copy down while they stay shareable, the ready queue of victims a lower tier
 //! already holds, and IO marks for blocks filled outside the owner's lock.
 
-use super::{BlockPool, BlockState, CLEAN, HASHED, IN_FLIGHT, QUEUED, READY, REJECTED};
+use super::{BlockPool, BlockState, CLEAN, COLD, HASHED, IN_FLIGHT, QUEUED, READY, REJECTED};
 use crate::error::{BlockCondition, Error, Result};
 use crate::policy::EvictionPolicy;
 use crate::pool::BlockId;
@@ -123,6 +123,22 @@ impl<P: EvictionPolicy> BlockPool<P> {
             m.flags |= CLEAN;
         }
         Ok(())
+    }
+
+    /// A tier above took `b`'s content back and serves it (promotion): this copy leaves the
+    /// policy for the ready queue, evicted before any policy victim and not counted as a loss.
+    /// It stays cached: if the tier above gives the content up again, it reuses this copy
+    /// ([`BlockPool::acquire_block`] clears the mark; a release then offers it as just used).
+    /// Returns false, changing nothing, unless `b` is evictable and not ready already.
+    pub fn make_cold(&mut self, b: BlockId) -> Result<bool> {
+        let m = *self.meta(b)?;
+        if m.state != BlockState::Evictable || m.flags & READY != 0 {
+            return Ok(false);
+        }
+        self.unoffer(b);
+        self.meta[b.index()].flags |= COLD;
+        self.ready_push(b);
+        Ok(true)
     }
 
     /// Marks an in-use block as being filled by an IO outside the owner's lock.

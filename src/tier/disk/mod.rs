@@ -347,6 +347,42 @@ impl DiskTier {
         true
     }
 
+    /// Makes the valid pages of `hashes` this tier's most recently used (a tier above gave its
+    /// copy up and this one serves them now). Pinned pages and pages being read or written are
+    /// left where they are. Returns how many moved.
+    pub(crate) fn touch(&self, hashes: &[BlockHash]) -> usize {
+        let mut inner = lock(&self.inner);
+        let mut moved = 0;
+        for &h in hashes {
+            let Some(b) = inner.valid_slot(h) else { continue };
+            if inner.pool.state(b).ok() != Some(crate::pool::BlockState::Evictable) {
+                continue;
+            }
+            // Taking and dropping a reference re-offers the slot as just used; neither can fail
+            // on a slot found evictable under this lock.
+            if inner.pool.acquire_block(b).is_ok() && inner.pool.release(b).is_ok() {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// The valid pages of `hashes` were promoted to a tier above, which serves them now: each
+    /// slot is evicted first, at no loss, unless the page comes back down before (then it is
+    /// found here and not written again). Returns how many moved.
+    pub(crate) fn make_cold(&self, hashes: &[BlockHash]) -> usize {
+        let mut inner = lock(&self.inner);
+        let mut moved = 0;
+        for &h in hashes {
+            if let Some(b) = inner.valid_slot(h)
+                && matches!(inner.pool.make_cold(b), Ok(true))
+            {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Starts recording the hashes this tier evicts to make room (for the tiers above, whose
     /// copies counted on them); drain them with [`DiskTier::drain_evicted`].
     pub(crate) fn log_evictions(&self, on: bool) {

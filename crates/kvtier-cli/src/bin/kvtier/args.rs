@@ -88,9 +88,14 @@ pub(crate) struct ReplayArgs {
     /// and G3 LRU).
     #[arg(long, value_enum)]
     pub(crate) tier_policy: Option<TierPolicy>,
-    /// Engine mode: no write-through (G1 pages are copied to G2 only when G1 runs low).
+    /// Engine mode: write-through (every committed G1 block is copied to G2 at once; by
+    /// default G1 pages are copied to G2 only when G1 runs low).
     #[arg(long)]
-    pub(crate) no_write_through: bool,
+    pub(crate) write_through: bool,
+    /// Engine mode: a page promoted from G3 to G1 leaves its G3 copy cold (evicted first)
+    /// instead of keeping it (more SSD writes, more distinct pages cached).
+    #[arg(long)]
+    pub(crate) exclusive_g3: bool,
     /// Engine mode: move full model-size pages (real offload/onboard throughput; G1 and G2 are
     /// mapped at full size, so keep capacities and --requests small).
     #[arg(long)]

@@ -34,11 +34,12 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         model(r.g2_blocks),
         match &r.g3_backend {
             Some(backend) => format!(
-                "{} ({}; slots of {} B on disk, {backend}, {} admission)",
+                "{} ({}; slots of {} B on disk, {backend}, {} admission{})",
                 r.g3_blocks,
                 model(r.g3_blocks),
                 r.g3_slot_bytes,
-                r.admission
+                r.admission,
+                if r.exclusive_g3 { ", exclusive" } else { "" }
             ),
             None => "none".to_string(),
         },

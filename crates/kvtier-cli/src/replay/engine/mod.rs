@@ -124,9 +124,12 @@ pub struct EngineConfig {
     pub io_backend: BackendKind,
     /// G3 admission filter. Default: seen twice.
     pub admission: Admission,
-    /// Copy every committed block to G2 at once, so that a G1 eviction never loses a page.
-    /// Default: true.
+    /// Copy every committed block to G2 at once, so that a G1 eviction never waits for a copy.
+    /// Default: false: G2 would spend its space on copies of blocks G1 still holds (on the
+    /// bundled sample write-through lowered the tiered / one-large-G1 ratio).
     pub write_through_g2: bool,
+    /// G3 exclusive of G1 on promotion ([`OffloadConfig::exclusive_g3`]). Default: false.
+    pub exclusive_g3: bool,
     /// Move full model-size pages (G1 and G2 are mapped at that size, G3 uses direct IO), so
     /// that the throughput figures are real; meant for a bounded sample of a trace.
     /// Default: false (64-byte payload, buffered G3 IO).
@@ -169,7 +172,8 @@ impl Default for EngineConfig {
             ssd_dir: PathBuf::from("out"),
             io_backend: BackendKind::Auto,
             admission: Admission::SeenTwice,
-            write_through_g2: true,
+            write_through_g2: false,
+            exclusive_g3: false,
             full_data: false,
             decode_step: Duration::from_millis(20),
             prefill_tokens_per_sec: 100_000.0,
@@ -223,9 +227,14 @@ impl EngineConfig {
         self.admission = admission;
         self
     }
-    /// Sets write-through from G1 to G2 (default true).
+    /// Sets write-through from G1 to G2 (default false).
     pub fn with_write_through_g2(mut self, on: bool) -> Self {
         self.write_through_g2 = on;
+        self
+    }
+    /// Makes G3 exclusive of G1 on promotion (default false).
+    pub fn with_exclusive_g3(mut self, on: bool) -> Self {
+        self.exclusive_g3 = on;
         self
     }
     /// Moves full model-size pages (default false).
@@ -376,6 +385,7 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
         .with_host(host)
         .with_admission(config.admission)
         .with_write_through_g2(config.write_through_g2)
+        .with_exclusive_g3(config.exclusive_g3)
         .with_workers(0);
     if shape == Shape::Flat {
         offload = offload.with_g1_low_watermark(0.0);

@@ -230,6 +230,8 @@ pub struct EngineReport {
     pub admission: &'static str,
     /// Whether committed blocks were written through to G2.
     pub write_through_g2: bool,
+    /// Whether G3 was exclusive of G1 on promotion.
+    pub exclusive_g3: bool,
     /// Whether full model-size pages were moved.
     pub full_data: bool,
     /// Simulated decode step, milliseconds.
@@ -315,6 +317,7 @@ impl EngineReport {
                 Admission::SeenTwice => "seen-twice",
             },
             write_through_g2: config.write_through_g2,
+            exclusive_g3: config.exclusive_g3,
             full_data: config.full_data,
             decode_step_ms: config.decode_step.as_secs_f64() * 1e3,
             prefill_tokens_per_sec: config.prefill_tokens_per_sec,

@@ -17,8 +17,19 @@
 //! 1. Under the lock: the hash gets a slot (a free one, or the least recently used unpinned one
 //!    is evicted), the slot is pinned and its record is marked WRITING with a new generation.
 //! 2. Without the lock: the data IO runs; lookups and reads of other pages proceed.
-//! 3. Under the lock: on success the record's fields are written, then its state VALID last;
-//!    on failure the slot is dropped (its record cleared) and the error is reported per page.
+//! 3. Under the lock, only once the data IO has completed: on success the record's fields are
+//!    written, then its state VALID last; on failure the slot is dropped (its record cleared)
+//!    and the error is reported per page. A crash at any submission never leaves a VALID
+//!    record over data that was not written (tests/crash_points.rs tries every one).
+//!
+//! What is durable when:
+//! - Process crash (SIGKILL, abort): everything `write_pages` reported stored survives, with or
+//!   without [`DiskTier::sync`]: the data IO completed and the records sit in the page cache.
+//! - Power loss: [`DiskTier::sync`] fsyncs every slab's data first, then flushes the index
+//!   (msync), so every page reported stored before the call is durable once it returns. Without
+//!   it (or for a page committed while it runs), the kernel writes records and data back in no
+//!   particular order: a record may reach the disk without its data. Such a slot fails its
+//!   checksum on the first read and is a counted miss (`corrupt`), dropped, never served.
 //!
 //! Lifecycle of a page read: pin the slot under the lock, read without it, verify the xxh3
 //! checksum, unpin. A checksum mismatch, short read or IO error is a miss (counted, slot dropped),
@@ -430,8 +441,11 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Flushes slab data and the index to stable storage (for power loss; a killed process
-    /// loses nothing that `write_pages` reported as stored even without it).
+    /// Makes every page that `write_pages` reported stored before this call durable against
+    /// power loss: slab data is fsynced first, then the index records are flushed, so no record
+    /// reaches stable storage through this call ahead of its data. A killed process loses
+    /// nothing reported stored even without it; see the module docs for what a power loss
+    /// without it can leave (checksummed misses, never wrong bytes).
     pub fn sync(&self) -> Result<()> {
         for slab in &self.slabs {
             slab.file().sync_data().map_err(io_err("fsync"))?;

@@ -480,7 +480,7 @@ pub(crate) fn check_owned_regular(file: &File) -> Result<()> {
     let meta = file.metadata().map_err(|e| io_error("stat", e))?;
     let reason = if !meta.is_file() {
         "is not a regular file"
-    } else if meta.uid() != effective_uid() {
+    } else if effective_uid().is_some_and(|uid| meta.uid() != uid) {
         "is owned by another user"
     } else if meta.nlink() != 1 {
         "has other hard links"
@@ -492,15 +492,15 @@ pub(crate) fn check_owned_regular(file: &File) -> Result<()> {
 
 /// The effective user id of this process.
 #[cfg(target_os = "linux")]
-pub(crate) fn effective_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
+pub(crate) fn effective_uid() -> Option<u32> {
+    Some(rustix::process::geteuid().as_raw())
 }
 
-/// The effective user id of this process (where rustix is not used: the owner of a file this
-/// process creates in the temporary directory would do; `u32::MAX` refuses everything).
+/// The effective user id of this process: unknown without rustix (not a dependency there), in
+/// which case owner checks are skipped and only type, link and mode checks apply.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn effective_uid() -> u32 {
-    u32::MAX
+pub(crate) fn effective_uid() -> Option<u32> {
+    None
 }
 
 /// Reserves `len` bytes of `file` on disk, so writes into it, through a mapping too, never

@@ -40,13 +40,14 @@ impl TierDir {
         DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_err("mkdir"))?;
         let link = rustix::fs::lstat(path).map_err(|e| io_err("stat")(e.into()))?;
         let uid = effective_uid();
-        if rustix::fs::FileType::from_raw_mode(link.st_mode) == rustix::fs::FileType::Symlink && link.st_uid != uid {
+        let foreign = |owner: u32| uid.is_some_and(|uid| owner != uid);
+        if rustix::fs::FileType::from_raw_mode(link.st_mode) == rustix::fs::FileType::Symlink && foreign(link.st_uid) {
             return Err(untrusted("is a symbolic link owned by another user"));
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| io_err("open")(e.into()))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("stat")(e.into()))?;
-        if stat.st_uid != uid {
+        if foreign(stat.st_uid) {
             return Err(untrusted("is a directory owned by another user"));
         }
         if stat.st_mode & 0o022 != 0 {
@@ -123,7 +124,7 @@ impl TierDir {
         use std::os::unix::fs::MetadataExt;
         DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_err("mkdir"))?;
         let meta = std::fs::metadata(path).map_err(io_err("stat"))?;
-        if meta.uid() != effective_uid() {
+        if effective_uid().is_some_and(|uid| meta.uid() != uid) {
             return Err(untrusted("is a directory owned by another user"));
         }
         if meta.mode() & 0o022 != 0 {

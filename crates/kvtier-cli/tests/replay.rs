@@ -464,3 +464,70 @@ fn replay_scratch_dir_is_unpredictable_and_removes_only_its_own() {
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(base);
 }
+
+/// Issue 15, item 2 through the command, with two unprivileged users where this runs as root:
+/// in a shared 1777 `--ssd-dir`, an attacker (`nobody`) has planted 1777 directories
+/// `kvtier-replay-g3-<pid>-0` for the next pids with `g3.index` linked to the victim's file.
+/// The victim's replay (uid 54321, through `setpriv`) could not remove them or the links
+/// (sticky bits), used one and wrote a G3 header into its own file through the link. Now it
+/// succeeds in a directory of its own; the victim's file and the planted ones are untouched.
+#[test]
+fn another_user_cannot_plant_the_replay_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    const VICTIM: u32 = 54321;
+    const NOBODY: u32 = 65534;
+    let dir = tmp("two-users");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    if std::os::unix::fs::chown(&victim, Some(VICTIM), Some(VICTIM)).is_err()
+        || std::os::unix::fs::chown(&out, Some(VICTIM), Some(VICTIM)).is_err()
+    {
+        eprintln!("skipped: cannot act as other users here (needs root)");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    // Planted as root and handed to the attacker (planting as `nobody` through a shell would
+    // use up the very pids it plants for).
+    let first = std::process::id();
+    for n in first..first + 400 {
+        let d = shared.join(format!("kvtier-replay-g3-{n}-0"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("g3.index")).unwrap();
+        std::os::unix::fs::lchown(d.join("g3.index"), Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::lchown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let trace = dir.join("t.jsonl");
+    std::fs::write(&trace, [line(1000, "0, 1"), line(1500, "0, 1, 2"), line(512, "7")].join("\n")).unwrap();
+    let run = Command::new("setpriv")
+        .args([&format!("--reuid={VICTIM}"), &format!("--regid={VICTIM}"), "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kvtier"))
+        .args(["--mode", "engine", "--g3", "64MiB", "--trace"])
+        .arg(&trace)
+        .arg("--out")
+        .arg(&out)
+        .arg("--ssd-dir")
+        .arg(&shared)
+        .output();
+    let Ok(o) = run else {
+        eprintln!("skipped: no setpriv here");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    };
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written = std::fs::read(&victim).unwrap().len();
+    assert_eq!(written, 0, "{written} bytes written into the victim's file through a planted link");
+    assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777, 0o644);
+    let entries: Vec<_> = std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(entries.len(), 400, "the planted directories stay, the replay's own is gone");
+    for e in entries {
+        assert!(std::fs::symlink_metadata(e.path().join("g3.index")).unwrap().file_type().is_symlink());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

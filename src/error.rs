@@ -240,6 +240,17 @@ pub enum Error {
         /// Tier that ran out of space.
         tier: Tier,
     },
+    /// A tier's directory or one of its files is not one this process may trust: a symbolic
+    /// link, not a regular file (or not a directory), owned by another user, writable by group
+    /// or others, or hard-linked elsewhere. Nothing in it was changed; fix its owner or mode,
+    /// remove it, or point the tier at another directory.
+    #[error("{tier} refuses a path that {reason}")]
+    UntrustedPath {
+        /// Tier whose directory or file was opened.
+        tier: Tier,
+        /// What is wrong with it ("is a symbolic link", "is owned by another user", ...).
+        reason: &'static str,
+    },
     /// A stored page failed verification; it is treated as a miss.
     #[error("corrupt page in {tier} slot {slot}")]
     Corrupt {

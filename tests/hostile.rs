@@ -308,7 +308,7 @@ fn unwritable_directory_is_an_io_error() {
         std::fs::create_dir(&fresh).unwrap();
         std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o500)).unwrap();
         let err = DiskTier::open(&layout, disk_config(&fresh, 4)).unwrap_err();
-        assert!(is_io(&err, &["open"]), "{err}");
+        assert!(is_io(&err, &["open", "create"]), "{err}");
         let used = dir.path().join("used");
         drop(DiskTier::open(&layout, disk_config(&used, 4)).unwrap());
         for f in std::fs::read_dir(&used).unwrap() {
@@ -316,7 +316,7 @@ fn unwritable_directory_is_an_io_error() {
         }
         std::fs::set_permissions(&used, std::fs::Permissions::from_mode(0o500)).unwrap();
         let err = DiskTier::open(&layout, disk_config(&used, 4)).unwrap_err();
-        assert!(is_io(&err, &["open"]), "{err}");
+        assert!(is_io(&err, &["open", "create"]), "{err}");
         std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::set_permissions(&used, std::fs::Permissions::from_mode(0o700)).unwrap();
     } else {
@@ -339,9 +339,9 @@ fn unwritable_directory_is_an_io_error() {
     assert!(is_io(&err, &["mkdir"]), "{err}");
     // A read-only file system.
     let mut ro = TestDir::new("readonly");
-    if ro.mount_tmpfs("size=1m,ro") {
+    if ro.mount_tmpfs("size=1m,ro,mode=0700") {
         let err = DiskTier::open(&layout, disk_config(ro.path(), 4)).unwrap_err();
-        assert!(is_io(&err, &["open"]), "{err}");
+        assert!(is_io(&err, &["open", "create"]), "{err}");
         let err = DiskTier::open(&layout, disk_config(&ro.path().join("sub"), 4)).unwrap_err();
         assert!(is_io(&err, &["mkdir"]), "{err}");
     }
@@ -385,7 +385,7 @@ fn foreign_and_garbage_files_in_the_directory() {
     let other = TestDir::new("index-dir");
     std::fs::create_dir(other.path().join(INDEX_FILE)).unwrap();
     let err = DiskTier::open(&layout, disk_config(other.path(), 8)).unwrap_err();
-    assert!(is_io(&err, &["open"]), "{err}");
+    assert!(is_io(&err, &["open", "create"]), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use std::io;
 
 use super::{AlignedBuf, IoBackend, IoBuf, IoKind, IoOp};
 use crate::error::Result;
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// Which operations a [`FaultyBackend`] sabotages.
@@ -29,6 +30,16 @@ pub enum Fault {
     CorruptReads,
     /// Each operation independently suffers at most one fault, drawn at the given rates.
     Random(FaultRates),
+    /// The process aborts (`std::process::abort`) in its `submission`-th call to `submit`
+    /// (counted from 1, reads and writes alike), after the first `after_ops` operations of that
+    /// call ran and before the others: the crash point of a crash-ordering test. Until then
+    /// every operation runs normally.
+    AbortAt {
+        /// The call that aborts, from 1.
+        submission: u64,
+        /// Operations of that call that complete before the abort.
+        after_ops: usize,
+    },
 }
 
 /// Rates of [`Fault::Random`], in faults per million operations of the kinds each applies to.
@@ -201,12 +212,14 @@ pub struct FaultyBackend {
     inner: Box<dyn IoBackend>,
     fault: Fault,
     tally: Arc<Mutex<FaultCounts>>,
+    /// Calls to `submit` so far.
+    submissions: AtomicU64,
 }
 
 impl FaultyBackend {
     /// Wraps `inner`.
     pub fn new(inner: Box<dyn IoBackend>, fault: Fault) -> Self {
-        Self { inner, fault, tally: Arc::new(Mutex::new(FaultCounts::default())) }
+        Self { inner, fault, tally: Arc::new(Mutex::new(FaultCounts::default())), submissions: AtomicU64::new(0) }
     }
 
     /// Operations seen so far.
@@ -297,6 +310,17 @@ impl IoBackend for FaultyBackend {
     }
 
     fn submit(&self, ops: &mut [IoOp<'_>], results: &mut Vec<Result<usize>>) {
+        // Relaxed: the count only orders calls of one thread in the tests that use it.
+        let submission = self.submissions.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Fault::AbortAt { submission: at, after_ops } = self.fault
+            && submission == at
+        {
+            let done = after_ops.min(ops.len());
+            if done > 0 {
+                self.inner.submit(&mut ops[..done], results);
+            }
+            std::process::abort();
+        }
         let plans: Vec<Plan> = {
             let mut counts = lock(&self.tally);
             let first = counts.operations + 1;

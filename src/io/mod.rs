@@ -422,9 +422,13 @@ impl SlabFile {
 /// reserves its blocks where the file system supports it, so later writes do not fail with
 /// `ENOSPC` halfway through a page.
 ///
-/// With `direct`, the file is opened with O_DIRECT; if the file system rejects it (`EINVAL`,
-/// as old tmpfs or some FUSE file systems do), it is opened buffered instead and
-/// [`SlabFile::is_direct`] says so.
+/// The last component of `path` is never followed: a symbolic link there is an [`Error::Io`]
+/// with op `"open"` (`ELOOP`), and an existing file is checked (a regular file of this user,
+/// not hard-linked elsewhere) before it is changed in any way.
+///
+/// With `direct`, the file is switched to O_DIRECT; if the file system rejects it (`EINVAL`,
+/// as old tmpfs or some FUSE file systems do), it stays buffered and [`SlabFile::is_direct`]
+/// says so.
 ///
 /// ```
 /// let path = std::env::temp_dir().join(format!("kvtier-doc-slab-{}", std::process::id()));
@@ -434,41 +438,98 @@ impl SlabFile {
 /// # Ok::<(), kvtier::Error>(())
 /// ```
 pub fn create_slab_file(path: &Path, len: u64, direct: bool) -> Result<SlabFile> {
-    let slab = open_with_fallback(path, direct, true)?;
-    slab.file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io_error("chmod", e))?;
-    slab.file.set_len(len).map_err(|e| io_error("truncate", e))?;
-    preallocate(&slab.file, len).map_err(|e| io_error("fallocate", e))?;
-    Ok(slab)
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nofollow_flag())
+        .open(path)
+        .map_err(|e| io_error("open", e))?;
+    check_owned_regular(&file)?;
+    slab_from_file(file, len, direct)
 }
 
 /// Opens an existing slab file for reading and writing, with O_DIRECT when `direct` and the
-/// file system allows it.
+/// file system allows it. A symbolic link is not followed (`ELOOP`).
 pub fn open_slab_file(path: &Path, direct: bool) -> Result<SlabFile> {
-    open_with_fallback(path, direct, false)
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nofollow_flag())
+        .open(path)
+        .map_err(|e| io_error("open", e))?;
+    check_owned_regular(&file)?;
+    Ok(with_direct(file, direct))
 }
 
-fn open_with_fallback(path: &Path, direct: bool, create: bool) -> Result<SlabFile> {
-    let open = |direct: bool| {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(create).mode(0o600);
-        if direct {
-            options.custom_flags(direct_flag());
-        }
-        options.open(path)
+/// Makes an opened (and already checked) file a slab: mode 0600, `len` bytes, blocks reserved,
+/// O_DIRECT where asked for and supported.
+pub(crate) fn slab_from_file(file: File, len: u64, direct: bool) -> Result<SlabFile> {
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io_error("chmod", e))?;
+    file.set_len(len).map_err(|e| io_error("truncate", e))?;
+    reserve(&file, len).map_err(|e| io_error("fallocate", e))?;
+    Ok(with_direct(file, direct))
+}
+
+/// Refuses a file that is not a regular file owned by this process's user with one link: what
+/// someone else planted (a device, a FIFO, a hard link to another file) is never written.
+pub(crate) fn check_owned_regular(file: &File) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|e| io_error("stat", e))?;
+    let reason = if !meta.is_file() {
+        "is not a regular file"
+    } else if effective_uid().is_some_and(|uid| meta.uid() != uid) {
+        "is owned by another user"
+    } else if meta.nlink() != 1 {
+        "has other hard links"
+    } else {
+        return Ok(());
     };
-    if direct && direct_flag() != 0 {
-        match open(true) {
-            Ok(file) => {
-                if direct_io_works(&file) {
-                    return Ok(SlabFile { file, direct: true });
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(EINVAL) => {}
-            Err(e) => return Err(io_error("open", e)),
-        }
+    Err(Error::UntrustedPath { tier: Tier::G3, reason })
+}
+
+/// The effective user id of this process.
+#[cfg(target_os = "linux")]
+pub(crate) fn effective_uid() -> Option<u32> {
+    Some(rustix::process::geteuid().as_raw())
+}
+
+/// The effective user id of this process: unknown without rustix (not a dependency there), in
+/// which case owner checks are skipped and only type, link and mode checks apply.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn effective_uid() -> Option<u32> {
+    None
+}
+
+/// Reserves `len` bytes of `file` on disk, so writes into it, through a mapping too, never
+/// meet a full file system. Where the file system has no `fallocate`, every block is written
+/// instead (with the bytes it already holds), which allocates it just the same.
+pub(crate) fn reserve(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if preallocate(file, len)? {
+        return Ok(());
     }
-    let file = open(false).map_err(|e| io_error("open", e))?;
-    Ok(SlabFile { file, direct: false })
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = chunk.len().min((len - offset) as usize);
+        file.read_exact_at(&mut chunk[..n], offset)?;
+        file.write_all_at(&chunk[..n], offset)?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn with_direct(file: File, direct: bool) -> SlabFile {
+    if direct && set_direct(&file, true) {
+        if direct_io_works(&file) {
+            return SlabFile { file, direct: true };
+        }
+        set_direct(&file, false);
+    }
+    SlabFile { file, direct: false }
 }
 
 /// Some file systems accept `open(O_DIRECT)` and only refuse the IO itself; one aligned read of
@@ -489,24 +550,39 @@ fn direct_io_works(file: &File) -> bool {
 
 const EINVAL: i32 = 22;
 
+/// Turns O_DIRECT on or off on an open file; false when the file system refuses it.
 #[cfg(target_os = "linux")]
-fn direct_flag() -> i32 {
-    libc::O_DIRECT
+fn set_direct(file: &File, on: bool) -> bool {
+    use rustix::fs::OFlags;
+    let Ok(flags) = rustix::fs::fcntl_getfl(file) else { return false };
+    let flags = if on { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
+    rustix::fs::fcntl_setfl(file, flags).is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn direct_flag() -> i32 {
-    0
+fn set_direct(_file: &File, _on: bool) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
+pub(crate) fn nofollow_flag() -> i32 {
+    libc::O_NOFOLLOW
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn nofollow_flag() -> i32 {
+    0
+}
+
+/// Reserves `len` bytes of `file`; false where the file system has no `fallocate`.
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     uring::preallocate(file, len)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
-    Ok(())
+fn preallocate(_file: &File, _len: u64) -> io::Result<bool> {
+    Ok(false)
 }
 
 /// Bytes moved and the time it took, from [`bench_write`] / [`bench_read`].

@@ -279,26 +279,26 @@ fn entry_for(op: &mut IoOp<'_>, done: usize, index: usize) -> io_uring::squeue::
     entry.user_data(index as u64)
 }
 
-/// Reserves `len` bytes of disk for `file` so that writes into it do not hit `ENOSPC`; file
-/// systems without `fallocate` (`EOPNOTSUPP`) keep the sparse file that `set_len` made.
-pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+/// Reserves `len` bytes of disk for `file` so that writes into it do not hit `ENOSPC`. False
+/// for file systems without `fallocate` (`EOPNOTSUPP`): the file stays as sparse as it was.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<bool> {
     let Ok(len) = libc::off_t::try_from(len) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
     if len == 0 {
-        return Ok(());
+        return Ok(true);
     }
     loop {
         // SAFETY: `fallocate` only reads its integer arguments; the descriptor is valid because
         // `file` is borrowed for the duration of the call.
         let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
         if rc == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::EOPNOTSUPP) => return Ok(()),
+            Some(libc::EOPNOTSUPP) => return Ok(false),
             _ => return Err(err),
         }
     }

@@ -57,6 +57,11 @@ pub struct OffloadConfig {
     pub batch_bytes: usize,
     /// How often idle workers check the watermarks. Default: 1 ms.
     pub tick: Duration,
+    /// Most [`TieredCache::prefetch`](super::TieredCache::prefetch) jobs queued or running at
+    /// once; a prefetch beyond it is dropped (a prefetch is only a hint) and counted in
+    /// [`EngineMetrics::prefetch_dropped`](super::EngineMetrics::prefetch_dropped). Bounds the
+    /// memory a caller can make the engine hold behind a slow disk. Default: 64.
+    pub max_queued_prefetches: usize,
 }
 
 impl Default for OffloadConfig {
@@ -76,6 +81,7 @@ impl Default for OffloadConfig {
             batch_pages: 1024,
             batch_bytes: 64 << 20,
             tick: Duration::from_millis(1),
+            max_queued_prefetches: 64,
         }
     }
 }
@@ -152,6 +158,12 @@ impl OffloadConfig {
     /// Sets the number of background workers (default 2; 0 = caller's thread).
     pub fn with_workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+    /// Sets the most prefetch jobs queued or running at once (default 64; 0 drops every
+    /// prefetch while workers run).
+    pub fn with_max_queued_prefetches(mut self, n: usize) -> Self {
+        self.max_queued_prefetches = n;
         self
     }
     /// Sets the most pages per batch (default 1024).

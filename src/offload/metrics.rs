@@ -147,6 +147,9 @@ pub struct EngineMetrics {
     pub worker_errors: u64,
     /// Jobs waiting for a worker.
     pub queue_depth: u64,
+    /// Prefetches dropped because [`OffloadConfig::max_queued_prefetches`](super::OffloadConfig::max_queued_prefetches)
+    /// jobs were already queued or running.
+    pub prefetch_dropped: u64,
     /// G1 -> G2 copy latency per page.
     pub offload_latency: LatencySummary,
     /// G2 -> G3 write latency per batch.

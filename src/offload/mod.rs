@@ -40,6 +40,7 @@
 mod admission;
 mod config;
 mod metrics;
+mod prefetch;
 mod queue;
 mod retention;
 mod ticket;
@@ -109,7 +110,7 @@ pub struct RetentionId(u64);
 
 pub(crate) enum Job {
     Onboard(ticket::OnboardJob),
-    Prefetch(Vec<BlockHash>),
+    Prefetch(prefetch::PrefetchJob),
 }
 
 /// State shared by the handle, the tickets and the workers.
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     pub(crate) next_retention: AtomicU64,
     /// Jobs for the background workers.
     pub(crate) queue: WorkQueue<Job>,
+    /// Prefetch jobs queued or running ([`OffloadConfig::max_queued_prefetches`] at most).
+    pub(crate) queued_prefetches: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -265,6 +268,7 @@ impl TieredCache {
             retained: Mutex::new(Vec::new()),
             next_retention: AtomicU64::new(1),
             queue: WorkQueue::new(),
+            queued_prefetches: Arc::new(AtomicU64::new(0)),
             config,
         });
         let mut me = Self { shared, workers: Vec::new() };
@@ -345,13 +349,21 @@ impl TieredCache {
         Ok(ticket)
     }
 
-    /// Pulls the G3-only part of a waiting request's prefix into G2 ahead of time.
+    /// Pulls the G3-only part of a waiting request's prefix into G2 ahead of time, in batches
+    /// of one disk submission each. With workers, the job is queued; when
+    /// [`OffloadConfig::max_queued_prefetches`] are already queued or running, this one is
+    /// dropped (a prefetch is only a hint) and counted in [`EngineMetrics::prefetch_dropped`].
+    /// Prefetches still queued when the cache is dropped are cancelled, not run.
     pub fn prefetch(&self, hashes: &[BlockHash]) {
         if self.workers.is_empty() {
             worker::prefetch(&self.shared, hashes);
-        } else {
-            // A closed queue means the engine is shutting down: a prefetch is only a hint.
-            let _ = self.shared.queue.push(Job::Prefetch(hashes.to_vec()));
+            return;
+        }
+        let max = self.shared.config.max_queued_prefetches;
+        match prefetch::PrefetchJob::try_new(hashes, &self.shared.queued_prefetches, max) {
+            // A closed queue means the engine is shutting down: the job is dropped with it.
+            Some(job) => drop(self.shared.queue.push(Job::Prefetch(job))),
+            None => self.shared.stats().m.prefetch_dropped += 1,
         }
     }
 
@@ -488,8 +500,16 @@ impl Drop for TieredCache {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        // Jobs still queued hold G1 blocks for their tickets: run them so those complete.
+        // Jobs still queued: onboarding ones hold G1 blocks for their tickets, so they run and
+        // those complete; prefetches are hints nobody waits for any more, so they are cancelled
+        // (dropped unrun). All are taken first, so running one never picks up a prefetch.
+        let mut onboards = Vec::new();
         while let Some(job) = self.shared.queue.try_next() {
+            if let Job::Onboard(_) = job {
+                onboards.push(job);
+            }
+        }
+        for job in onboards {
             worker::run_jobs(&self.shared, job);
         }
     }

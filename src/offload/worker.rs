@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::ticket::{self, OnboardJob};
 use super::{Job, Next, Shared};
-use crate::error::{Error, Result, Tier};
+use crate::error::Result;
 use crate::pool::{CopyOutcome, StagedCopies};
 use crate::prefix::BlockHash;
 use crate::sync::lock;
@@ -418,33 +418,7 @@ fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], 
 
 /// G3 -> G2 for the hashes not already in G1 or G2.
 pub(crate) fn prefetch(shared: &Shared, hashes: &[BlockHash]) {
-    let Some(disk) = &shared.g3 else { return };
-    let mut moved = 0;
-    for &h in hashes {
-        if shared.g1.lock().contains(h) || shared.g2.contains(h) {
-            continue;
-        }
-        if !disk.contains(h) {
-            break;
-        }
-        let stored = shared.g2.store(h, |dst| match disk.read_pages(&mut [(h, dst)]).pop() {
-            Some(Ok(true)) => Ok(()),
-            Some(Err(e)) => Err(e),
-            _ => Err(Error::PageMiss { tier: Tier::G3, hash: h }),
-        });
-        match stored {
-            Ok(true) => {
-                shared.g2.set_backed(h, true);
-                if shared.config.exclusive_g3 {
-                    disk.make_cold(&[h]); // G2 serves it now
-                }
-                moved += 1;
-            }
-            Ok(false) => {}
-            Err(_) => break,
-        }
-    }
-    shared.stats().m.g3_to_g2.add(moved, shared.page_bytes);
+    super::prefetch::run(shared, hashes); // batched reads: see offload/prefetch.rs
 }
 
 fn expire_retention(shared: &Shared) -> Result<()> {

@@ -401,3 +401,133 @@ fn synth_writes_a_trace_the_replay_reads() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("TIMESTAMP"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 15, item 3: the replay's G3 directory is made under an unpredictable name (mode 0700)
+/// and only what the replay made is removed: a user's directory with the old predictable name
+/// (`kvtier-replay-g3-<pid>-<n>`, which the replay deleted at start and exit) survives, the
+/// parents of a nested `--ssd-dir` that the replay created are gone afterwards, a parent that
+/// existed stays, and a directory everyone may write without the sticky bit is refused.
+#[test]
+fn replay_scratch_dir_is_unpredictable_and_removes_only_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let all = Trace::parse_str(SAMPLE, &TraceOptions::default()).unwrap();
+    let trace = Trace::from_records(all.records()[..40].to_vec());
+    let base = tmp("scratch");
+    for n in 0..64 {
+        let user = base.join(format!("kvtier-replay-g3-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join("keep"), b"a user's file").unwrap();
+    }
+    let config = |dir: &std::path::Path| {
+        EngineConfig::default()
+            .with_capacities(64, 64, 256)
+            .with_ssd_dir(dir)
+            .with_io_backend(BackendKind::Psync)
+            .with_reference(false)
+    };
+    // Watch the directory while the replay runs.
+    let mut seen = Vec::new();
+    engine::run(&trace, &config(&base), |_| {
+        for e in std::fs::read_dir(&base).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if std::fs::metadata(e.path().join("keep")).is_err() && !seen.iter().any(|(n, _)| *n == name) {
+                seen.push((name, e.metadata().unwrap().permissions().mode() & 0o7777));
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 1, "one G3 directory of the replay: {seen:?}");
+    let (name, mode) = &seen[0];
+    let suffix = name.strip_prefix("kvtier-replay-g3-").unwrap();
+    assert!(!suffix.starts_with(&std::process::id().to_string()), "{name} is predictable");
+    assert_eq!(*mode, 0o700, "{name}");
+    // Afterwards: the replay's directory is gone, every user directory is still there.
+    assert_eq!(std::fs::read_dir(&base).unwrap().count(), 64);
+    for n in 0..64 {
+        let keep = base.join(format!("kvtier-replay-g3-{}-{n}", std::process::id())).join("keep");
+        assert_eq!(std::fs::read(keep).unwrap(), b"a user's file");
+    }
+    // A nested --ssd-dir: the parents the replay created go, the one that existed stays.
+    let nested = base.join("a").join("b").join("c");
+    engine::run(&trace, &config(&nested), |_| {}).unwrap();
+    assert!(!base.join("a").exists(), "created parents are removed");
+    assert!(base.is_dir());
+    // Writable by everyone without the sticky bit: refused; with it (as /tmp): fine.
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = engine::run(&trace, &config(&open), |_| {}).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { setting: "ssd dir", .. }), "{err}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    engine::run(&trace, &config(&open), |_| {}).unwrap();
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Issue 15, item 2 through the command, with two unprivileged users where this runs as root:
+/// in a shared 1777 `--ssd-dir`, an attacker (`nobody`) has planted 1777 directories
+/// `kvtier-replay-g3-<pid>-0` for the next pids with `g3.index` linked to the victim's file.
+/// The victim's replay (uid 54321, through `setpriv`) could not remove them or the links
+/// (sticky bits), used one and wrote a G3 header into its own file through the link. Now it
+/// succeeds in a directory of its own; the victim's file and the planted ones are untouched.
+#[test]
+fn another_user_cannot_plant_the_replay_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    const VICTIM: u32 = 54321;
+    const NOBODY: u32 = 65534;
+    let dir = tmp("two-users");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    if std::os::unix::fs::chown(&victim, Some(VICTIM), Some(VICTIM)).is_err()
+        || std::os::unix::fs::chown(&out, Some(VICTIM), Some(VICTIM)).is_err()
+    {
+        eprintln!("skipped: cannot act as other users here (needs root)");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    // Planted as root and handed to the attacker (planting as `nobody` through a shell would
+    // use up the very pids it plants for).
+    let first = std::process::id();
+    for n in first..first + 400 {
+        let d = shared.join(format!("kvtier-replay-g3-{n}-0"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("g3.index")).unwrap();
+        std::os::unix::fs::lchown(d.join("g3.index"), Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::lchown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let trace = dir.join("t.jsonl");
+    std::fs::write(&trace, [line(1000, "0, 1"), line(1500, "0, 1, 2"), line(512, "7")].join("\n")).unwrap();
+    let run = Command::new("setpriv")
+        .args([&format!("--reuid={VICTIM}"), &format!("--regid={VICTIM}"), "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kvtier"))
+        .args(["--mode", "engine", "--g3", "64MiB", "--trace"])
+        .arg(&trace)
+        .arg("--out")
+        .arg(&out)
+        .arg("--ssd-dir")
+        .arg(&shared)
+        .output();
+    let Ok(o) = run else {
+        eprintln!("skipped: no setpriv here");
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    };
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written = std::fs::read(&victim).unwrap().len();
+    assert_eq!(written, 0, "{written} bytes written into the victim's file through a planted link");
+    assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777, 0o644);
+    let entries: Vec<_> = std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(entries.len(), 400, "the planted directories stay, the replay's own is gone");
+    for e in entries {
+        assert!(std::fs::symlink_metadata(e.path().join("g3.index")).unwrap().file_type().is_symlink());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

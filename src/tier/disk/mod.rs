@@ -17,33 +17,48 @@
 //! 1. Under the lock: the hash gets a slot (a free one, or the least recently used unpinned one
 //!    is evicted), the slot is pinned and its record is marked WRITING with a new generation.
 //! 2. Without the lock: the data IO runs; lookups and reads of other pages proceed.
-//! 3. Under the lock: on success the record's fields are written, then its state VALID last;
-//!    on failure the slot is dropped (its record cleared) and the error is reported per page.
+//! 3. Under the lock, only once the data IO has completed: on success the record's fields are
+//!    written, then its state VALID last; on failure the slot is dropped (its record cleared)
+//!    and the error is reported per page. A crash at any submission never leaves a VALID
+//!    record over data that was not written (tests/crash_points.rs tries every one).
+//!
+//! What is durable when:
+//! - Process crash (SIGKILL, abort): everything `write_pages` reported stored survives, with or
+//!   without [`DiskTier::sync`]: the data IO completed and the records sit in the page cache.
+//! - Power loss: [`DiskTier::sync`] fsyncs every slab's data first, then flushes the index
+//!   (msync), so every page reported stored before the call is durable once it returns. Without
+//!   it (or for a page committed while it runs), the kernel writes records and data back in no
+//!   particular order: a record may reach the disk without its data. Such a slot fails its
+//!   checksum on the first read and is a counted miss (`corrupt`), dropped, never served.
 //!
 //! Lifecycle of a page read: pin the slot under the lock, read without it, verify the xxh3
 //! checksum, unpin. A checksum mismatch, short read or IO error is a miss (counted, slot dropped),
 //! never wrong bytes. On [`DiskTier::open`] of an existing directory with the same fingerprint,
 //! the VALID records whose check value verifies are the index, in LRU order by generation.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::File;
+#[cfg(test)]
+use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 mod config;
+mod files;
 pub mod format;
 mod index;
 
 use crate::error::{Error, Result, Tier};
-use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, Overlap, SlabFile, create_slab_file, open_backend};
+use crate::io::{AlignedBuf, DIRECT_ALIGN, IoBackend, IoOp, Overlap, SlabFile, open_backend, reserve, slab_from_file};
 use crate::layout::KvLayout;
 use crate::pool::BlockId;
 use crate::prefix::BlockHash;
 use crate::sync::{Mutex, lock};
 pub use config::{DEFAULT_READ_CHUNK_BYTES, DiskConfig, DiskMetrics, MAX_SLOTS};
+use files::TierDir;
 use format::{Fingerprint, HEADER_BYTES, Header, is_blank, parse_header, slot_bytes_for};
 use index::{Inner, SlotState, io_err, map_index};
 
@@ -98,6 +113,16 @@ fn is_enospc(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28))
 }
 
+/// [`Error::DiskFull`] for `ENOSPC`, the error as it is otherwise.
+fn full_or_same(e: Error) -> Error {
+    if is_enospc(&e) { Error::DiskFull { tier: Tier::G3 } } else { e }
+}
+
+/// Wraps an OS error with `wrap`, or makes it [`Error::DiskFull`] for `ENOSPC`.
+fn full_or(wrap: impl FnOnce(io::Error) -> Error) -> impl FnOnce(io::Error) -> Error {
+    move |source| full_or_same(wrap(source))
+}
+
 /// Takes the directory's exclusive lock. A lock held by a process that is only exiting, or by
 /// a child forked by another thread of this process between `fork` and `exec` (it inherits the
 /// descriptor for that instant), goes away quickly: retry for up to half a second before
@@ -131,6 +156,13 @@ impl DiskTier {
     /// [`Error::Fingerprint`] (or the directory is wiped with `wipe_on_mismatch`); an index
     /// file that is not a kvtier header is [`Error::BadHeader`]; a directory already open in
     /// another tier is [`Error::Io`] with op `"lock"`.
+    ///
+    /// Nothing already in the directory is trusted: a directory not owned by this user or
+    /// writable by group or others, and an index or slab that is a symbolic link, a hard link
+    /// or not a regular file of this user, is [`Error::UntrustedPath`] (new files are created
+    /// with `O_EXCL`). The index and slabs are allocated on disk before open returns, so a file
+    /// system that fills up later never fails a write of this tier; one already too full is
+    /// [`Error::CapacityExceeded`] or [`Error::DiskFull`] here.
     pub fn open(layout: &KvLayout, config: DiskConfig) -> Result<Self> {
         config.validate()?;
         let backend = open_backend(&config.io)?;
@@ -151,15 +183,9 @@ impl DiskTier {
         if expected.slot_bytes.checked_mul(expected.slots_per_file).is_none_or(|b| b > i64::MAX as u64) {
             return Err(Error::InvalidConfig { field: "slots_per_file", reason: "slab file would exceed 2^63 bytes" });
         }
-        DirBuilder::new().recursive(true).mode(0o700).create(&config.dir).map_err(io_err("mkdir"))?;
-        let index_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(config.dir.join(INDEX_FILE))
-            .map_err(io_err("open"))?;
+        let dir = TierDir::open(&config.dir)?;
+        let (index_file, _created) = dir.open_or_create(INDEX_FILE)?;
+        // Checked (a regular file of this user, one link) before the first change.
         index_file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod"))?;
         lock_index(&index_file)?;
 
@@ -167,10 +193,13 @@ impl DiskTier {
         config.check_capacity(&expected)?;
         let mut lost_files = Vec::new();
         let slabs = if fresh {
-            Self::initialize(&config, &index_file, &expected)?
+            Self::initialize(&config, &dir, &index_file, &expected)?
         } else {
-            Self::open_slabs(&config, &expected, &mut lost_files)?
+            Self::open_slabs(&config, &dir, &expected, &mut lost_files)?
         };
+        // Every block of the index is allocated before it is mapped: a record written through
+        // the mapping on a full file system would otherwise be a SIGBUS, not an error.
+        reserve(&index_file, expected.index_file_bytes()).map_err(full_or(io_err("fallocate")))?;
         let index = map_index(&index_file)?;
         let inner = Inner::recover(index, &expected, page_bytes, &lost_files, config.policy)?;
         Ok(Self {
@@ -226,19 +255,16 @@ impl DiskTier {
 
     /// Writes a new, empty directory: old slab files removed, index zeroed, slabs created, and
     /// the header written last so that an interrupted creation leaves a blank (not a bad) index.
-    fn initialize(config: &DiskConfig, index_file: &File, header: &Header) -> Result<Vec<SlabFile>> {
-        for entry in std::fs::read_dir(&config.dir).map_err(io_err("readdir"))? {
-            let entry = entry.map_err(io_err("readdir"))?;
-            if entry.file_name().to_str().is_some_and(is_slab_name) {
-                std::fs::remove_file(entry.path()).map_err(io_err("unlink"))?;
-            }
-        }
+    fn initialize(config: &DiskConfig, dir: &TierDir, index_file: &File, header: &Header) -> Result<Vec<SlabFile>> {
+        dir.remove_matching(is_slab_name)?;
         index_file.set_len(0).map_err(io_err("truncate"))?;
         index_file.set_len(header.index_file_bytes()).map_err(io_err("truncate"))?;
+        reserve(index_file, header.index_file_bytes()).map_err(full_or(io_err("fallocate")))?;
         let mut slabs = Vec::with_capacity(header.slab_files() as usize);
         for i in 0..header.slab_files() {
             let len = Self::slots_in_file(header, i) * header.slot_bytes;
-            slabs.push(create_slab_file(&config.dir.join(slab_name(i)), len, config.io.direct)?);
+            let file = dir.create_file(&slab_name(i))?;
+            slabs.push(slab_from_file(file, len, config.io.direct).map_err(full_or_same)?);
         }
         index_file.write_all_at(&header.encode()?, 0).map_err(io_err("write"))?;
         index_file.sync_all().map_err(io_err("fsync"))?;
@@ -247,16 +273,24 @@ impl DiskTier {
 
     /// Opens the slab files of an existing directory; a missing or short one is recreated and its
     /// index noted in `lost` (its slots' records are then ignored).
-    fn open_slabs(config: &DiskConfig, header: &Header, lost: &mut Vec<u64>) -> Result<Vec<SlabFile>> {
+    fn open_slabs(config: &DiskConfig, dir: &TierDir, header: &Header, lost: &mut Vec<u64>) -> Result<Vec<SlabFile>> {
         let mut slabs = Vec::with_capacity(header.slab_files() as usize);
         for i in 0..header.slab_files() {
-            let path = config.dir.join(slab_name(i));
+            let name = slab_name(i);
             let len = Self::slots_in_file(header, i) * header.slot_bytes;
-            let intact = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() >= len);
-            if !intact {
-                lost.push(i);
-            }
-            slabs.push(create_slab_file(&path, len, config.io.direct)?);
+            let file = match dir.open_existing(&name)? {
+                Some(file) => {
+                    if file.metadata().map_err(io_err("stat"))?.len() < len {
+                        lost.push(i);
+                    }
+                    file
+                }
+                None => {
+                    lost.push(i);
+                    dir.create_file(&name)?
+                }
+            };
+            slabs.push(slab_from_file(file, len, config.io.direct).map_err(full_or_same)?);
         }
         Ok(slabs)
     }
@@ -443,8 +477,11 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Flushes slab data and the index to stable storage (for power loss; a killed process
-    /// loses nothing that `write_pages` reported as stored even without it).
+    /// Makes every page that `write_pages` reported stored before this call durable against
+    /// power loss: slab data is fsynced first, then the index records are flushed, so no record
+    /// reaches stable storage through this call ahead of its data. A killed process loses
+    /// nothing reported stored even without it; see the module docs for what a power loss
+    /// without it can leave (checksummed misses, never wrong bytes).
     pub fn sync(&self) -> Result<()> {
         for slab in &self.slabs {
             slab.file().sync_data().map_err(io_err("fsync"))?;

@@ -45,7 +45,7 @@
 //! Pages G3 wrote, at the model layout, per hour of simulated time, and the drive writes per
 //! day that rate means for the configured G3 size ([`report::SsdWear`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -117,8 +117,10 @@ pub struct EngineConfig {
     pub g2_blocks: usize,
     /// G3 blocks; 0 for no SSD tier. Default: 131,072 (256 GiB; 512 MiB of 4 KiB slots on disk).
     pub g3_blocks: usize,
-    /// Directory under which a fresh G3 directory is made (and removed afterwards).
-    /// Default: `out`.
+    /// Directory under which a fresh G3 directory is made, under an unpredictable name
+    /// (`kvtier-replay-g3-XXXXXX`, mode 0700), and removed afterwards with the parents the
+    /// replay had to create; nothing that was there before is touched. Refused if everyone may
+    /// write it without the sticky bit. Default: `out`.
     pub ssd_dir: PathBuf,
     /// G3 IO engine. Default: auto (io_uring, else psync).
     pub io_backend: BackendKind,
@@ -330,13 +332,67 @@ pub struct EngineRun {
     pub timing: EngineTiming,
 }
 
-/// Removes the G3 directory the replay made, also on an error path.
-struct TempDir(Option<PathBuf>);
+/// The G3 directory of one replay: a new directory under an unpredictable name (mkdtemp, mode
+/// 0700) in [`EngineConfig::ssd_dir`], and the parents of that directory that did not exist. All
+/// of it, and nothing else, is removed when the replay ends, also on an error path: a directory
+/// that was there before (a user's, or another replay's) is never touched.
+struct ScratchDir {
+    dir: Option<tempfile::TempDir>,
+    /// Parents this replay created, outermost first.
+    created_parents: Vec<PathBuf>,
+}
 
-impl Drop for TempDir {
+impl ScratchDir {
+    fn new(parent: &Path) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut missing = Vec::new();
+        let mut p = parent;
+        while !p.as_os_str().is_empty() && p.symlink_metadata().is_err() {
+            missing.push(p.to_path_buf());
+            match p.parent() {
+                Some(up) => p = up,
+                None => break,
+            }
+        }
+        let mut scratch = Self { dir: None, created_parents: Vec::new() };
+        for p in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => scratch.created_parents.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(Error::Io { op: "create directory", path: p, source }),
+            }
+        }
+        let meta =
+            std::fs::metadata(parent).map_err(|source| Error::Io { op: "stat", path: parent.to_path_buf(), source })?;
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(Error::InvalidConfig {
+                setting: "ssd dir",
+                value: parent.display().to_string(),
+                reason: "is writable by everyone without the sticky bit (chmod +t or o-w): another user could \
+                         replace the replay's directory"
+                    .into(),
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kvtier-replay-g3-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(parent)
+            .map_err(|source| Error::Io { op: "create directory", path: parent.to_path_buf(), source })?;
+        scratch.dir = Some(dir);
+        Ok(scratch)
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
+    }
+}
+
+impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Some(d) = &self.0 {
-            let _ = std::fs::remove_dir_all(d);
+        drop(self.dir.take()); // removes the directory it made, and only that
+        for p in self.created_parents.iter().rev() {
+            let _ = std::fs::remove_dir(p); // only if empty: whatever else appeared there stays
         }
     }
 }
@@ -390,13 +446,11 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
     if shape == Shape::Flat {
         offload = offload.with_g1_low_watermark(0.0);
     }
-    let mut dir = TempDir(None);
+    let mut dir = None;
     if config.g3_blocks > 0 {
-        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = config.ssd_dir.join(format!("kvtier-replay-g3-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        dir.0 = Some(d.clone());
+        let scratch = ScratchDir::new(&config.ssd_dir)?;
+        let d = scratch.path().map(Path::to_path_buf).unwrap_or_default();
+        dir = Some(scratch);
         // Direct IO only pays off, and only measures the drive, with full-size pages.
         let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);
         let mut disk = DiskConfig::new(d).with_model_id("replay").with_capacity_slots(config.g3_blocks).with_io(io);

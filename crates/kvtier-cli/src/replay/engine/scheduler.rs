@@ -20,6 +20,9 @@ const ONBOARD_ROUNDS: usize = 4;
 struct Request {
     index: u32,
     arrival_us: u64,
+    /// Prompt plus generated tokens; empty while the request waits (built at admission by
+    /// [`Replay::tokens_of`], dropped again at a preemption), so a long waiting queue holds no
+    /// token lists.
     tokens: Vec<u32>,
     prompt_len: usize,
     output: u32,
@@ -242,13 +245,12 @@ impl<'a> Replay<'a> {
     }
 
     fn request(&self, index: u32, record: &TraceRecord) -> Request {
-        let mut tokens = Vec::with_capacity(record.input_length as usize + record.output_length as usize);
-        prompt_tokens(record, &mut tokens);
+        let prompt_len = (0..record.hash_ids.len()).map(|i| record.block_tokens(i) as usize).sum();
         Request {
             index,
             arrival_us: record.timestamp_ms * 1000,
-            prompt_len: tokens.len(),
-            tokens,
+            prompt_len,
+            tokens: Vec::new(),
             output: record.output_length,
             generated: 0,
             seq: None,
@@ -258,6 +260,19 @@ impl<'a> Replay<'a> {
         }
     }
 
+    /// Builds the request's tokens (its prompt, then what it generated before a preemption) if
+    /// it holds none: they are derived from the trace, so a waiting request need not keep them.
+    fn tokens_of(&self, req: &mut Request) {
+        if req.tokens.len() == req.prompt_len + req.generated as usize {
+            return;
+        }
+        let Some(record) = self.trace.records().get(req.index as usize) else { return };
+        let mut tokens = Vec::with_capacity(req.prompt_len + req.output as usize);
+        prompt_tokens(record, &mut tokens);
+        tokens.extend((0..req.generated).map(|i| decode_token(req.index, i)));
+        req.tokens = tokens;
+    }
+
     /// Looks the request up in every tier; onboards the part of its prefix that lives only in
     /// G2/G3. Leaves `req.probed` false if G1 has no room to onboard into yet.
     ///
@@ -265,6 +280,7 @@ impl<'a> Replay<'a> {
     /// which its own allocations may evict (they are written through, so they are still below):
     /// like a runtime, look again and onboard the next run, a few rounds at most.
     fn probe(&mut self, req: &mut Request, idle: bool) -> Result<Option<(Vec<Ticket>, OnboardOutcome)>> {
+        self.tokens_of(req);
         self.tiers.g1().lock().hash_tokens(&req.tokens, &self.keys, &mut req.hashes);
         let max_hit = (req.tokens.len().saturating_sub(1) / self.bs).min(req.hashes.len());
         let mut tickets = Vec::new();
@@ -311,6 +327,7 @@ impl<'a> Replay<'a> {
     /// Admits a request into G1 (its prefill runs this step); `None` if G1 has no room now.
     /// Returns the prompt tokens computed.
     fn admit(&mut self, req: &mut Request, onboarded: Option<OnboardOutcome>) -> Result<Option<usize>> {
+        self.tokens_of(req);
         let mut core = self.tiers.g1().lock();
         if req.hashes.len() == req.tokens.len() / self.bs {
             // A request that waits is retried every step: a cheap check spares the full call.
@@ -446,6 +463,7 @@ impl<'a> Replay<'a> {
                     self.report.preemptions += 1;
                     victim.probed = false;
                     victim.hashes.clear();
+                    victim.tokens = Vec::new(); // rebuilt at its next admission
                     waiting.push_front(victim);
                 }
                 Err(e) => return Err(e),
@@ -540,5 +558,44 @@ impl<'a> Replay<'a> {
             onboard_g3_batch_latency: e.onboard_g3_latency.into(),
         };
         Ok(EngineRun { report: self.report, timing })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvtier::CacheConfig;
+    use kvtier::offload::OffloadConfig;
+    use kvtier::tier::host::HostConfig;
+
+    use super::*;
+    use crate::trace::TraceOptions;
+
+    /// Issue 15, item 5: a waiting request holds no token list (the replay held every waiting
+    /// request's, 642 MB on the conversation trace behind a slow prefill); its tokens are built
+    /// when it is looked up or admitted, with what it generated before a preemption.
+    #[test]
+    fn waiting_requests_hold_no_tokens() {
+        let sample = include_str!("../../../data/conversation_sample.jsonl");
+        let trace = Trace::parse_str(sample, &TraceOptions::default()).unwrap();
+        let config = EngineConfig::default().with_capacities(64, 64, 0);
+        let host = HostConfig::default().with_capacity_pages(64).with_huge_pages(false);
+        let cache = CacheConfig::new(config.payload_layout().unwrap(), 64);
+        let tiers = TieredCache::new(cache, OffloadConfig::default().with_host(host).with_workers(0)).unwrap();
+        let replay = Replay::new(&trace, &config, &tiers);
+        let record = &trace.records()[3];
+        let mut req = replay.request(3, record);
+        assert_eq!(req.tokens.capacity(), 0, "a waiting request holds no tokens");
+        let mut expected = Vec::new();
+        prompt_tokens(record, &mut expected);
+        assert!(!expected.is_empty());
+        assert_eq!(req.prompt_len, expected.len());
+        replay.tokens_of(&mut req);
+        assert_eq!(req.tokens, expected);
+        // Preempted after 5 tokens: dropped while it waits, rebuilt with them.
+        req.generated = 5;
+        req.tokens = Vec::new();
+        replay.tokens_of(&mut req);
+        expected.extend((0..5).map(|i| decode_token(3, i)));
+        assert_eq!(req.tokens, expected);
     }
 }

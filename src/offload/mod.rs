@@ -384,6 +384,34 @@ impl TieredCache {
         worker::maintain(&self.shared)
     }
 
+    /// Makes room for an allocation of `blocks` G1 blocks at no loss, on the caller's thread:
+    /// copies G1's next eviction victims down (G2 spilling to G3 as needed) until `blocks`
+    /// blocks are free or ready (backed below, evicted first), or no more progress can be made.
+    /// Returns the free + ready blocks afterwards.
+    ///
+    /// The background workers keep G1 above its low watermark; a runtime that admits a
+    /// request larger than that margin calls this first, or the allocation evicts blocks no
+    /// lower tier holds (counted as unbacked evictions). The blocks stay in G1 and are still
+    /// hits until something is allocated in their place.
+    ///
+    /// ```
+    /// use kvtier::offload::{OffloadConfig, TieredCache};
+    /// use kvtier::{CacheConfig, Dtype, ExtraKeys, KvLayout};
+    /// let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4)?;
+    /// let t = TieredCache::new(CacheConfig::new(layout, 16), OffloadConfig::default().with_workers(0))?;
+    /// let tokens: Vec<u32> = (0..64).collect();
+    /// let s = t.g1().add_sequence(&tokens, &ExtraKeys::default())?.seq;
+    /// t.g1().commit(s)?;
+    /// t.g1().free(s)?; // 16 blocks, all evictable, none backed
+    /// assert_eq!(t.make_room(16)?, 16);
+    /// assert_eq!(t.g2().metrics().stores, 16);
+    /// # Ok::<(), kvtier::Error>(())
+    /// ```
+    pub fn make_room(&self, blocks: usize) -> Result<usize> {
+        worker::maintain_until(&self.shared, blocks)?;
+        Ok(self.shared.g1.lock().free_or_ready())
+    }
+
     /// Brings the engine to rest: returns once every job queued before the call is done, no
     /// worker is in the middle of a maintenance pass (so no G1 block or G2 slot is pinned by a
     /// copy), and a pass on the caller's thread found nothing to do. Afterwards only the

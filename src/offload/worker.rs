@@ -78,39 +78,50 @@ pub(crate) fn run_jobs(shared: &Shared, first: Job) {
 /// victim found already backed. Deferred (write budget) or failed copies are not progress, so
 /// a caller looping until no progress does not spin on a budget or a full tier.
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
+    maintain_until(shared, shared.g1_target)
+}
+
+/// Copies G1's next victims down until `g1_want` blocks are free or ready (or G1's watermark,
+/// if higher), G2 keeping room for them; see [`TieredCache::make_room`](super::TieredCache::make_room).
+/// Returns whether it made progress.
+pub(crate) fn maintain_until(shared: &Shared, g1_want: usize) -> Result<bool> {
     // A burst of allocations can take G1 (or G2) more than one batch below its watermark;
     // batches go on until both are back above it, or until one makes no progress. Without
     // this, a runtime calling maintenance once per step lost a fifth of G1's victims to
     // bursts with write-through off.
-    let rounds = 1 + shared.g1_target.max(shared.g2_target).div_ceil(shared.batch.max(1));
+    let g1_want = g1_want.max(shared.g1_target);
+    let rounds = 1 + g1_want.max(shared.g2_target).div_ceil(shared.batch.max(1));
     let mut did = false;
     for _ in 0..rounds {
-        let progress = maintain_once(shared)?;
+        let progress = maintain_once(shared, g1_want)?;
         did |= progress;
-        if !progress || above_watermarks(shared) {
+        if !progress || above_watermarks(shared, g1_want) {
             break;
         }
     }
     Ok(did)
 }
 
-/// Whether G1 and (with an SSD tier) G2 have their watermark's worth of free + ready slots.
-fn above_watermarks(shared: &Shared) -> bool {
+/// Whether G1 has `g1_want` free + ready blocks and (with an SSD tier) G2 its watermark's
+/// worth of free + ready slots.
+fn above_watermarks(shared: &Shared, g1_want: usize) -> bool {
     let g2_ok = shared.g3.is_none() || shared.g2.free_or_ready() >= shared.g2_target;
-    g2_ok && shared.g1.lock().free_or_ready() >= shared.g1_target
+    g2_ok && shared.g1.lock().free_or_ready() >= g1_want
 }
 
-/// One batch of each kind of maintenance (see [`maintain`]).
-fn maintain_once(shared: &Shared) -> Result<bool> {
+/// One batch of each kind of maintenance (see [`maintain`]), aiming at `g1_want` free + ready
+/// G1 blocks.
+fn maintain_once(shared: &Shared, g1_want: usize) -> Result<bool> {
     let batch = shared.batch;
     let mut did = false;
     demote(shared);
     propagate_evictions(shared)?;
     // Make room in G2 first, so that pages coming down from G1 do not push out pages G3 does
-    // not hold yet.
+    // not hold yet: its watermark, or as many slots as G1 is short of its aim if more.
     if let Some(disk) = &shared.g3 {
+        let g1_short = g1_want.saturating_sub(shared.g1.lock().free_or_ready());
         let have = shared.g2.free_or_ready();
-        let want = shared.g2_target.saturating_sub(have);
+        let want = shared.g2_target.max(g1_short).saturating_sub(have);
         if want > 0 {
             let (spill, examined) = shared.g2.stage_spill(want.min(batch))?;
             did |= examined > spill.len() + spill.refused();
@@ -119,7 +130,7 @@ fn maintain_once(shared: &Shared) -> Result<bool> {
     }
     let victims = |core: &crate::cache::CacheCore| {
         let have = core.free_or_ready();
-        let n = shared.g1_target.saturating_sub(have).min(batch);
+        let n = g1_want.saturating_sub(have).min(batch);
         if n == 0 {
             return 0;
         }

@@ -460,7 +460,7 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
         offload = offload.with_disk(disk);
     }
     let tiers = TieredCache::new(cache, offload)?;
-    let mut replay = Replay::new(trace, config, &tiers);
+    let mut replay = Replay::new(trace, config, &tiers, shape == Shape::Tiered);
     replay.run(progress)?;
     let result = replay.finish(started);
     drop(tiers);

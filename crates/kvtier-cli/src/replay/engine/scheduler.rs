@@ -65,10 +65,13 @@ pub(crate) struct Replay<'a> {
     verifier: Verifier,
     /// Index of the first request of the second half (the measured half).
     second_half_from: usize,
+    /// Whether admissions make room first ([`TieredCache::make_room`]): not in the one-large-G1
+    /// reference, whose single G2 page is not a tier.
+    room: bool,
 }
 
 impl<'a> Replay<'a> {
-    pub(crate) fn new(trace: &'a Trace, config: &'a EngineConfig, tiers: &'a TieredCache) -> Self {
+    pub(crate) fn new(trace: &'a Trace, config: &'a EngineConfig, tiers: &'a TieredCache, room: bool) -> Self {
         let last_ms = trace.records().last().map_or(0, |r| r.timestamp_ms);
         let sample_every_us = (last_ms * 1000 / config.samples.max(1) as u64).max(1_000_000);
         let mut report = EngineReport::new(config, tiers);
@@ -92,6 +95,7 @@ impl<'a> Replay<'a> {
             sample_every_us,
             next_sample_us: sample_every_us,
             keys: ExtraKeys::default(),
+            room,
             verifier: Verifier::new(tiers.g1().layout().page_bytes(), config.wrong_stamp_for),
             second_half_from,
         }
@@ -291,6 +295,11 @@ impl<'a> Replay<'a> {
             if hit.g2 + hit.g3 == 0 {
                 break;
             }
+            if round == 0 {
+                // Room for everything the request will allocate (onboarded and computed
+                // blocks), made by copying G1's victims down rather than losing them.
+                self.make_room(req.tokens.len().div_ceil(self.bs) - hit.g1)?;
+            }
             let ticket = match self.tiers.onboard(&req.hashes[..max_hit]) {
                 Ok(t) => t,
                 Err(Error::OutOfBlocks { .. }) if round == 0 => {
@@ -316,6 +325,17 @@ impl<'a> Replay<'a> {
         Ok((!tickets.is_empty()).then_some((tickets, total)))
     }
 
+    /// [`TieredCache::make_room`] for `blocks` blocks, timed as maintenance.
+    fn make_room(&mut self, blocks: usize) -> Result<()> {
+        if !self.room {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        self.tiers.make_room(blocks)?;
+        self.maintenance += t0.elapsed();
+        Ok(())
+    }
+
     /// Simulated time to bring the onboarded pages up at the model layout.
     fn transfer_us(&self, o: &OnboardOutcome) -> u64 {
         let page = self.config.layout.page_bytes() as f64;
@@ -328,14 +348,18 @@ impl<'a> Replay<'a> {
     /// Returns the prompt tokens computed.
     fn admit(&mut self, req: &mut Request, onboarded: Option<OnboardOutcome>) -> Result<Option<usize>> {
         self.tokens_of(req);
+        let blocks = req.tokens.len().div_ceil(self.bs);
+        let known = req.hashes.len() == req.tokens.len() / self.bs;
+        let max_hit = req.tokens.len().saturating_sub(1) / self.bs;
+        let cached = if known { self.tiers.g1().lock().longest_prefix(&req.hashes[..max_hit]) } else { 0 };
+        // Like a runtime that admits a prefill larger than the offload watermark's margin: G1's
+        // victims are copied down first, so that the allocation evicts no page left nowhere.
+        self.make_room(blocks - cached)?;
         let mut core = self.tiers.g1().lock();
-        if req.hashes.len() == req.tokens.len() / self.bs {
-            // A request that waits is retried every step: a cheap check spares the full call.
-            let max_hit = req.tokens.len().saturating_sub(1) / self.bs;
-            let cached = core.longest_prefix(&req.hashes[..max_hit]);
-            if !core.can_allocate(req.tokens.len().div_ceil(self.bs) - cached) {
-                return Ok(None);
-            }
+        // A request that waits is retried every step: a cheap check spares the full call.
+        let cached = if known { core.longest_prefix(&req.hashes[..max_hit]) } else { 0 };
+        if known && !core.can_allocate(blocks - cached) {
+            return Ok(None);
         }
         let t0 = Instant::now();
         let added = core.add_sequence(&req.tokens, &self.keys);
@@ -581,7 +605,7 @@ mod tests {
         let host = HostConfig::default().with_capacity_pages(64).with_huge_pages(false);
         let cache = CacheConfig::new(config.payload_layout().unwrap(), 64);
         let tiers = TieredCache::new(cache, OffloadConfig::default().with_host(host).with_workers(0)).unwrap();
-        let replay = Replay::new(&trace, &config, &tiers);
+        let replay = Replay::new(&trace, &config, &tiers, true);
         let record = &trace.records()[3];
         let mut req = replay.request(3, record);
         assert_eq!(req.tokens.capacity(), 0, "a waiting request holds no tokens");

@@ -120,8 +120,10 @@ fn maintain_once(shared: &Shared, g1_want: usize) -> Result<bool> {
     // not hold yet: its watermark, or as many slots as G1 is short of its aim if more.
     if let Some(disk) = &shared.g3 {
         let g1_short = g1_want.saturating_sub(shared.g1.lock().free_or_ready());
+        // With write-through, the blocks G1 makes room for are copied to G2 at their commit.
+        let burst = if shared.config.write_through_g2 && g1_want > shared.g1_target { g1_want } else { 0 };
         let have = shared.g2.free_or_ready();
-        let want = shared.g2_target.max(g1_short).saturating_sub(have);
+        let want = shared.g2_target.max(g1_short).max(burst).saturating_sub(have);
         if want > 0 {
             let (spill, examined) = shared.g2.stage_spill(want.min(batch))?;
             did |= examined > spill.len() + spill.refused();

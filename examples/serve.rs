@@ -73,7 +73,7 @@ impl ServeConfig {
     pub fn small(g1_blocks: usize, ssd_dir: &Path) -> Self {
         Self {
             g1_blocks,
-            g2_pages: 8,
+            g2_pages: 16,
             g3_slots: 512,
             ssd_dir: ssd_dir.to_path_buf(),
             max_batch: 3,
@@ -271,6 +271,9 @@ pub fn run(config: &ServeConfig) -> Result<ServeRun, Box<dyn std::error::Error>>
             let usable = &hashes[..(tokens.len() - 1) / BLOCK]; // the last token is always computed
             let found = tiers.longest_prefix(usable);
             let busy = !running.is_empty() || !admitted.is_empty();
+            // Room for the whole prompt first, by copying G1's victims down: an allocation
+            // larger than the watermark's margin would otherwise evict pages no tier holds.
+            tiers.make_room(tokens.len().div_ceil(BLOCK) - found.g1)?;
             let ticket = match found.g2 + found.g3 {
                 0 => None,
                 _ => match tiers.onboard(usable) {

@@ -386,13 +386,16 @@ impl TieredCache {
 
     /// Makes room for an allocation of `blocks` G1 blocks at no loss, on the caller's thread:
     /// copies G1's next eviction victims down (G2 spilling to G3 as needed) until `blocks`
-    /// blocks are free or ready (backed below, evicted first), or no more progress can be made.
-    /// Returns the free + ready blocks afterwards.
+    /// blocks beyond the low watermark's margin are free or ready (backed below, evicted
+    /// first), or no more progress can be made. Returns the free + ready blocks afterwards.
     ///
     /// The background workers keep G1 above its low watermark; a runtime that admits a
     /// request larger than that margin calls this first, or the allocation evicts blocks no
-    /// lower tier holds (counted as unbacked evictions). The blocks stay in G1 and are still
-    /// hits until something is allocated in their place.
+    /// lower tier holds (counted as unbacked evictions). The margin stays for what follows
+    /// before the next maintenance pass (the decode steps): without it, the first decode
+    /// block after a large admission evicts a prefix's last cached block unbacked, and every
+    /// page below it becomes unreachable. The blocks stay in G1 and are still hits until
+    /// something is allocated in their place.
     ///
     /// ```
     /// use kvtier::offload::{OffloadConfig, TieredCache};

@@ -78,18 +78,18 @@ pub(crate) fn run_jobs(shared: &Shared, first: Job) {
 /// victim found already backed. Deferred (write budget) or failed copies are not progress, so
 /// a caller looping until no progress does not spin on a budget or a full tier.
 pub(crate) fn maintain(shared: &Shared) -> Result<bool> {
-    maintain_until(shared, shared.g1_target)
+    maintain_until(shared, 0)
 }
 
-/// Copies G1's next victims down until `g1_want` blocks are free or ready (or G1's watermark,
-/// if higher), G2 keeping room for them; see [`TieredCache::make_room`](super::TieredCache::make_room).
+/// Copies G1's next victims down until `extra` blocks beyond G1's watermark margin are free or
+/// ready, G2 keeping room for them; see [`TieredCache::make_room`](super::TieredCache::make_room).
 /// Returns whether it made progress.
-pub(crate) fn maintain_until(shared: &Shared, g1_want: usize) -> Result<bool> {
+pub(crate) fn maintain_until(shared: &Shared, extra: usize) -> Result<bool> {
     // A burst of allocations can take G1 (or G2) more than one batch below its watermark;
     // batches go on until both are back above it, or until one makes no progress. Without
     // this, a runtime calling maintenance once per step lost a fifth of G1's victims to
     // bursts with write-through off.
-    let g1_want = g1_want.max(shared.g1_target);
+    let g1_want = shared.g1_target + extra;
     let rounds = 1 + g1_want.max(shared.g2_target).div_ceil(shared.batch.max(1));
     let mut did = false;
     for _ in 0..rounds {

@@ -102,12 +102,12 @@ fn every_page_served_from_any_tier_is_checked() {
 fn a_page_with_the_wrong_content_fails_the_replay() {
     let dir = tmp("wrong");
     // r0 [1 2], r1 [5 6], r2 [1 2]: r0's first block is written with another hash's bytes, and
-    // r2 is served that page from G1 (roomy), from G2 (a 66-block G1 gives all of r0 up to
+    // r2 is served that page from G1 (roomy), from G2 (a 65-block G1 gives all of r0 up to
     // run r1's 65 blocks), or from G3 (and a G2 that only holds r1's pages).
     let trace = Trace::from_records(vec![timed(0, &[1, 2]), timed(10_000, &[5, 6]), timed(20_000, &[1, 2])]);
     let roomy = EngineConfig::default().with_capacities(1000, 1000, 0);
-    let g2 = EngineConfig::default().with_capacities(66, 1000, 0);
-    let g3 = EngineConfig::default().with_capacities(66, 64, 1000).with_admission(Admission::All);
+    let g2 = EngineConfig::default().with_capacities(65, 1000, 0);
+    let g3 = EngineConfig::default().with_capacities(65, 64, 1000).with_admission(Admission::All);
     for (config, tier) in [(roomy, "G1"), (g2, "G2"), (g3, "G3")] {
         let config = config.with_ssd_dir(&dir).with_io_backend(BackendKind::Psync);
         // the same run without the fault is clean

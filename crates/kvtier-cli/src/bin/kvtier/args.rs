@@ -92,6 +92,10 @@ pub(crate) struct ReplayArgs {
     /// default G1 pages are copied to G2 only when G1 runs low).
     #[arg(long)]
     pub(crate) write_through: bool,
+    /// Engine mode: the first this many waiting requests have their prefix prefetched from G3
+    /// to G2 while they wait (0: off).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) prefetch_waiting: usize,
     /// Engine mode: a page promoted from G3 to G1 leaves its G3 copy cold (evicted first)
     /// instead of keeping it (more SSD writes, more distinct pages cached).
     #[arg(long)]

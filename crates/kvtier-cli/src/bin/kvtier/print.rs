@@ -46,8 +46,8 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         if r.write_through_g2 { "on" } else { "off" }
     );
     println!(
-        "requests     {} ({} finished, {} rejected: larger than G1, {} cut short), {} preemptions, peak {} running",
-        r.requests, r.finished, r.rejected, r.truncated, r.preemptions, r.peaks.running
+        "requests     {} ({} finished, {} rejected: larger than G1, {} cut short), {} preemptions, peak {} running, {} prefetched while waiting",
+        r.requests, r.finished, r.rejected, r.truncated, r.preemptions, r.peaks.running, r.prefetched_requests
     );
     println!(
         "tokens       {} prompt, {} decoded; {} scheduler steps over {:.0} s simulated ({} ms/step + prefill at {:.0} tok/s)",

@@ -147,6 +147,9 @@ pub struct EngineConfig {
     pub g3_onboard_bytes_per_sec: f64,
     /// Most requests running (or onboarding) at once. Default: 256.
     pub max_batch: usize,
+    /// The first this many waiting requests have the G3 part of their prefix prefetched to G2
+    /// while they wait (0: no prefetch). Default: 8.
+    pub prefetch_waiting: usize,
     /// Points of the time series (hit rate and occupancy over time). Default: 200.
     pub samples: usize,
     /// Eviction policy of every tier. Default: each tier's own default (G1 LHD, G2 and G3
@@ -182,6 +185,7 @@ impl Default for EngineConfig {
             g2_onboard_bytes_per_sec: 25e9,
             g3_onboard_bytes_per_sec: 6e9,
             max_batch: 256,
+            prefetch_waiting: 8,
             samples: 200,
             policy: None,
             reference: true,
@@ -232,6 +236,11 @@ impl EngineConfig {
     /// Sets write-through from G1 to G2 (default false).
     pub fn with_write_through_g2(mut self, on: bool) -> Self {
         self.write_through_g2 = on;
+        self
+    }
+    /// Sets how many waiting requests have their prefix prefetched from G3 to G2 (default 8).
+    pub fn with_prefetch_waiting(mut self, requests: usize) -> Self {
+        self.prefetch_waiting = requests;
         self
     }
     /// Makes G3 exclusive of G1 on promotion (default false).

@@ -248,6 +248,9 @@ pub struct EngineReport {
     pub truncated: usize,
     /// Preemptions (a running request freed to let the others decode, recomputed later).
     pub preemptions: u64,
+    /// Waiting requests whose prefix was prefetched from G3 to G2 (pages: the G3 -> G2 row
+    /// of the traffic).
+    pub prefetched_requests: u64,
     /// Scheduler steps that ran prefill or decode.
     pub steps: u64,
     /// Simulated duration, seconds.
@@ -326,6 +329,7 @@ impl EngineReport {
             rejected: 0,
             truncated: 0,
             preemptions: 0,
+            prefetched_requests: 0,
             steps: 0,
             simulated_seconds: 0.0,
             prompt_tokens: 0,

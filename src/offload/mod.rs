@@ -6,7 +6,8 @@
 //!    watermark: they take the eviction policy's next victims, pin them (still shareable by
 //!    prefix hits, but not evictable), copy their pages into G2 outside every lock, and put
 //!    them on G1's ready list, evicted first and at no loss. A pass goes on until the
-//!    watermark is met, so a burst between two passes is covered up to the watermark. With
+//!    watermark is met, so a burst between two passes is covered up to the watermark; a
+//!    runtime admitting more than that at once calls [`TieredCache::make_room`] first. With
 //!    write-through, every block is copied as soon as it is committed, so eviction from G1
 //!    never waits.
 //! 2. **Mostly-exclusive tiers.** A page G1 evicts is *demoted*: its G2 copy becomes G2's most

@@ -145,13 +145,15 @@ fn engine_replay_is_deterministic_and_uses_every_tier() {
     let all = Trace::parse_str(SAMPLE, &TraceOptions::default()).unwrap();
     let trace = Trace::from_records(all.records()[..400].to_vec());
     let dir = tmp("engine-determinism");
-    // Without write-through G2 keeps what G1 gives up, so all three tiers serve hits here.
+    // G2 keeps what G1 gives up (the most recent 65,536 pages, ~80 requests' worth), so all
+    // three tiers serve hits here (with 32,768 G2 pages every reuse comes after G2 turned over).
     let config = EngineConfig::default()
-        .with_capacities(4096, 32_768, 16_384)
+        .with_capacities(4096, 65_536, 16_384)
         .with_write_through_g2(false)
         .with_ssd_dir(&dir)
         .with_io_backend(BackendKind::Psync)
-        .with_samples(20);
+        .with_samples(20)
+        .with_prefetch_waiting(0); // prefetched pages are found in G2: no G3 hit would be left
     let a = engine::run(&trace, &config, |_| {}).unwrap();
     let b = engine::run(&trace, &config, |_| {}).unwrap();
     assert_eq!(a.report, b.report, "same trace and configuration, different report");
@@ -173,9 +175,20 @@ fn engine_replay_is_deterministic_and_uses_every_tier() {
     assert!(down.pages > 0);
     assert_eq!((down.bytes_moved, down.bytes_at_model), (down.pages * 64, down.pages * (2 << 20)));
     assert!(r.traffic("G3", "G1").unwrap().pages > 0);
-    assert!(r.peaks.g1_in_use <= 4096 && r.peaks.g2_used <= 32_768 && r.peaks.g3_used <= 16_384);
+    assert!(r.peaks.g1_in_use <= 4096 && r.peaks.g2_used <= 65_536 && r.peaks.g3_used <= 16_384);
     assert!(!r.samples.is_empty() && r.samples.iter().all(|s| (0.0..=1.0).contains(&s.hit_rate)));
     assert!(a.timing.decode_step.count > 0 && a.timing.add_sequence.count >= 400 - r.rejected as u64);
+    // With prefetch, waiting requests find their G3 pages in G2 (verified like every page).
+    let p = engine::run(&trace, &config.clone().with_prefetch_waiting(8), |_| {}).unwrap().report;
+    assert!(p.prefetched_requests > 0 && p.traffic("G3", "G2").unwrap().pages > 0, "{:?}", p.traffic);
+    assert!(
+        p.hit_tokens.g2 > r.hit_tokens.g2 && p.hit_tokens.g3 < r.hit_tokens.g3,
+        "{:?} {:?}",
+        p.hit_tokens,
+        r.hit_tokens
+    );
+    assert_eq!(p.verification.mismatches, 0);
+    assert_eq!(r.traffic("G3", "G2").unwrap().pages, 0);
     // the G3 directory made for the run is gone
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(dir);

@@ -204,7 +204,11 @@ fn one_block(t: &TieredCache, i: u32) -> (Vec<u32>, kvtier::BlockHash) {
 
 fn store(t: &TieredCache, h: kvtier::BlockHash) {
     let page = t.g2().page_bytes();
-    assert!(t.store(h, |p| Ok(p.copy_from_slice(&pattern(h, page)))).unwrap());
+    let stored = t.store(h, |p| {
+        p.copy_from_slice(&pattern(h, page));
+        Ok(())
+    });
+    assert!(stored.unwrap());
 }
 
 /// Admits `tokens` (whose first block is cached somewhere), checks the served page and frees it.

@@ -177,8 +177,8 @@ impl CacheCore {
         self.pool.lookup(h).is_some_and(|b| self.pool.state(b).ok() == Some(BlockState::InUse))
     }
 
-    /// Whether `h` is cached in G1.
-    pub(crate) fn contains(&self, h: BlockHash) -> bool {
+    /// Whether `h` is cached in G1 (counts no query and changes no block's recency).
+    pub fn contains(&self, h: BlockHash) -> bool {
         self.pool.lookup(h).is_some()
     }
 }

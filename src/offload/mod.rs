@@ -43,6 +43,7 @@ mod config;
 mod metrics;
 mod prefetch;
 mod queue;
+mod recompute;
 mod retention;
 mod ticket;
 mod views;
@@ -55,6 +56,7 @@ pub use metrics::{EngineMetrics, LatencyHistogram, LatencySummary, Traffic};
 pub use queue::{Next, WorkQueue};
 #[cfg(not(feature = "testing"))]
 pub(crate) use queue::{Next, WorkQueue};
+pub use recompute::{OnboardCost, OnboardPlan};
 #[cfg(feature = "testing")]
 pub use ticket::TicketCell;
 pub use ticket::{OnboardOutcome, Ticket};

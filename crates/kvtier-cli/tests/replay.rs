@@ -544,3 +544,32 @@ fn another_user_cannot_plant_the_replay_directory() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn onboard_rule_loads_only_what_beats_recomputing() {
+    let dir = tmp("engine-rule");
+    // r2 finds r0's 64-block prefix in G2 (r1 pushed it out of a 100-block G1).
+    let trace =
+        Trace::from_records(vec![timed(0, 1, &[1, 2]), timed(10_000, 1, &[5, 6]), timed(20_000, 1, &[1, 2, 7])]);
+    let fast = EngineConfig::default().with_capacities(100, 1000, 0).with_ssd_dir(&dir).with_prefetch_waiting(0);
+    let mut slow = fast.clone();
+    slow.g2_onboard_bytes_per_sec = 1e6; // 2 s a page against 0.16 ms of prefill per block
+    // Counted, not followed: the slow G2 is still read, the rule says it should not have been.
+    let counted = engine::run(&trace, &slow, |_| {}).unwrap().report;
+    let c = counted.onboard_choices;
+    assert!(!c.acted && counted.hit_tokens.g2 > 0, "{:?}", counted.hit_tokens);
+    assert!(c.decisions >= 1 && c.load_none >= 1 && c.blocks_recomputed > 0, "{c:?}");
+    assert!(c.seconds_rule < c.seconds_load_all, "{c:?}");
+    // Followed: nothing comes from G2, the prefix below G1 is recomputed.
+    let followed = engine::run(&trace, &slow.clone().with_onboard_rule(true), |_| {}).unwrap().report;
+    assert!(followed.onboard_choices.acted);
+    assert_eq!(followed.hit_tokens.g2, 0, "{:?}", followed.hit_tokens);
+    assert_eq!(followed.traffic("G2", "G1").unwrap().pages, 0);
+    assert!(followed.prefill_tokens_computed > counted.prefill_tokens_computed);
+    // A fast G2 is loaded with the rule on, as without it.
+    let f = engine::run(&trace, &fast.with_onboard_rule(true), |_| {}).unwrap().report;
+    assert!(f.hit_tokens.g2 > 0 && f.onboard_choices.load_all >= 1, "{:?}", f.onboard_choices);
+    assert_eq!(f.onboard_choices.blocks_recomputed, 0);
+    assert_eq!(f.verification.mismatches + followed.verification.mismatches, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -96,6 +96,11 @@ pub(crate) struct ReplayArgs {
     /// to G2 while they wait (0: off).
     #[arg(long, default_value_t = 8)]
     pub(crate) prefetch_waiting: usize,
+    /// Engine mode: follow the onboard-or-recompute rule (load only the part of a found prefix
+    /// whose transfer at the simulated G2/G3 bandwidth beats recomputing it at the prefill
+    /// speed); without it the rule's choices are only counted.
+    #[arg(long)]
+    pub(crate) onboard_rule: bool,
     /// Engine mode: a page promoted from G3 to G1 leaves its G3 copy cold (evicted first)
     /// instead of keeping it (more SSD writes, more distinct pages cached).
     #[arg(long)]

@@ -184,6 +184,7 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         .with_write_through_g2(args.write_through)
         .with_exclusive_g3(args.exclusive_g3)
         .with_prefetch_waiting(args.prefetch_waiting)
+        .with_onboard_rule(args.onboard_rule)
         .with_full_data(args.full_data)
         .with_reference(!args.no_reference)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))

@@ -90,6 +90,22 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
             format_bytes(w.capacity_bytes)
         );
     }
+    let c = &r.onboard_choices;
+    if c.decisions > 0 {
+        println!(
+            "onboarding   load or recompute ({:.0} tok/s prefill vs G2/G3 bandwidth; {}): {} prefixes found below G1: load all {}, part {}, none {}; {} blocks recomputed; time to the prefix end {:.1} s (load all {:.1} s, recompute all {:.1} s)",
+            r.prefill_tokens_per_sec,
+            if c.acted { "followed" } else { "counted, not followed: --onboard-rule" },
+            c.decisions,
+            c.load_all,
+            c.load_part,
+            c.load_none,
+            c.blocks_recomputed,
+            c.seconds_rule,
+            c.seconds_load_all,
+            c.seconds_load_none
+        );
+    }
     println!(
         "prefill      {} tokens saved (G1 {}, G2 {}, G3 {}), {} computed (recomputation included)",
         r.prefill_tokens_saved, r.hit_tokens.g1, r.hit_tokens.g2, r.hit_tokens.g3, r.prefill_tokens_computed

@@ -147,6 +147,11 @@ pub struct EngineConfig {
     pub g3_onboard_bytes_per_sec: f64,
     /// Most requests running (or onboarding) at once. Default: 256.
     pub max_batch: usize,
+    /// Follow the onboard-or-recompute rule ([`kvtier::offload::OnboardCost`] at the simulated
+    /// prefill speed and G2/G3 bandwidths): load only the leading part of a found prefix whose
+    /// transfer beats recomputing it. Default: false (the rule's choices are still counted in
+    /// the report, `onboard_choices`).
+    pub onboard_rule: bool,
     /// The first this many waiting requests have the G3 part of their prefix prefetched to G2
     /// while they wait (0: no prefetch). Default: 8.
     pub prefetch_waiting: usize,
@@ -186,6 +191,7 @@ impl Default for EngineConfig {
             g3_onboard_bytes_per_sec: 6e9,
             max_batch: 256,
             prefetch_waiting: 8,
+            onboard_rule: false,
             samples: 200,
             policy: None,
             reference: true,
@@ -241,6 +247,11 @@ impl EngineConfig {
     /// Sets how many waiting requests have their prefix prefetched from G3 to G2 (default 8).
     pub fn with_prefetch_waiting(mut self, requests: usize) -> Self {
         self.prefetch_waiting = requests;
+        self
+    }
+    /// Follows the onboard-or-recompute rule (default false: counted, not followed).
+    pub fn with_onboard_rule(mut self, on: bool) -> Self {
+        self.onboard_rule = on;
         self
     }
     /// Makes G3 exclusive of G1 on promotion (default false).

@@ -56,6 +56,32 @@ pub struct HitRates {
     pub g3: f64,
 }
 
+/// Onboard or recompute ([`kvtier::offload::OnboardCost::plan`] at the replay's simulated
+/// speeds), for every request whose prefix was found partly below G1: what the rule chose, and
+/// the simulated time to the end of the prefix under each choice. Counted whether or not the
+/// replay follows the rule (`acted`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct OnboardChoices {
+    /// Whether the replay followed the rule (loaded only what it chose), or loaded everything.
+    pub acted: bool,
+    /// Lookups that found blocks below G1.
+    pub decisions: u64,
+    /// Of those, the rule loaded every block found.
+    pub load_all: u64,
+    /// ... loaded a leading part and recomputed the rest.
+    pub load_part: u64,
+    /// ... loaded nothing from below (recomputed from the first block not in G1).
+    pub load_none: u64,
+    /// Blocks found below G1 that the rule recomputed instead.
+    pub blocks_recomputed: u64,
+    /// Simulated seconds to the end of the prefixes with the rule's choices, summed.
+    pub seconds_rule: f64,
+    /// The same loading every block found.
+    pub seconds_load_all: f64,
+    /// The same recomputing everything after the leading G1 blocks.
+    pub seconds_load_none: f64,
+}
+
 /// What the replay wrote to the SSD tier, and the wear that implies for the drive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct SsdWear {
@@ -280,6 +306,8 @@ pub struct EngineReport {
     pub reference: Option<Reference>,
     /// G3 writes and the drive wear they imply (none without a G3).
     pub ssd_wear: Option<SsdWear>,
+    /// Onboard-or-recompute decisions.
+    pub onboard_choices: OnboardChoices,
     /// Pages moved between tiers.
     pub traffic: Vec<TrafficRow>,
     /// Simulated time from arrival to admission (waiting for G1 room and for onboarding).
@@ -344,6 +372,7 @@ impl EngineReport {
             verification: Verification::default(),
             reference: None,
             ssd_wear: None,
+            onboard_choices: OnboardChoices { acted: config.onboard_rule, ..OnboardChoices::default() },
             traffic: Vec::new(),
             admission_wait: WaitSummary::default(),
             peaks: Peaks::default(),

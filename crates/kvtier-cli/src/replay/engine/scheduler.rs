@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use kvtier::offload::{LatencyHistogram, OnboardOutcome, Ticket, TieredCache};
-use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId};
+use kvtier::offload::{LatencyHistogram, OnboardCost, OnboardOutcome, Ticket, TieredCache};
+use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId, Tier};
 
 use super::report::{EngineReport, EngineTiming, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window};
 use super::verify::Verifier;
@@ -310,7 +310,11 @@ impl<'a> Replay<'a> {
                 // blocks), made by copying G1's victims down rather than losing them.
                 self.make_room(req.tokens.len().div_ceil(self.bs) - hit.g1)?;
             }
-            let ticket = match self.tiers.onboard(&req.hashes[..max_hit]) {
+            let end = if round == 0 { self.choose(&req.hashes[..max_hit], hit.total) } else { max_hit };
+            if end <= hit.g1 {
+                break; // the rule recomputes what lies below: nothing to onboard
+            }
+            let ticket = match self.tiers.onboard(&req.hashes[..end]) {
                 Ok(t) => t,
                 Err(Error::OutOfBlocks { .. }) if round == 0 => {
                     req.probed = idle; // with nothing else in G1, try a plain admission instead
@@ -333,6 +337,44 @@ impl<'a> Replay<'a> {
         }
         self.onboard_time += t0.elapsed();
         Ok((!tickets.is_empty()).then_some((tickets, total)))
+    }
+
+    /// Onboard or recompute for a prefix whose first `found` blocks some tier holds: counts
+    /// the rule's choice and returns how many leading hashes to onboard (all of `hashes`
+    /// unless the replay follows the rule).
+    fn choose(&mut self, hashes: &[BlockHash], found: usize) -> usize {
+        let tiers: Vec<Tier> = {
+            let core = self.tiers.g1().lock();
+            let g2 = self.tiers.g2();
+            hashes[..found]
+                .iter()
+                .map(|&h| match () {
+                    _ if core.contains(h) => Tier::G1,
+                    _ if g2.contains(h) => Tier::G2,
+                    _ => Tier::G3,
+                })
+                .collect()
+        };
+        let cost = OnboardCost {
+            prefill_tokens_per_sec: self.config.prefill_tokens_per_sec,
+            g2_bytes_per_sec: self.config.g2_onboard_bytes_per_sec,
+            g3_bytes_per_sec: self.config.g3_onboard_bytes_per_sec,
+            ..OnboardCost::default()
+        };
+        let plan = cost.plan(&tiers, self.bs, self.config.layout.page_bytes());
+        let c = &mut self.report.onboard_choices;
+        c.decisions += 1;
+        let below = tiers.iter().filter(|&&t| t != Tier::G1).count();
+        match plan.load_g2 + plan.load_g3 {
+            n if n == below => c.load_all += 1,
+            0 => c.load_none += 1,
+            _ => c.load_part += 1,
+        }
+        c.blocks_recomputed += (below - plan.load_g2 - plan.load_g3) as u64;
+        c.seconds_rule += plan.seconds;
+        c.seconds_load_all += plan.seconds_load_all;
+        c.seconds_load_none += plan.seconds_load_none;
+        if self.config.onboard_rule { plan.use_blocks } else { hashes.len() }
     }
 
     /// Prefetches the G3-only part of a waiting request's prefix to G2, if G2 has room for

@@ -31,6 +31,38 @@ pub(crate) enum Command {
     /// Build a Mooncake-format trace from an Azure LLM inference CSV (arrivals and lengths kept,
     /// prefix structure modelled: see `kvtier_cli::replay::synth`).
     Synth(SynthArgs),
+    /// Size G2 and G3 from a trace: replay it through the engine at every point of a G2 x G3
+    /// grid (in parallel) and report hit rates, GPU time saved, SSD wear and cost per point.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct PlanArgs {
+    /// G2 sizes to try, comma-separated, in blocks or bytes at the model layout (`64GiB`).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', default_value = "16GiB,64GiB,256GiB")]
+    pub(crate) g2_sizes: Vec<Size>,
+    /// G3 sizes to try, comma-separated (0: no SSD tier).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', default_value = "0,256GiB,1TiB")]
+    pub(crate) g3_sizes: Vec<Size>,
+    /// Replays at once (default: the machine's cores).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// The cheapest point marked must reach this share of the best hit rate.
+    #[arg(long, default_value_t = 0.95)]
+    pub(crate) target: f64,
+    /// Price of HBM per GB per hour (default: 20 per GB over three years).
+    #[arg(long)]
+    pub(crate) price_hbm: Option<f64>,
+    /// Price of DRAM per GB per hour (default: 4 per GB over three years).
+    #[arg(long)]
+    pub(crate) price_dram: Option<f64>,
+    /// Price of SSD per GB per hour (default: 0.10 per GB over three years).
+    #[arg(long)]
+    pub(crate) price_ssd: Option<f64>,
+    /// The trace, G1 and engine settings, as for `replay --mode engine` (its --g2/--g3 are
+    /// replaced by the grid).
+    #[command(flatten)]
+    pub(crate) replay: ReplayArgs,
 }
 
 #[derive(Args, Clone)]

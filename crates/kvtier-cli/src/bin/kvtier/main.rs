@@ -26,11 +26,14 @@ use kvtier::io::BackendKind;
 use kvtier::offload::Admission;
 use kvtier::policy::PolicyKind;
 use kvtier_cli::Error;
+use kvtier_cli::plan::PlanConfig;
 use kvtier_cli::replay::synth::SynthPreset;
 use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, engine};
 use kvtier_cli::trace::{Trace, TraceOptions};
 
-use args::{AdmissionArg, Cli, Command, IoBackend, Mode, ReplayArgs, SynthArgs, TierPolicy, sim_policies};
+use args::{
+    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ReplayArgs, Size, SynthArgs, TierPolicy, sim_policies,
+};
 use print::{print_engine, print_report};
 
 mod args;
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Synth(args)) => synth(&args),
+        Some(Command::Plan(args)) => plan(&args),
         None => replay(&cli.replay),
     };
     match result {
@@ -117,20 +121,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(args: &ReplayArgs) -> Result<(), CliError> {
-    let started = Instant::now();
+fn plan(args: &PlanArgs) -> Result<(), CliError> {
+    let (trace, source) = load_trace(&args.replay)?;
+    let base = engine_config(&args.replay)?;
+    let page = base.layout.page_bytes();
+    let blocks = |sizes: &[Size]| sizes.iter().map(|s| s.blocks(page)).collect::<Vec<_>>();
+    let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes));
+    if let Some(t) = args.threads {
+        config.threads = t.max(1);
+    }
+    config.target = args.target;
+    let p = &mut config.prices;
+    p.hbm_per_gb_hour = args.price_hbm.unwrap_or(p.hbm_per_gb_hour);
+    p.dram_per_gb_hour = args.price_dram.unwrap_or(p.dram_per_gb_hour);
+    p.ssd_per_gb_hour = args.price_ssd.unwrap_or(p.ssd_per_gb_hour);
+    config.validate()?;
+    let points = config.g2_blocks.len() * config.g3_blocks.len();
+    let bar = ProgressBar::new(points as u64);
+    let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    print::plan(&report, &source);
+    let json = serde_json::json!({ "trace": source, "plan": report });
+    let path = write_atomic(&args.replay.out, "plan.json", &json)?;
+    println!("report       {}", path.display());
+    Ok(())
+}
+
+/// The trace a replay or plan reads: the file given, or the bundled sample; cut to
+/// `--requests`.
+fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
     let options = TraceOptions::default().with_skip_bad_lines(args.skip_bad_lines);
     let (trace, source) = match &args.trace {
         Some(path) => (Trace::read_path(path, &options)?, path.display().to_string()),
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
-    let (trace, source) = match args.requests {
+    Ok(match args.requests {
         // (the count of skipped lines goes with the cut: `--skip-bad-lines` reports it per file)
         Some(n) if n < trace.len() => {
             (Trace::from_records(trace.records()[..n].to_vec()), format!("{source}, first {n} requests"))
         }
         _ => (trace, source),
-    };
+    })
+}
+
+fn replay(args: &ReplayArgs) -> Result<(), CliError> {
+    let started = Instant::now();
+    let (trace, source) = load_trace(args)?;
     let parse_time = started.elapsed();
     // Both modes' configurations are checked before either runs or writes anything.
     let engine_config = engine_config(args)?;

@@ -259,3 +259,40 @@ pub(crate) fn print_report(
         replay
     );
 }
+
+/// The plan's table: one line per grid point, the cheapest point reaching the target marked.
+pub(crate) fn plan(r: &kvtier_cli::plan::PlanReport, source: &str) {
+    println!("kvtier plan (G2 x G3 grid, each point one engine replay; hit rate = second half)");
+    println!("trace        {source}");
+    println!(
+        "{:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>11} {:>10} {:>10} {:>8} {:>9}",
+        "G1 GiB", "G2 GiB", "G3 GiB", "hit", "G1", "G2", "G3", "GPU-s saved", "wait ms", "SSD GiB/h", "DWPD", "cost/h"
+    );
+    for (i, p) in r.points.iter().enumerate() {
+        println!(
+            "{:>9.0} {:>9.0} {:>9.0} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>11.0} {:>10.0} {:>10.1} {:>8.1} {:>9.4}{}",
+            p.g1_gib,
+            p.g2_gib,
+            p.g3_gib,
+            p.hit_rate,
+            p.hit_rate_g1,
+            p.hit_rate_g2,
+            p.hit_rate_g3,
+            p.gpu_seconds_saved,
+            p.mean_wait_ms,
+            p.ssd_bytes_per_hour / (1u64 << 30) as f64,
+            p.ssd_dwpd,
+            p.cost_per_hour,
+            if r.cheapest == Some(i) { "  <- cheapest at target" } else { "" }
+        );
+    }
+    println!(
+        "target       {:.0} % of the best hit rate ({:.4}); prices per GB-hour: HBM {:.6}, DRAM {:.6}, SSD {:.7}",
+        r.target * 100.0,
+        r.best_hit_rate(),
+        r.prices.hbm_per_gb_hour,
+        r.prices.dram_per_gb_hour,
+        r.prices.ssd_per_gb_hour
+    );
+    println!("elapsed      {:.1} s for {} points on {} threads", r.elapsed_seconds, r.points.len(), r.threads);
+}

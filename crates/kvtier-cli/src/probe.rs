@@ -75,6 +75,8 @@ pub struct ProbeConfig {
 
 /// Largest accepted time bound per measurement.
 const MAX_SECONDS: f64 = 3600.0;
+/// Largest accepted memcpy buffer (two are allocated).
+const MAX_MEMCPY_BYTES: u64 = 16 << 30;
 /// Memcpy buffer when the last-level cache size cannot be read.
 const DEFAULT_MEMCPY_BYTES: u64 = 256 << 20;
 
@@ -140,15 +142,15 @@ impl ProbeConfig {
         if self.scratch_bytes < largest {
             return Err(Error::invalid("scratch size", self.scratch_bytes, format!("must hold a page of {largest} B")));
         }
-        if self.memcpy_bytes == Some(0) {
-            return Err(Error::invalid("memcpy size", 0, "must be non-zero"));
+        if let Some(bytes) = self.memcpy_bytes.filter(|&b| b == 0 || b > MAX_MEMCPY_BYTES) {
+            return Err(Error::invalid("memcpy size", bytes, "must be more than 0 B and at most 16 GiB"));
         }
         self.io.validate()?;
         Ok(())
     }
 
     fn budget(&self) -> Duration {
-        Duration::from_secs_f64(self.seconds.clamp(0.0, MAX_SECONDS))
+        Duration::try_from_secs_f64(self.seconds.clamp(0.0, MAX_SECONDS)).unwrap_or(Duration::from_secs(2))
     }
 }
 
@@ -322,9 +324,14 @@ pub fn run(config: &ProbeConfig) -> Result<Profile> {
 
 fn measure_memcpy(bytes: u64, budget: Duration) -> Result<Memcpy> {
     let len = usize::try_from(bytes).map_err(|_| Error::invalid("memcpy size", bytes, "too large"))?;
-    let source: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-    let mut destination = vec![0u8; len];
-    destination.copy_from_slice(&source); // untimed: maps the destination's pages
+    let buffer = || {
+        let mut buf: Vec<u8> = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| Error::invalid("memcpy size", bytes, "cannot allocate two buffers"))?;
+        buf.extend((0..len).map(|i| (i % 251) as u8));
+        Ok::<_, Error>(buf)
+    };
+    let source = buffer()?;
+    let mut destination = buffer()?;
     let mut rates = Vec::new();
     let started = Instant::now();
     while rates.len() < 3 || started.elapsed() < budget {

@@ -13,7 +13,8 @@
 //! (`kvtier_cli::replay::engine`) and also writes a chart; its headline is the second half's
 //! hit rate, every page it serves is verified, and it is compared with the same engine holding
 //! one G1 of the summed capacity (`--no-reference` skips that second replay). `--mode both`
-//! (the default) runs the two. An error names the flag and value, or the file and line, it comes from.
+//! (the default) runs the two. `kvtier probe --dir DIR` measures memcpy and the SSD tier's IO on
+//! this machine and writes a profile (`kvtier_cli::probe`). An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! The one error type of the replay tools.
+//! The one error type of the replay and probe tools.
 //!
 //! Every variant says where the problem is: the file and line of a bad trace or CSV line, the
 //! file and operation of a failed read or write, the setting and the value a configuration
@@ -77,6 +77,25 @@ pub enum Error {
         mismatches: u64,
         /// Where the first one was served.
         first: Option<Mismatch>,
+    },
+    /// A probe profile (see [`crate::probe::Profile::load`]) is not valid JSON or lacks a field.
+    #[error("{}: not a kvtier probe profile: {source}", path.display())]
+    BadProfile {
+        /// The profile file.
+        path: PathBuf,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A probe profile has another (or no) schema version: measure again with `kvtier probe`.
+    #[error("{}: probe profile schema version {}, expected {expected} (run `kvtier probe` again)", path.display(), found.map_or("missing".to_string(), |v| v.to_string()))]
+    ProfileVersion {
+        /// The profile file.
+        path: PathBuf,
+        /// The version the file gives, if it gives one.
+        found: Option<u64>,
+        /// The version this kvtier reads ([`crate::probe::SCHEMA_VERSION`]).
+        expected: u32,
     },
     /// The kvtier library refused a configuration or failed while the replay drove it.
     #[error(transparent)]

@@ -4,7 +4,8 @@
 //! compiles none of them: the Mooncake trace reader ([`trace`]), the replays ([`replay`]: the
 //! kvcache-simulator-compatible hit-rate model, the engine replay through a real G1 + G2 + G3
 //! [`kvtier::offload::TieredCache`], synthetic traces, SVG charts) and the `kvtier` command that
-//! drives them.
+//! drives them, and the machine probe ([`probe`]: memcpy and SSD bandwidths through kvtier's own IO
+//! engines, written as a profile the planners read).
 //!
 //! ## How a replay runs
 //! 1. [`trace::Trace::read_path`] reads a JSONL trace; a bad line fails the read with its file
@@ -29,6 +30,7 @@
 
 pub mod error;
 pub mod plan;
+pub mod probe;
 pub mod replay;
 pub mod trace;
 

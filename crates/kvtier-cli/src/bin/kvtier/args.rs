@@ -34,6 +34,9 @@ pub(crate) enum Command {
     /// Size G2 and G3 from a trace: replay it through the engine at every point of a G2 x G3
     /// grid (in parallel) and report hit rates, GPU time saved, SSD wear and cost per point.
     Plan(PlanArgs),
+    /// Measure this machine (memcpy, and SSD read/write bandwidth and latency of a directory
+    /// through kvtier's IO engines) and write a JSON profile for the planners.
+    Probe(ProbeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -63,6 +66,34 @@ pub(crate) struct PlanArgs {
     /// replaced by the grid).
     #[command(flatten)]
     pub(crate) replay: ReplayArgs,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ProbeArgs {
+    /// Directory to measure (must exist); a scratch file is created in it and removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Model layout preset whose page size is measured (besides 64 KiB).
+    #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b", value_parser = PossibleValuesParser::new(KvLayout::PRESETS))]
+    pub(crate) layout: String,
+    /// Tokens per block of the layout.
+    #[arg(long, value_name = "TOKENS", default_value_t = 16)]
+    pub(crate) block_size: u32,
+    /// Profile file to write.
+    #[arg(long, value_name = "PATH", default_value = "out/profile.json")]
+    pub(crate) out: PathBuf,
+    /// IO engine.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    pub(crate) io_backend: IoBackend,
+    /// Time bound of each measurement, seconds.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub(crate) seconds: f64,
+    /// Size of the scratch file (`256MiB`, bytes without a unit).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    pub(crate) scratch_size: Size,
+    /// Size of each memcpy buffer. Default: four times the last-level cache, at least 64 MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) memcpy_size: Option<Size>,
 }
 
 #[derive(Args, Clone)]
@@ -251,6 +282,13 @@ impl std::fmt::Display for Size {
 }
 
 impl Size {
+    /// Bytes, reading a plain number as bytes (not blocks).
+    pub(crate) fn bytes(self) -> u64 {
+        match self {
+            Size::Blocks(n) | Size::Bytes(n) => n,
+        }
+    }
+
     pub(crate) fn blocks(self, page_bytes: usize) -> usize {
         match self {
             Size::Blocks(n) => n as usize,

@@ -13,7 +13,8 @@
 //! (`kvtier_cli::replay::engine`) and also writes a chart; its headline is the second half's
 //! hit rate, every page it serves is verified, and it is compared with the same engine holding
 //! one G1 of the summed capacity (`--no-reference` skips that second replay). `--mode both`
-//! (the default) runs the two. An error names the flag and value, or the file and line, it comes from.
+//! (the default) runs the two. `kvtier probe --dir DIR` measures memcpy and the SSD tier's IO on
+//! this machine and writes a profile (`kvtier_cli::probe`). An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,9 +33,10 @@ use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, 
 use kvtier_cli::trace::{Trace, TraceOptions};
 
 use args::{
-    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ReplayArgs, Size, SynthArgs, TierPolicy, sim_policies,
+    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, Size, SynthArgs, TierPolicy,
+    sim_policies,
 };
-use print::{print_engine, print_report};
+use print::{print_engine, print_probe, print_report};
 
 mod args;
 mod print;
@@ -104,12 +106,56 @@ fn synth(args: &SynthArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn probe(args: &ProbeArgs) -> Result<(), CliError> {
+    use kvtier_cli::probe::{ProbeConfig, SMALL_PAGE_BYTES, run};
+    let layout = KvLayout::preset(&args.layout, args.block_size).map_err(|e| CliError::Flag {
+        flag: "--block-size",
+        value: args.block_size.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut config = ProbeConfig::new(&args.dir)
+        .with_page_sizes(vec![layout.page_bytes() as u64, SMALL_PAGE_BYTES])
+        .with_backend(backend_kind(args.io_backend))
+        .with_seconds(args.seconds)
+        .with_scratch_bytes(args.scratch_size.bytes());
+    if let Some(size) = args.memcpy_size {
+        config = config.with_memcpy_bytes(size.bytes());
+    }
+    config.validate().map_err(|e| match e {
+        Error::InvalidConfig { setting, value, reason } => {
+            let flag = match setting {
+                "seconds" => "--seconds",
+                "scratch size" => "--scratch-size",
+                "memcpy size" => "--memcpy-size",
+                _ => return CliError::Replay(Error::InvalidConfig { setting, value, reason }),
+            };
+            CliError::Flag { flag, value, reason }
+        }
+        e => CliError::Replay(e),
+    })?;
+    println!("probing {} (about {:.0} s) ...", args.dir.display(), args.seconds * 9.0);
+    let profile = run(&config)?;
+    profile.save(&args.out)?;
+    print_probe(&profile, &args.layout, args.block_size);
+    println!("profile      {}", args.out.display());
+    Ok(())
+}
+
+fn backend_kind(arg: IoBackend) -> BackendKind {
+    match arg {
+        IoBackend::Auto => BackendKind::Auto,
+        IoBackend::Uring => BackendKind::Uring,
+        IoBackend::Psync => BackendKind::Psync,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Synth(args)) => synth(&args),
         Some(Command::Plan(args)) => plan(&args),
+        Some(Command::Probe(args)) => probe(&args),
         None => replay(&cli.replay),
     };
     match result {
@@ -224,11 +270,7 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         .with_full_data(args.full_data)
         .with_reference(!args.no_reference)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
-        .with_io_backend(match args.io_backend {
-            IoBackend::Auto => BackendKind::Auto,
-            IoBackend::Uring => BackendKind::Uring,
-            IoBackend::Psync => BackendKind::Psync,
-        });
+        .with_io_backend(backend_kind(args.io_backend));
     config.validate().map_err(|e| CliError::from_setting(args, e))?;
     Ok(config)
 }

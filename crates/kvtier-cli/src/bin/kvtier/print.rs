@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kvtier_cli::probe::{IoStats, Profile};
 use kvtier_cli::replay::{EngineRun, Reference, SimConfig, SimReport};
 use kvtier_cli::trace::Trace;
 
@@ -295,4 +296,65 @@ pub(crate) fn plan(r: &kvtier_cli::plan::PlanReport, source: &str) {
         r.prices.ssd_per_gb_hour
     );
     println!("elapsed      {:.1} s for {} points on {} threads", r.elapsed_seconds, r.points.len(), r.threads);
+}
+
+fn gib_per_sec(bytes_per_sec: f64) -> String {
+    format!("{:.2} GiB/s", bytes_per_sec / (1u64 << 30) as f64)
+}
+
+/// The probe's numbers: bandwidths in GiB/s, each IO bandwidth also as a share of memcpy.
+pub(crate) fn print_probe(profile: &Profile, layout: &str, block_size: u32) {
+    let m = &profile.machine;
+    let io = &profile.io;
+    println!("kvtier probe (kvtier {})", profile.kvtier_version);
+    println!(
+        "machine      {} cores, {}, kernel {}",
+        m.cores,
+        m.cpu.as_deref().unwrap_or("CPU unknown"),
+        m.kernel.as_deref().unwrap_or("unknown")
+    );
+    let memcpy = profile.memcpy.best_bytes_per_sec;
+    println!(
+        "memcpy       {} best, {} median ({} passes over {})",
+        gib_per_sec(memcpy),
+        gib_per_sec(profile.memcpy.median_bytes_per_sec),
+        profile.memcpy.passes,
+        format_bytes(profile.memcpy.buffer_bytes)
+    );
+    println!(
+        "io           {} on {} ({}), {}, queue depth {}, scratch {}",
+        io.dir.display(),
+        io.fs_type.as_deref().unwrap_or("unknown fs"),
+        io.backend,
+        if io.direct { "O_DIRECT" } else { "buffered" },
+        io.queue_depth,
+        format_bytes(io.scratch_bytes)
+    );
+    if let Some(note) = &io.note {
+        println!("note         {note}");
+    }
+    println!("layout       {layout}, {block_size}-token blocks");
+    println!(
+        "{:>10} {:>6} {:>4} {:>12} {:>10} {:>12} {:>12}",
+        "page", "op", "qd", "bandwidth", "x memcpy", "p50", "p99"
+    );
+    let row = |page: u64, op: &str, stats: &IoStats| {
+        let ratio = if memcpy > 0.0 { stats.bytes_per_sec / memcpy } else { 0.0 };
+        println!(
+            "{:>10} {:>6} {:>4} {:>12} {:>10.3} {:>9.0} us {:>9.0} us",
+            format_bytes(page),
+            op,
+            stats.queue_depth,
+            gib_per_sec(stats.bytes_per_sec),
+            ratio,
+            stats.latency_p50_us,
+            stats.latency_p99_us
+        );
+    };
+    for page in &io.pages {
+        row(page.page_bytes, "write", &page.write);
+        row(page.page_bytes, "read", &page.read);
+        row(page.page_bytes, "write", &page.write_qd1);
+        row(page.page_bytes, "read", &page.read_qd1);
+    }
 }

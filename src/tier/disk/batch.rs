@@ -14,20 +14,30 @@ impl DiskTier {
         buf.len() == self.slot_bytes && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
     }
 
-    fn take_bounce(&self) -> Result<AlignedBuf> {
-        match lock(&self.bounce).pop() {
-            Some(buf) => Ok(buf),
-            None => AlignedBuf::new(self.slot_bytes),
+    /// One mapping for `slots` bounce slots (a page that is not aligned or not slot-sized for
+    /// direct IO goes through one): a cached area if one is large enough, else a new one. One
+    /// mapping per batch, not per page: mapping and unmapping 4 KiB per page was most of a
+    /// small-page replay's time (257 K mmap + munmap for 1,000 requests).
+    fn take_bounce(&self, slots: usize) -> Result<AlignedBuf> {
+        let bytes = slots * self.slot_bytes;
+        let mut cache = lock(&self.bounce);
+        match cache.iter().position(|b| b.len() >= bytes) {
+            Some(i) => Ok(cache.swap_remove(i)),
+            None => {
+                drop(cache);
+                AlignedBuf::new(bytes)
+            }
         }
     }
 
-    fn return_bounce(&self, bufs: impl Iterator<Item = AlignedBuf>) {
+    /// Gives a bounce area back for the next batch (the smallest is dropped when full).
+    fn return_bounce(&self, area: AlignedBuf) {
         let mut cache = lock(&self.bounce);
-        for buf in bufs {
-            if cache.len() >= MAX_CACHED_BOUNCE {
-                break;
-            }
-            cache.push(buf);
+        cache.push(area);
+        if cache.len() > MAX_CACHED_BOUNCE
+            && let Some(i) = cache.iter().enumerate().min_by_key(|(_, b)| b.len()).map(|(i, _)| i)
+        {
+            cache.swap_remove(i);
         }
     }
 
@@ -90,7 +100,16 @@ impl DiskTier {
         planned: &[(usize, BlockId, u64)],
         overlap: &mut dyn Overlap,
     ) -> Vec<Option<Error>> {
-        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        let need = planned.iter().filter(|&&(i, ..)| !self.direct_ok(pages[i].1)).count();
+        let (mut area, area_err) = match need {
+            0 => (None, None),
+            n => match self.take_bounce(n) {
+                Ok(a) => (Some(a), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        let mut slots = area.as_mut().map(|a| a.chunks_mut(self.slot_bytes));
+        let mut bounces: Vec<Option<&mut [u8]>> = Vec::with_capacity(planned.len());
         let mut failed: Vec<Option<Error>> = Vec::with_capacity(planned.len());
         for &(i, ..) in planned {
             let page = pages[i].1;
@@ -99,16 +118,21 @@ impl DiskTier {
                 failed.push(None);
                 continue;
             }
-            match self.take_bounce() {
-                Ok(mut buf) => {
+            match slots.as_mut().and_then(Iterator::next) {
+                Some(buf) => {
                     buf[..page.len()].copy_from_slice(page);
                     buf[page.len()..].fill(0);
                     bounces.push(Some(buf));
                     failed.push(None);
                 }
-                Err(e) => {
+                None => {
                     bounces.push(None);
-                    failed.push(Some(e));
+                    // the batch's bounce area could not be mapped: every page needing one fails
+                    let source = match &area_err {
+                        Some(e) => std::io::Error::other(e.clone()),
+                        None => std::io::ErrorKind::OutOfMemory.into(),
+                    };
+                    failed.push(Some(Error::Map { tier: Tier::G3, bytes: need * self.slot_bytes, source }));
                 }
             }
         }
@@ -135,7 +159,10 @@ impl DiskTier {
                 }
             }
         }
-        self.return_bounce(bounces.into_iter().flatten());
+        drop(bounces);
+        if let Some(area) = area {
+            self.return_bounce(area);
+        }
         failed
     }
 
@@ -166,10 +193,13 @@ impl DiskTier {
         if planned.is_empty() {
             return results;
         }
-        let mut bounces: Vec<Option<AlignedBuf>> = Vec::with_capacity(planned.len());
+        let need = planned.iter().filter(|&&(i, ..)| !self.direct_ok(reqs[i].1)).count();
+        let mut area = if need > 0 { self.take_bounce(need).ok() } else { None };
+        let mut slots = area.as_mut().map(|a| a.chunks_mut(self.slot_bytes));
+        let mut bounces: Vec<Option<&mut [u8]>> = Vec::with_capacity(planned.len());
         let mut failed: Vec<Option<ReadFailure>> = vec![None; planned.len()];
         for &(i, ..) in &planned {
-            bounces.push(if self.direct_ok(reqs[i].1) { None } else { self.take_bounce().ok() });
+            bounces.push(if self.direct_ok(reqs[i].1) { None } else { slots.as_mut().and_then(Iterator::next) });
         }
         {
             let mut ops = Vec::with_capacity(planned.len());
@@ -235,7 +265,10 @@ impl DiskTier {
                 buf.fill(0); // never leave unverified bytes in the caller's buffer
             }
         }
-        self.return_bounce(bounces.into_iter().flatten());
+        drop(bounces);
+        if let Some(area) = area {
+            self.return_bounce(area);
+        }
         let mut inner = lock(&self.inner);
         for (k, &(i, b, generation, _)) in planned.iter().enumerate() {
             match failed[k] {

@@ -64,8 +64,8 @@ use index::{Inner, SlotState, io_err, map_index};
 
 /// Name of the index file inside the tier directory.
 pub const INDEX_FILE: &str = "g3.index";
-/// Bounce buffers kept for reuse between batches.
-const MAX_CACHED_BOUNCE: usize = 16;
+/// Bounce areas (one mapping of a batch's bounce slots each) kept for reuse between batches.
+const MAX_CACHED_BOUNCE: usize = 4;
 
 /// The G3 SSD tier. `Send + Sync`; see the module docs for the write and read lifecycles.
 ///

@@ -303,13 +303,9 @@ impl HostTier {
         let mut st = lock(&self.state);
         let mut moved = 0;
         for &h in hashes {
-            let Some(slot) = st.slots.lookup(h) else { continue };
-            if st.slots.state(slot).ok() != Some(crate::pool::BlockState::Evictable) {
-                continue;
-            }
-            // An evictable slot: taking and dropping a reference re-offers it to the policy as
-            // just used. Neither call can fail on a slot found evictable under this lock.
-            if st.slots.acquire_block(slot).is_ok() && st.slots.release(slot).is_ok() {
+            if let Some(slot) = st.slots.lookup(h)
+                && matches!(st.slots.touch(slot), Ok(true))
+            {
                 moved += 1;
             }
         }

@@ -141,6 +141,20 @@ impl<P: EvictionPolicy> BlockPool<P> {
         Ok(true)
     }
 
+    /// Re-offers an evictable block to the policy as just used (a cold mark cleared): the
+    /// copy the tier above leaned on is gone, so this one serves the content now. Returns false,
+    /// changing nothing, unless `b` is evictable (in use, free or in flight stay as they are).
+    pub fn touch(&mut self, b: BlockId) -> Result<bool> {
+        if self.meta(b)?.state != BlockState::Evictable {
+            return Ok(false);
+        }
+        // Taking and dropping a reference re-offers the block as just used; neither can fail
+        // on a block found evictable here.
+        self.acquire_block(b)?;
+        self.release(b)?;
+        Ok(true)
+    }
+
     /// Marks an in-use block as being filled by an IO outside the owner's lock.
     pub fn begin_io(&mut self, b: BlockId) -> Result<()> {
         let capacity = self.meta.len();

@@ -388,13 +388,9 @@ impl DiskTier {
         let mut inner = lock(&self.inner);
         let mut moved = 0;
         for &h in hashes {
-            let Some(b) = inner.valid_slot(h) else { continue };
-            if inner.pool.state(b).ok() != Some(crate::pool::BlockState::Evictable) {
-                continue;
-            }
-            // Taking and dropping a reference re-offers the slot as just used; neither can fail
-            // on a slot found evictable under this lock.
-            if inner.pool.acquire_block(b).is_ok() && inner.pool.release(b).is_ok() {
+            if let Some(b) = inner.valid_slot(h)
+                && matches!(inner.pool.touch(b), Ok(true))
+            {
                 moved += 1;
             }
         }

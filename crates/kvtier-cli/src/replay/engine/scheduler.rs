@@ -430,10 +430,10 @@ impl<'a> Replay<'a> {
         let cached = if known { self.tiers.g1().lock().longest_prefix(&req.hashes[..max_hit]) } else { 0 };
         // Like a runtime that admits a prefill larger than the offload watermark's margin: G1's
         // victims are copied down first, so that the allocation evicts no page left nowhere.
+        // (Making room evicts nothing from G1: `cached` still holds afterwards.)
         self.make_room(blocks - cached)?;
         let mut core = self.tiers.g1().lock();
         // A request that waits is retried every step: a cheap check spares the full call.
-        let cached = if known { core.longest_prefix(&req.hashes[..max_hit]) } else { 0 };
         if known && !core.can_allocate(blocks - cached) {
             return Ok(None);
         }

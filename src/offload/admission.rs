@@ -16,6 +16,18 @@ pub enum Admission {
     /// has free slots. On the Mooncake conversation trace it writes about a fifth of the
     /// bytes [`Admission::All`] writes and serves more hits (G3 keeps what comes back).
     SeenTwice,
+    /// Pages whose use count (1, 2, 3, 4 or more when they leave G2, from the frequency
+    /// sketch) is at least a threshold picked from the workload: a hash-sampled shadow of
+    /// every spill, admitted or declined, learns how long after leaving G2 pages of each
+    /// count are asked for again, predicts the hits and SSD writes of each threshold (a
+    /// lower one admits more and so shortens every page's stay in G3), and keeps the one
+    /// with the most hits for its writes
+    /// ([`crate::offload::OffloadConfig::admission_hits_per_write`] prices a write). Until it
+    /// has seen enough it admits pages seen twice; every page while G3 has free slots.
+    /// Declines pages predicted dead rather than pages seen once: where pages used once
+    /// mostly come back in time (a chat whose every turn returns soon), it admits them; where
+    /// most never do, it declines them as the seen-twice filter does.
+    Adaptive,
 }
 
 /// Count-min sketch (4 probes) of saturating 4-bit counters with aging, after TinyLFU.

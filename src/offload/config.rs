@@ -29,8 +29,14 @@ pub struct OffloadConfig {
     /// G3 raised the tiered / one-large-G1 hit-rate ratio from 0.962 to 0.977 but wrote 1.6x
     /// the SSD bytes. G2 is always exclusive: a promoted page's G2 copy goes cold.
     pub exclusive_g3: bool,
-    /// Which pages G3 accepts. Default: [`Admission::SeenTwice`].
+    /// Which pages G3 accepts. Default: [`Admission::Adaptive`].
     pub admission: Admission,
+    /// The price of an SSD write in hits for the adaptive filter ([`Admission::Adaptive`]):
+    /// it admits the classes of pages that maximise `hits - price x writes` (per page leaving
+    /// G2, as its shadow predicts them), so admitting more must bring at least this many more
+    /// hits per extra write (0.25: at most four writes per page it brings back). Lower admits
+    /// more (more hits, more wear); 0 maximises hits alone. Default: 0.25.
+    pub admission_hits_per_write: f64,
     /// How long the seen-twice filter remembers a page, in full turnovers of the hierarchy:
     /// its frequency sketch is halved after `turnovers x (G1 + G2 + G3 pages)` recorded uses,
     /// and holds four 4-bit counters per use it remembers, rounded up to a power of two (32 MiB
@@ -73,7 +79,8 @@ impl Default for OffloadConfig {
             g2_low_watermark: 0.1,
             write_through_g2: false,
             exclusive_g3: false,
-            admission: Admission::SeenTwice,
+            admission: Admission::Adaptive,
+            admission_hits_per_write: 0.25,
             admission_window_turnovers: 64,
             write_budget_bytes_per_sec: None,
             write_budget_dwpd: None,
@@ -117,11 +124,17 @@ impl OffloadConfig {
         self.exclusive_g3 = on;
         self
     }
-    /// Sets the G3 admission filter (default seen-twice).
+    /// Sets the G3 admission filter (default adaptive).
     pub fn with_admission(mut self, a: Admission) -> Self {
         self.admission = a;
         self
     }
+    /// Sets the adaptive filter's price of a write in hits (default 0.25).
+    pub fn with_admission_hits_per_write(mut self, fraction: f64) -> Self {
+        self.admission_hits_per_write = fraction;
+        self
+    }
+
     /// Sets how many hierarchy turnovers the admission filter remembers a page (default 64).
     pub fn with_admission_window_turnovers(mut self, turnovers: usize) -> Self {
         self.admission_window_turnovers = turnovers;
@@ -214,6 +227,9 @@ impl OffloadConfig {
             && !(d.is_finite() && d > 0.0)
         {
             return out_of_range("write_budget_dwpd", &d, "positive and finite");
+        }
+        if !(0.0..=1.0).contains(&self.admission_hits_per_write) {
+            return out_of_range("admission_hits_per_write", &self.admission_hits_per_write, "in [0, 1]");
         }
         if self.admission_window_turnovers == 0 {
             return out_of_range("admission_window_turnovers", &self.admission_window_turnovers, "at least 1");

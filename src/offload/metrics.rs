@@ -129,6 +129,14 @@ pub struct EngineMetrics {
     pub offload_failed: u64,
     /// Spills the admission filter declined.
     pub admission_declined: u64,
+    /// The adaptive admission filter's current threshold: the least use count a page leaving
+    /// G2 needs to be written to G3 (5: none is); `None` until its shadow has seen enough
+    /// (it then admits pages seen twice). Kept for every filter.
+    pub admission_min_uses: Option<u8>,
+    /// The shadow's estimate, per use count at spill (1, 2, 3, 4+), of the fraction of spills
+    /// asked for again within the G3 lifetime the threshold gives, in thousandths; `None`
+    /// where not enough is known.
+    pub admission_reuse_per_mille: [Option<u16>; 4],
     /// G2 pages not spilled because G1 still held them (dropped from G2 instead: G1's block
     /// is copied down again when it is evicted).
     pub spill_skipped_in_g1: u64,

@@ -23,10 +23,12 @@
 //!    write of a page that returns.
 //! 4. **Spill.** The same workers keep G2 above its own watermark by writing its LRU pages to
 //!    G3 in batches, through the admission filter (every page while G3 has free slots)
-//!    and the write budget ([`OffloadConfig::write_budget_dwpd`]). The filter
-//!    ([`Admission::SeenTwice`]) remembers uses over many turnovers of the whole hierarchy,
-//!    so a page used again long after it left every tier is recognised; a page it declines
-//!    is evicted early from G2 (counted).
+//!    and the write budget ([`OffloadConfig::write_budget_dwpd`]). The default filter
+//!    ([`Admission::Adaptive`]) classes a page by its use count, which a frequency sketch
+//!    remembers over many turnovers of the whole hierarchy, and admits the use counts that a
+//!    hash-sampled shadow of every spill predicts will bring the most hits for the SSD
+//!    writes they cost: pages predicted dead are declined, not pages seen once. A page it
+//!    declines is evicted early from G2 (counted).
 //! 5. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
 //! 6. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
 //!    prefix found only below, copies asynchronously, and returns a [`Ticket`]. When it
@@ -45,6 +47,7 @@ mod prefetch;
 mod queue;
 mod recompute;
 mod retention;
+mod reuse;
 mod ticket;
 mod views;
 mod worker;
@@ -78,6 +81,8 @@ use crate::tier::host::{HostMetrics, HostTier};
 
 use admission::{FrequencySketch, WriteBudget};
 use retention::Retention;
+use reuse::ReuseShadow;
+pub(crate) use reuse::class_of;
 
 /// Where a prefix was found: how many leading blocks some tier holds, and of those how many
 /// are in each tier (a block counts in the fastest tier that has it).
@@ -128,6 +133,8 @@ pub(crate) struct Shared {
     /// Pages per maintenance batch ([`OffloadConfig::pages_per_batch`]).
     pub(crate) batch: usize,
     pub(crate) sketch: Mutex<FrequencySketch>,
+    /// Which use counts of spilled pages are worth an SSD write (the adaptive filter).
+    pub(crate) reuse: Mutex<ReuseShadow>,
     pub(crate) budget: Mutex<WriteBudget>,
     pub(crate) stats: Mutex<Stats>,
     pub(crate) retained: Mutex<Vec<Retention>>,
@@ -260,6 +267,7 @@ impl TieredCache {
             page_bytes,
             batch: config.pages_per_batch(page_bytes),
             sketch: Mutex::new(FrequencySketch::new(sketch_window)),
+            reuse: Mutex::new(ReuseShadow::new(g3_pages, config.admission_hits_per_write)),
             budget: Mutex::new(WriteBudget::new(budget)),
             stats: Mutex::new(Stats {
                 m: EngineMetrics::default(),
@@ -487,6 +495,9 @@ impl TieredCache {
         engine.spill_latency = stats.spill.summary();
         engine.onboard_g2_latency = stats.onboard_g2.summary();
         engine.onboard_g3_latency = stats.onboard_g3.summary();
+        let choice = lock(&self.shared.reuse).choice();
+        engine.admission_min_uses = choice.min_uses;
+        engine.admission_reuse_per_mille = choice.reuse.map(|r| r.map(|f| (f * 1000.0).round() as u16));
         TierMetrics {
             g1: self.shared.g1.metrics(),
             g2: self.shared.g2.metrics(),
@@ -564,11 +575,18 @@ impl Shared {
     }
 
     /// Whether G3 should take the page of `h`.
-    pub(crate) fn admits(&self, h: BlockHash) -> bool {
+    /// Whether G3 takes a page used `uses` times (the sketch's estimate, [`Shared::uses`]).
+    pub(crate) fn admits(&self, uses: u8) -> bool {
         match self.config.admission {
             Admission::All => true,
-            Admission::SeenTwice => lock(&self.sketch).estimate(h) >= 2,
+            Admission::SeenTwice => uses >= 2,
+            Admission::Adaptive => lock(&self.reuse).admits(class_of(uses)).unwrap_or(uses >= 2),
         }
+    }
+
+    /// How often `h` was used, as far as the admission sketch remembers.
+    pub(crate) fn uses(&self, h: BlockHash) -> u8 {
+        lock(&self.sketch).estimate(h)
     }
 
     pub(crate) fn record_use(&self, h: BlockHash) {
@@ -595,6 +613,9 @@ impl Shared {
         }
         for h in &hashes[..hit.total] {
             self.record_use(*h);
+        }
+        if self.g3.is_some() {
+            lock(&self.reuse).requested(hashes);
         }
         let mut s = self.stats();
         s.m.lookups += 1;

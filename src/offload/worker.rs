@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::ticket::{self, OnboardJob};
-use super::{Job, Next, Shared};
+use super::{Job, Next, Shared, class_of};
 use crate::error::Result;
 use crate::pool::{CopyOutcome, StagedCopies};
 use crate::prefix::BlockHash;
@@ -250,6 +250,8 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
     }
     let (mut admitted, mut declined, mut deferred, mut present) = (Vec::new(), 0u64, 0u64, Vec::new());
     let mut in_g1 = 0u64;
+    // pages that leave G2 now (admitted or not), with their class, for the reuse shadow
+    let mut spilled = Vec::new();
     // While G3 has free slots, a write evicts nothing: every page is admitted, so no page is
     // lost while a lower tier has room (at most one drive fill of writes in all).
     let room = {
@@ -263,13 +265,20 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
             // G3 kept its copy (cold since the page's promotion): it serves the page again
             staged.set(i, CopyOutcome::Backed);
             present.push(h);
-        } else if shared.g1.lock().holds_in_use(h) {
+            continue;
+        }
+        if shared.g1.lock().holds_in_use(h) {
             // A page a running request holds in G1 costs nothing to drop from G2 (G1's block
             // is told, and copied down again once released and evicted): writing it to the
             // SSD now would only wear it.
             staged.set(i, CopyOutcome::Declined);
             in_g1 += 1;
-        } else if room == 0 && !shared.admits(h) {
+            continue;
+        }
+        // every page that leaves G2 now, admitted or not, feeds the reuse shadow
+        let uses = shared.uses(h);
+        spilled.push((h, class_of(uses)));
+        if room == 0 && !shared.admits(uses) {
             staged.set(i, CopyOutcome::Declined);
             declined += 1;
         } else if !lock(&shared.budget).try_take(shared.page_bytes as u64) {
@@ -305,6 +314,10 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         }
     }
     staged.finish()?;
+    {
+        let mut reuse = lock(&shared.reuse);
+        spilled.iter().for_each(|&(h, class)| reuse.spilled(h, class));
+    }
     let mut s = shared.stats();
     s.m.g2_to_g3.add(written, shared.page_bytes);
     s.m.admission_declined += declined;

@@ -145,8 +145,12 @@ pub(crate) struct ReplayArgs {
     #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
     pub(crate) io_backend: IoBackend,
     /// Engine mode: pages G3 takes from G2.
-    #[arg(long, value_enum, default_value_t = AdmissionArg::SeenTwice)]
+    #[arg(long, value_enum, default_value_t = AdmissionArg::Adaptive)]
     pub(crate) admission: AdmissionArg,
+    /// Engine mode: the adaptive filter's price of an SSD write in hits (it picks the use
+    /// count threshold with the most `hits - price x writes`; 0 maximises hits).
+    #[arg(long, value_name = "HITS", default_value_t = 0.25)]
+    pub(crate) admission_hits_per_write: f64,
     /// Engine mode: eviction policy of every tier (default: each tier's own, G1 adaptive, G2
     /// and G3 LRU).
     #[arg(long, value_enum)]
@@ -230,6 +234,8 @@ pub(crate) enum AdmissionArg {
     All,
     /// Pages seen at least twice recently (TinyLFU-style sketch).
     SeenTwice,
+    /// Classes of pages (by use count) that a sampled shadow of the spills sees coming back.
+    Adaptive,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

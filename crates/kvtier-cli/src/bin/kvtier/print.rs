@@ -139,6 +139,17 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         r.admission_declined,
         r.onboard_failed
     );
+    let reuse: Vec<String> = r
+        .admission_reuse_per_mille
+        .iter()
+        .zip(["1", "2", "3", "4+"])
+        .map(|(r, uses)| format!("{uses}: {}", r.map_or("-".into(), |r| format!("{:.1} %", f64::from(r) / 10.0))))
+        .collect();
+    let threshold = r.admission_min_uses.map_or("not yet chosen".into(), |m| format!("use count >= {m}"));
+    println!(
+        "spill reuse  pages back within the G3 lifetime, by use count at spill: {}; adaptive admission: {threshold}",
+        reuse.join(", ")
+    );
     let p = &r.peaks;
     println!(
         "peak usage   G1 {} blocks held ({:.1} %), {} holding data ({:.1} %); G2 {} ({:.1} %); G3 {} ({:.1} %)",

@@ -124,8 +124,10 @@ pub struct EngineConfig {
     pub ssd_dir: PathBuf,
     /// G3 IO engine. Default: auto (io_uring, else psync).
     pub io_backend: BackendKind,
-    /// G3 admission filter. Default: seen twice.
+    /// G3 admission filter. Default: adaptive.
     pub admission: Admission,
+    /// The adaptive filter's least reuse fraction of an admitted class. Default: 0.25.
+    pub admission_hits_per_write: f64,
     /// Copy every committed block to G2 at once, so that a G1 eviction never waits for a copy.
     /// Default: false: G2 would spend its space on copies of blocks G1 still holds (on the
     /// bundled sample write-through lowered the tiered / one-large-G1 ratio).
@@ -181,7 +183,8 @@ impl Default for EngineConfig {
             g3_blocks: 131_072,
             ssd_dir: PathBuf::from("out"),
             io_backend: BackendKind::Auto,
-            admission: Admission::SeenTwice,
+            admission: Admission::Adaptive,
+            admission_hits_per_write: 0.25,
             write_through_g2: false,
             exclusive_g3: false,
             full_data: false,
@@ -234,7 +237,13 @@ impl EngineConfig {
         self.io_backend = backend;
         self
     }
-    /// Sets the G3 admission filter (default seen twice).
+    /// Sets the adaptive admission filter's least reuse fraction (default 0.25).
+    pub fn with_admission_hits_per_write(mut self, fraction: f64) -> Self {
+        self.admission_hits_per_write = fraction;
+        self
+    }
+
+    /// Sets the G3 admission filter (default adaptive).
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
         self
@@ -460,6 +469,7 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
     let mut offload = OffloadConfig::default()
         .with_host(host)
         .with_admission(config.admission)
+        .with_admission_hits_per_write(config.admission_hits_per_write)
         .with_write_through_g2(config.write_through_g2)
         .with_exclusive_g3(config.exclusive_g3)
         .with_workers(0);

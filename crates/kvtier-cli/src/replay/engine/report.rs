@@ -326,6 +326,11 @@ pub struct EngineReport {
     pub g3_evictions: u64,
     /// Spills to G3 the admission filter declined.
     pub admission_declined: u64,
+    /// The adaptive filter's threshold at the end: least use count written to G3 (5: none).
+    pub admission_min_uses: Option<u8>,
+    /// The adaptive filter's estimate of how often spilled pages come back within the G3
+    /// lifetime its threshold gives, per use count (1, 2, 3, 4+) at spill, in thousandths.
+    pub admission_reuse_per_mille: [Option<u16>; 4],
     /// Pages onboarding could not deliver.
     pub onboard_failed: u64,
     /// Hit rate and occupancy over simulated time.
@@ -346,6 +351,7 @@ impl EngineReport {
             admission: match config.admission {
                 Admission::All => "all",
                 Admission::SeenTwice => "seen-twice",
+                Admission::Adaptive => "adaptive",
             },
             write_through_g2: config.write_through_g2,
             exclusive_g3: config.exclusive_g3,
@@ -382,6 +388,8 @@ impl EngineReport {
             g2_unbacked_evictions: 0,
             g3_evictions: 0,
             admission_declined: 0,
+            admission_min_uses: None,
+            admission_reuse_per_mille: [None; 4],
             onboard_failed: 0,
             samples: Vec::new(),
         }

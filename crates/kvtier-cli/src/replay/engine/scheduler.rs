@@ -630,6 +630,8 @@ impl<'a> Replay<'a> {
         r.g2_unbacked_evictions = m.g2.unbacked_evictions;
         r.g3_evictions = m.g3.map_or(0, |d| d.evictions);
         r.admission_declined = e.admission_declined;
+        r.admission_min_uses = e.admission_min_uses;
+        r.admission_reuse_per_mille = e.admission_reuse_per_mille;
         r.onboard_failed = e.onboard_failed;
         r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());
         r.admission_wait = WaitSummary::of(&mut self.waits_us);

@@ -58,7 +58,8 @@ struct Setup {
     max_seq_len: u8,
     g1_low: u8,
     batch_pages: u8,
-    seen_twice: bool,
+    /// G3 admission: all, seen twice or adaptive (the default).
+    admission: u8,
     write_through: bool,
     /// Run a maintenance pass after every op, as background workers would.
     auto_maintenance: bool,
@@ -208,7 +209,7 @@ impl Config {
         let offload = OffloadConfig::default()
             .with_host(HostConfig::default().with_capacity_pages(2 + s.g2_pages as usize % 8))
             .with_disk(disk)
-            .with_admission(if s.seen_twice { Admission::SeenTwice } else { Admission::All })
+            .with_admission([Admission::All, Admission::SeenTwice, Admission::Adaptive][s.admission as usize % 3])
             .with_write_through_g2(s.write_through)
             .with_g1_low_watermark([0.1, 0.5, 0.9][s.g1_low as usize % 3])
             .with_g2_low_watermark(0.5)

@@ -43,6 +43,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cache;
+pub mod curve;
 mod error;
 mod events;
 mod ids;

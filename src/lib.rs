@@ -45,6 +45,8 @@
 mod cache;
 mod error;
 mod events;
+#[cfg(not(loom))]
+pub mod external;
 mod ids;
 pub mod io;
 mod layout;

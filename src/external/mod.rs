@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128_with_seed};
 
+mod admit;
 mod memory;
 mod types;
 mod worker;
@@ -73,6 +74,8 @@ use crate::layout::{Dtype, KvLayout};
 use crate::prefix::BlockHash;
 use crate::sync::{Condvar, Mutex, lock, wait};
 use crate::tier::DiskTier;
+pub use admit::StoreAdmission;
+use admit::{Gate, Verdict};
 use memory::slot_out_of_range;
 pub use memory::{HeapSlots, SlotMemory};
 pub use types::{EventKind, JobKind, JobResult, Lookup, SlotStoreConfig, StoreMetrics, TierEvent};
@@ -125,6 +128,7 @@ pub(crate) struct State {
     pub(crate) events: Vec<TierEvent>,
     pub(crate) closed: bool,
     pub(crate) m: StoreMetrics,
+    gate: Option<Gate>,
 }
 
 /// Pins on the pages of some keys, taken by [`SlotStore::prepare_load`]: none of them is evicted
@@ -227,7 +231,10 @@ impl SlotStore {
             disk,
             memory,
             key_seed: xxh3_64_with_seed(&config.tenant_salt, KEY_SEED),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                gate: Some(Gate::new(config.admission, config.disk.capacity_slots, config.write_budget)),
+                ..State::default()
+            }),
             work: Condvar::new(),
             idle: Condvar::new(),
         });
@@ -355,12 +362,19 @@ impl SlotStore {
             submitted: Instant::now(),
         };
         let mut skipped = 0;
+        let page_bytes = self.page_bytes() as u64;
         for (&key, &slot) in keys.iter().zip(slots) {
             if st.in_flight.contains_key(&key) || job.keys.contains(&key) || self.shared.disk.contains(key) {
                 skipped += 1;
-            } else {
-                job.keys.push(key);
-                job.slots.push(slot);
+                continue;
+            }
+            match st.gate.as_mut().map_or(Verdict::Admit, |g| g.admit(key, page_bytes)) {
+                Verdict::Admit => {
+                    job.keys.push(key);
+                    job.slots.push(slot);
+                }
+                Verdict::FirstSighting => st.m.keys_not_admitted += 1,
+                Verdict::OverBudget => st.m.keys_over_budget += 1,
             }
         }
         if job.keys.len() > self.capacity() {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::StoreAdmission;
 use crate::error::{Error, Result, Tier};
 use crate::layout::KvLayout;
 use crate::prefix::BlockHash;
@@ -34,12 +35,24 @@ pub struct SlotStoreConfig {
     /// The model's page layout, recorded in the directory's fingerprint. Default: None, a raw
     /// layout of the memory's slot size (the model id then tells models apart).
     pub layout: Option<KvLayout>,
+    /// Which keys of a store job are written. Default: [`StoreAdmission::All`].
+    pub admission: StoreAdmission,
+    /// Bytes per second the store may write (a one-second bucket); keys beyond it are dropped
+    /// when their job is submitted. Default: None (unbounded).
+    pub write_budget: Option<u64>,
 }
 
 impl SlotStoreConfig {
     /// A configuration over `disk` with the defaults.
     pub fn new(disk: DiskConfig) -> Self {
-        Self { disk, workers: 2, tenant_salt: Vec::new(), layout: None }
+        Self {
+            disk,
+            workers: 2,
+            tenant_salt: Vec::new(),
+            layout: None,
+            admission: StoreAdmission::All,
+            write_budget: None,
+        }
     }
 
     /// Sets the number of IO workers (1..=64). Default: 2.
@@ -60,10 +73,29 @@ impl SlotStoreConfig {
         self
     }
 
+    /// Sets the admission filter. Default: [`StoreAdmission::All`].
+    pub fn with_admission(mut self, admission: StoreAdmission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Sets the write budget in bytes per second. Default: None (unbounded).
+    pub fn with_write_budget(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.write_budget = bytes_per_second;
+        self
+    }
+
     /// Checks every field (the disk's too).
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_WORKERS).contains(&self.workers) {
             return Err(Error::OutOfRange { field: "workers", value: self.workers.to_string(), expected: "1..=64" });
+        }
+        if self.write_budget == Some(0) {
+            return Err(Error::OutOfRange {
+                field: "write_budget",
+                value: "0".into(),
+                expected: "at least 1 byte per second, or None",
+            });
         }
         self.disk.validate()
     }
@@ -170,6 +202,10 @@ pub struct StoreMetrics {
     pub keys_stored: u64,
     /// Keys of store jobs skipped because they were stored or in flight already.
     pub keys_already_present: u64,
+    /// Keys of store jobs not written because the admission filter saw them for the first time.
+    pub keys_not_admitted: u64,
+    /// Keys of store jobs not written because the write budget was spent.
+    pub keys_over_budget: u64,
     /// Keys of store jobs refused for want of a slot (every slot pinned or being written).
     pub keys_refused: u64,
     /// Keys of store jobs whose write failed (IO error, cancelled).

@@ -18,7 +18,7 @@
 mod buffer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvtier::external::{self as ext, EventKind, JobKind, StoreAdmission};
@@ -230,7 +230,9 @@ fn key_hashes(store: &ext::SlotStore, keys: &Bound<'_, PyAny>) -> PyResult<Vec<B
 #[pyclass(module = "kvtier")]
 #[derive(Debug)]
 pub struct SlotStore {
-    store: Arc<ext::SlotStore>,
+    /// None once shut down: the directory's lock goes with the last reference (a lease still
+    /// alive holds one).
+    store: Mutex<Option<Arc<ext::SlotStore>>>,
 }
 
 fn backend_kind(name: &str) -> PyResult<BackendKind> {
@@ -247,6 +249,16 @@ fn admission_kind(name: &str) -> PyResult<StoreAdmission> {
         "all" => Ok(StoreAdmission::All),
         "seen_twice" => Ok(StoreAdmission::SeenTwice),
         other => Err(ConfigError::new_err(format!("unknown admission {other:?} (known: all, seen_twice)"))),
+    }
+}
+
+impl SlotStore {
+    /// The open store, or ClosedError after `shutdown`.
+    fn open(&self) -> PyResult<Arc<ext::SlotStore>> {
+        match self.store.lock() {
+            Ok(guard) => guard.clone().ok_or_else(|| ClosedError::new_err("the store was shut down")),
+            Err(_) => Err(ClosedError::new_err("the store was shut down")),
+        }
     }
 }
 
@@ -292,32 +304,35 @@ impl SlotStore {
         let memory: Arc<dyn ext::SlotMemory> = Arc::new(memory);
         // Opening preallocates the slab files: it can take a while.
         let store = py.detach(move || ext::SlotStore::open(config, memory)).map_err(to_py)?;
-        Ok(Self { store: Arc::new(store) })
+        Ok(Self { store: Mutex::new(Some(Arc::new(store))) })
     }
 
     /// The 128-bit hash (an int) a key is stored under: XXH3-128 of the key, seeded by the
     /// tenant salt.
-    fn key_hash(&self, key: &[u8]) -> u128 {
-        self.store.key_hash(key).0
+    fn key_hash(&self, key: &[u8]) -> PyResult<u128> {
+        Ok(self.open()?.key_hash(key).0)
     }
 
     /// HIT (stored and ready), MISS, or RETRY (being stored). Pins nothing.
-    fn lookup(&self, key: &[u8]) -> Lookup {
-        self.store.lookup(self.store.key_hash(key)).into()
+    fn lookup(&self, key: &[u8]) -> PyResult<Lookup> {
+        let store = self.open()?;
+        Ok(store.lookup(store.key_hash(key)).into())
     }
 
     /// Looks each key up: a list of Lookup.
     fn lookup_many(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Lookup>> {
-        Ok(key_hashes(&self.store, keys)?.into_iter().map(|h| self.store.lookup(h).into()).collect())
+        let store = self.open()?;
+        Ok(key_hashes(&store, keys)?.into_iter().map(|h| store.lookup(h).into()).collect())
     }
 
     /// Looks a key up and, on a HIT, pins it: `(Lookup, LoadLease | None)`. A key evicted
     /// between the two steps is a MISS.
-    fn lookup_pin(&self, key: &[u8]) -> (Lookup, Option<LoadLease>) {
-        let h = self.store.key_hash(key);
-        match self.store.lookup(h) {
+    fn lookup_pin(&self, key: &[u8]) -> PyResult<(Lookup, Option<LoadLease>)> {
+        let store = self.open()?;
+        let h = store.key_hash(key);
+        Ok(match store.lookup(h) {
             ext::Lookup::Hit => {
-                let lease = self.store.prepare_load(&[h]);
+                let lease = store.prepare_load(&[h]);
                 if lease.all_pinned() {
                     (Lookup::HIT, Some(LoadLease { lease: Some(lease) }))
                 } else {
@@ -325,25 +340,28 @@ impl SlotStore {
                 }
             }
             other => (other.into(), None),
-        }
+        })
     }
 
     /// Pins the stored blocks of `keys` until the lease is released.
     fn prepare_load(&self, keys: &Bound<'_, PyAny>) -> PyResult<LoadLease> {
-        let keys = key_hashes(&self.store, keys)?;
-        Ok(LoadLease { lease: Some(self.store.prepare_load(&keys)) })
+        let store = self.open()?;
+        let keys = key_hashes(&store, keys)?;
+        Ok(LoadLease { lease: Some(store.prepare_load(&keys)) })
     }
 
     /// Marks the stored blocks of `keys` most recently used; returns how many.
     fn touch(&self, keys: &Bound<'_, PyAny>) -> PyResult<usize> {
-        Ok(self.store.touch(&key_hashes(&self.store, keys)?))
+        let store = self.open()?;
+        Ok(store.touch(&key_hashes(&store, keys)?))
     }
 
     /// Queues writing slot `slots[i]` under `keys[i]` (keys already stored or in flight are
     /// skipped) and returns how many keys will be written. Never waits for IO.
     fn submit_store(&self, job_id: u64, keys: &Bound<'_, PyAny>, slots: Vec<usize>) -> PyResult<usize> {
-        let keys = key_hashes(&self.store, keys)?;
-        self.store.submit_store(job_id, &keys, &slots).map_err(to_py)
+        let store = self.open()?;
+        let keys = key_hashes(&store, keys)?;
+        store.submit_store(job_id, &keys, &slots).map_err(to_py)
     }
 
     /// Queues loading `keys[i]` into slot `slots[i]` (distinct slots). The keys are pinned
@@ -357,22 +375,24 @@ impl SlotStore {
         slots: Vec<usize>,
         leases: Option<Vec<PyRefMut<'_, LoadLease>>>,
     ) -> PyResult<()> {
-        let keys = key_hashes(&self.store, keys)?;
-        let lease = self.store.prepare_load(&keys);
+        let store = self.open()?;
+        let keys = key_hashes(&store, keys)?;
+        let lease = store.prepare_load(&keys);
         for mut old in leases.unwrap_or_default() {
             old.lease = None;
         }
-        self.store.submit_load(job_id, lease, &slots).map_err(to_py)
+        store.submit_load(job_id, lease, &slots).map_err(to_py)
     }
 
     /// Results of the jobs finished since the last call.
-    fn take_finished(&self) -> Vec<JobResult> {
-        self.store.take_finished().into_iter().map(JobResult::from).collect()
+    fn take_finished(&self) -> PyResult<Vec<JobResult>> {
+        Ok(self.open()?.take_finished().into_iter().map(JobResult::from).collect())
     }
 
     /// Stored / removed events since the last call.
-    fn take_events(&self) -> Vec<TierEvent> {
-        self.store
+    fn take_events(&self) -> PyResult<Vec<TierEvent>> {
+        Ok(self
+            .open()?
             .take_events()
             .into_iter()
             .map(|e| TierEvent {
@@ -380,19 +400,19 @@ impl SlotStore {
                 medium: e.tier.to_string(),
                 hashes: hashes(&e.hashes),
             })
-            .collect()
+            .collect())
     }
 
     /// Whether a job is queued or running, or a result waits to be taken.
     fn has_pending_work(&self) -> bool {
-        self.store.has_pending_work()
+        self.open().is_ok_and(|s| s.has_pending_work())
     }
 
     /// Waits (GIL released) until every submitted job has finished; with `timeout` (seconds)
     /// gives up then. Returns whether everything finished.
     #[pyo3(signature = (timeout=None))]
     fn drain(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let store = Arc::clone(&self.store);
+        let store = self.open()?;
         match timeout {
             None => {
                 py.detach(move || store.drain());
@@ -405,14 +425,14 @@ impl SlotStore {
 
     /// Hashes (ints) of every block the tier holds (after a warm restart: what the last run
     /// left).
-    fn stored_keys(&self, py: Python<'_>) -> Vec<u128> {
-        let store = Arc::clone(&self.store);
-        py.detach(move || hashes(&store.stored_keys()))
+    fn stored_keys(&self, py: Python<'_>) -> PyResult<Vec<u128>> {
+        let store = self.open()?;
+        Ok(py.detach(move || hashes(&store.stored_keys())))
     }
 
     /// Counters and gauges as a dict.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let m = self.store.metrics();
+        let m = self.open()?.metrics();
         let d = PyDict::new(py);
         for (k, v) in [
             ("lookups", m.lookups),
@@ -452,38 +472,48 @@ impl SlotStore {
     /// Stops the IO workers (GIL released): running jobs finish, queued ones are reported
     /// failed, later submissions raise ClosedError. Idempotent.
     fn shutdown(&self, py: Python<'_>) {
-        let store = Arc::clone(&self.store);
-        py.detach(move || store.shutdown());
+        let taken = match self.store.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(_) => None,
+        };
+        if let Some(store) = taken {
+            // Joins the workers, then drops this reference (the last one unless a lease lives):
+            // the directory is unlocked when this returns.
+            py.detach(move || {
+                store.shutdown();
+                drop(store);
+            });
+        }
     }
 
     /// Bytes per block.
     #[getter]
-    fn slot_bytes(&self) -> usize {
-        self.store.page_bytes()
+    fn slot_bytes(&self) -> PyResult<usize> {
+        Ok(self.open()?.page_bytes())
     }
 
     /// Blocks the tier holds at most.
     #[getter]
-    fn capacity(&self) -> usize {
-        self.store.capacity()
+    fn capacity(&self) -> PyResult<usize> {
+        Ok(self.open()?.capacity())
     }
 
     /// The IO engine in use: "io_uring" or "psync".
     #[getter]
-    fn backend(&self) -> &'static str {
-        self.store.disk().backend_name()
+    fn backend(&self) -> PyResult<&'static str> {
+        Ok(self.open()?.disk().backend_name())
     }
 
     /// Whether the slab files bypass the page cache (O_DIRECT).
     #[getter]
-    fn direct_io(&self) -> bool {
-        self.store.disk().is_direct()
+    fn direct_io(&self) -> PyResult<bool> {
+        Ok(self.open()?.disk().is_direct())
     }
 
     /// The tier directory.
     #[getter]
-    fn directory(&self) -> PathBuf {
-        self.store.disk().dir().to_path_buf()
+    fn directory(&self) -> PyResult<PathBuf> {
+        Ok(self.open()?.disk().dir().to_path_buf())
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -496,20 +526,27 @@ impl SlotStore {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "SlotStore(directory={:?}, capacity={}, slot_bytes={}, backend={:?})",
-            self.store.disk().dir(),
-            self.store.capacity(),
-            self.store.page_bytes(),
-            self.store.disk().backend_name()
-        )
+        match self.open() {
+            Ok(store) => format!(
+                "SlotStore(directory={:?}, capacity={}, slot_bytes={}, backend={:?})",
+                store.disk().dir(),
+                store.capacity(),
+                store.page_bytes(),
+                store.disk().backend_name()
+            ),
+            Err(_) => "SlotStore(shut down)".into(),
+        }
     }
 }
 
 impl Drop for SlotStore {
     fn drop(&mut self) {
         // Joins the workers; they never need the GIL, so holding it here cannot deadlock.
-        self.store.shutdown();
+        if let Ok(mut guard) = self.store.lock()
+            && let Some(store) = guard.take()
+        {
+            store.shutdown();
+        }
     }
 }
 

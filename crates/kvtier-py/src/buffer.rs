@@ -59,7 +59,7 @@ impl PrimaryBuffer {
             None => buffer.strides().first().and_then(|s| usize::try_from(*s).ok()).unwrap_or(0),
         };
         let len = buffer.len_bytes();
-        if slot_bytes == 0 || len == 0 || len % slot_bytes != 0 {
+        if slot_bytes == 0 || len == 0 || !len.is_multiple_of(slot_bytes) {
             return Err(PyValueError::new_err(format!(
                 "the KV buffer ({len} bytes) is not a whole number of blocks of {slot_bytes} bytes"
             )));
@@ -88,9 +88,8 @@ impl PrimaryBuffer {
             let word = self.leases.get(s).ok_or_else(|| Self::busy(s))?;
             // Acquire pairs with the writer's Release in `release_write`: its bytes are
             // visible to this reader.
-            let taken = word
-                .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| (n < WRITER - 1).then_some(n + 1))
-                .is_ok();
+            let taken =
+                word.fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| (n < WRITER - 1).then_some(n + 1)).is_ok();
             if !taken {
                 self.release_read(&slots[..i]);
                 return Err(Self::busy(s));

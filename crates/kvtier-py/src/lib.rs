@@ -4,7 +4,7 @@
 //! over the `SlotStore` class defined here.
 //!
 //! How a call crosses over:
-//! 1. Keys arrive as `bytes` and are hashed here ([`SlotStore::key_hash`] with the tenant
+//! 1. Keys arrive as `bytes` and are hashed here ([`kvtier::external::SlotStore::key_hash`] with the tenant
 //!    salt); Python sees hashes as 128-bit ints.
 //! 2. The primary buffer comes in once, at construction, through the buffer protocol
 //!    (`buffer.rs`, zero copy); jobs name its slots by index.

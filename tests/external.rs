@@ -287,3 +287,33 @@ fn bad_arguments_are_errors_and_shutdown_cancels() {
     store.shutdown();
     store.disk().check_invariants(true).unwrap();
 }
+
+#[test]
+fn queued_jobs_run_in_batches_without_merging_loads_into_one_slot() {
+    let dir = TestDir::new("batch");
+    let memory = Arc::new(HeapSlots::new(PAGE, 64).unwrap());
+    let config = SlotStoreConfig::new(disk(dir.path(), 64)).with_workers(1).with_max_batch_bytes(8 * PAGE);
+    let store = SlotStore::open(config, memory.clone()).unwrap();
+    let keys: Vec<BlockHash> = (0..32).map(|i| store.key_hash(format!("b{i}").as_bytes())).collect();
+    for i in 0..32 {
+        memory.set_slot(i, &page(i as u8)).unwrap();
+    }
+    for (j, chunk) in keys.chunks(4).enumerate() {
+        let slots: Vec<usize> = (j * 4..j * 4 + 4).collect();
+        store.submit_store(j as u64, chunk, &slots).unwrap();
+    }
+    store.drain();
+    let done = store.take_finished();
+    assert_eq!(done.len(), 8);
+    assert!(done.iter().all(|r| r.success && r.succeeded.len() == 4));
+    // eight one-page loads into the same slot: never one batch, so they land in order
+    for (j, key) in keys.iter().take(8).enumerate() {
+        store.submit_load(100 + j as u64, store.prepare_load(&[*key]), &[40]).unwrap();
+    }
+    store.drain();
+    let done = store.take_finished();
+    assert_eq!(done.iter().map(|r| r.job_id).collect::<Vec<_>>(), (100..108).collect::<Vec<_>>());
+    assert!(done.iter().all(|r| r.success));
+    assert_eq!(memory.slot(40).unwrap(), page(7));
+    store.disk().check_invariants(true).unwrap();
+}

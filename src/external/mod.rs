@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) disk: DiskTier,
     pub(crate) memory: Arc<dyn SlotMemory>,
     key_seed: u64,
+    /// Pages one worker batch takes at most (from `max_batch_bytes`).
+    pub(crate) max_batch_pages: usize,
     pub(crate) state: Mutex<State>,
     /// Workers wait here for jobs.
     pub(crate) work: Condvar,
@@ -199,7 +201,7 @@ impl Drop for LoadLease {
 fn raw_layout(page_bytes: usize) -> Result<KvLayout> {
     let half = u32::try_from(page_bytes / 2)
         .map_err(|_| Error::InvalidConfig { field: "slot_bytes", reason: "exceeds 1 GiB" })?;
-    if page_bytes % 2 != 0 || half == 0 {
+    if !page_bytes.is_multiple_of(2) || half == 0 {
         return Err(Error::OutOfRange {
             field: "slot_bytes",
             value: page_bytes.to_string(),
@@ -231,6 +233,7 @@ impl SlotStore {
             disk,
             memory,
             key_seed: xxh3_64_with_seed(&config.tenant_salt, KEY_SEED),
+            max_batch_pages: (config.max_batch_bytes / layout.page_bytes()).max(1),
             state: Mutex::new(State {
                 gate: Some(Gate::new(config.admission, config.disk.capacity_slots, config.write_budget)),
                 ..State::default()

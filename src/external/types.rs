@@ -40,6 +40,9 @@ pub struct SlotStoreConfig {
     /// Bytes per second the store may write (a one-second bucket); keys beyond it are dropped
     /// when their job is submitted. Default: None (unbounded).
     pub write_budget: Option<u64>,
+    /// Bytes of queued jobs of one kind that a worker runs as one batch (one submission to the
+    /// SSD tier; a single larger job still runs whole). Default: 64 MiB.
+    pub max_batch_bytes: usize,
 }
 
 impl SlotStoreConfig {
@@ -52,6 +55,7 @@ impl SlotStoreConfig {
             layout: None,
             admission: StoreAdmission::All,
             write_budget: None,
+            max_batch_bytes: 64 << 20,
         }
     }
 
@@ -85,10 +89,19 @@ impl SlotStoreConfig {
         self
     }
 
+    /// Sets how many bytes of queued jobs a worker batches. Default: 64 MiB.
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
     /// Checks every field (the disk's too).
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_WORKERS).contains(&self.workers) {
             return Err(Error::OutOfRange { field: "workers", value: self.workers.to_string(), expected: "1..=64" });
+        }
+        if self.max_batch_bytes == 0 {
+            return Err(Error::OutOfRange { field: "max_batch_bytes", value: "0".into(), expected: "at least 1" });
         }
         if self.write_budget == Some(0) {
             return Err(Error::OutOfRange {

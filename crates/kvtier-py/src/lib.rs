@@ -221,7 +221,8 @@ fn key_hashes(store: &ext::SlotStore, keys: &Bound<'_, PyAny>) -> PyResult<Vec<B
 ///
 /// `SlotStore(buffer, directory, capacity_blocks, *, slot_bytes=None, model_id="",
 /// tenant_salt=b"", io_backend="auto", workers=2, wipe_on_mismatch=False, slots_per_file=256,
-/// direct_io=True, admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1)`
+/// direct_io=True, admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1,
+/// queue_depth=32, read_chunk_bytes=8 MiB, max_batch_bytes=64 MiB)`
 ///
 /// `buffer` is any C-contiguous object with the buffer protocol (memoryview, numpy array):
 /// slot `i` is bytes `[i * slot_bytes, (i + 1) * slot_bytes)`; `slot_bytes` defaults to the
@@ -267,7 +268,8 @@ impl SlotStore {
     #[new]
     #[pyo3(signature = (buffer, directory, capacity_blocks, *, slot_bytes=None, model_id="", tenant_salt=b"".as_slice(),
         io_backend="auto", workers=2, wipe_on_mismatch=false, slots_per_file=256, direct_io=true,
-        admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1))]
+        admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1, queue_depth=32,
+        read_chunk_bytes=kvtier::tier::DEFAULT_READ_CHUNK_BYTES, max_batch_bytes=64 << 20))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -286,21 +288,29 @@ impl SlotStore {
         write_budget_bytes_per_s: Option<u64>,
         tp_rank: u32,
         tp_size: u32,
+        queue_depth: usize,
+        read_chunk_bytes: usize,
+        max_batch_bytes: usize,
     ) -> PyResult<Self> {
         let memory = PrimaryBuffer::new(buffer, slot_bytes)?;
-        let io = IoConfig::default().with_backend(backend_kind(io_backend)?).with_direct(direct_io);
+        let io = IoConfig::default()
+            .with_backend(backend_kind(io_backend)?)
+            .with_direct(direct_io)
+            .with_queue_depth(queue_depth);
         let disk = DiskConfig::new(directory)
             .with_capacity_slots(capacity_blocks)
             .with_slots_per_file(slots_per_file.clamp(1, capacity_blocks.max(1)))
             .with_model_id(model_id)
             .with_tp(tp_rank, tp_size)
             .with_wipe_on_mismatch(wipe_on_mismatch)
+            .with_read_chunk_bytes(read_chunk_bytes)
             .with_io(io);
         let config = ext::SlotStoreConfig::new(disk)
             .with_workers(workers)
             .with_tenant_salt(tenant_salt)
             .with_admission(admission_kind(admission)?)
-            .with_write_budget(write_budget_bytes_per_s);
+            .with_write_budget(write_budget_bytes_per_s)
+            .with_max_batch_bytes(max_batch_bytes);
         let memory: Arc<dyn ext::SlotMemory> = Arc::new(memory);
         // Opening preallocates the slab files: it can take a while.
         let store = py.detach(move || ext::SlotStore::open(config, memory)).map_err(to_py)?;

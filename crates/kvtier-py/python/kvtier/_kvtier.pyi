@@ -100,6 +100,9 @@ class SlotStore:
         write_budget_bytes_per_s: int | None = None,
         tp_rank: int = 0,
         tp_size: int = 1,
+        queue_depth: int = 32,
+        read_chunk_bytes: int = 8 << 20,
+        max_batch_bytes: int = 64 << 20,
     ) -> None: ...
     def key_hash(self, key: bytes) -> int:
         """The 128-bit hash a key is stored under (XXH3-128 seeded by the tenant salt)."""

@@ -12,7 +12,9 @@ What is measured:
 1. Per-call overhead on the scheduler thread (median of repeats, microseconds): ``lookup`` of
    128 keys through ``KvtierTier.lookup`` (vLLM calls it per key; hits pin) and through
    ``SlotStore.lookup_many``; ``submit_store`` of a 16-block job (the call only, the IO runs
-   after); ``get_finished_jobs`` with nothing finished and with one job finished.
+   after; submitted 2 ms after the last job finished, as between scheduler steps, so the IO
+   workers are parked: its cost includes waking one); ``get_finished_jobs`` with nothing
+   finished and with one job finished.
 2. Throughput, for 2 MiB and 64 KiB blocks: store (primary -> SSD) and load (SSD -> primary,
    every page verified) of ``--gib`` GiB in jobs of 16 blocks, all submitted at once, timed
    from the first submission until every job is reported finished. Loads go into a 512 MiB
@@ -121,6 +123,7 @@ def overhead(root: str, repeats: int) -> dict:
     for _ in range(repeats):
         fresh = [os.urandom(36) for _ in range(JOB_BLOCKS)]
         job = Job(job_id, fresh, np.arange(JOB_BLOCKS), False, ctx)
+        time.sleep(0.002)  # workers parked, as between scheduler steps
         t0 = time.perf_counter()
         tier.submit_store(job)
         submit_times.append(time.perf_counter() - t0)

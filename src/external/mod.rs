@@ -214,8 +214,8 @@ fn raw_layout(page_bytes: usize) -> Result<KvLayout> {
 impl SlotStore {
     /// Opens (or warm-reopens) the tier directory `config.disk` names for pages of
     /// `memory.slot_bytes()` bytes and starts the IO workers. Errors are those of
-    /// [`DiskTier::open`] ([`Error::Fingerprint`] for a directory of another model or salt
-    /// geometry, [`Error::CapacityExceeded`], ...), [`Error::LayoutMismatch`] when
+    /// [`DiskTier::open`] ([`Error::Fingerprint`] for a directory of another model id, layout
+    /// or geometry, [`Error::CapacityExceeded`], ...), [`Error::LayoutMismatch`] when
     /// `config.layout` does not match the memory's slot size, and [`Error::Io`] (op `"spawn"`)
     /// if a worker cannot be started.
     pub fn open(config: SlotStoreConfig, memory: Arc<dyn SlotMemory>) -> Result<Self> {
@@ -364,13 +364,21 @@ impl SlotStore {
             pinned: Vec::new(),
             submitted: Instant::now(),
         };
-        let mut skipped = 0;
-        let page_bytes = self.page_bytes() as u64;
+        // Keys neither stored nor in flight; more of them than the tier holds can never fit.
+        let mut fresh: Vec<(BlockHash, usize)> = Vec::with_capacity(keys.len());
+        let mut seen: HashSet<BlockHash> = HashSet::with_capacity(keys.len());
         for (&key, &slot) in keys.iter().zip(slots) {
-            if st.in_flight.contains_key(&key) || job.keys.contains(&key) || self.shared.disk.contains(key) {
-                skipped += 1;
-                continue;
+            let known = st.in_flight.contains_key(&key) || self.shared.disk.contains(key);
+            if !known && seen.insert(key) {
+                fresh.push((key, slot));
             }
+        }
+        if fresh.len() > self.capacity() {
+            return Err(Error::OutOfBlocks { requested: fresh.len(), available: self.capacity() });
+        }
+        let skipped = keys.len() - fresh.len();
+        let page_bytes = self.page_bytes() as u64;
+        for (key, slot) in fresh {
             match st.gate.as_mut().map_or(Verdict::Admit, |g| g.admit(key, page_bytes)) {
                 Verdict::Admit => {
                     job.keys.push(key);
@@ -379,9 +387,6 @@ impl SlotStore {
                 Verdict::FirstSighting => st.m.keys_not_admitted += 1,
                 Verdict::OverBudget => st.m.keys_over_budget += 1,
             }
-        }
-        if job.keys.len() > self.capacity() {
-            return Err(Error::OutOfBlocks { requested: job.keys.len(), available: self.capacity() });
         }
         st.m.store_jobs += 1;
         st.m.keys_already_present += skipped as u64;

@@ -1,10 +1,9 @@
 """Type stubs of kvtier's native module (see ``kvtier/__init__.py``)."""
 
-import enum
 import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import Buffer
 
@@ -28,15 +27,16 @@ class OutOfBlocksError(KvtierError):
 class ClosedError(KvtierError):
     """The store was shut down."""
 
-class Lookup(enum.IntEnum):
-    """The answer of ``SlotStore.lookup``."""
+class Lookup:
+    """The answer of ``SlotStore.lookup`` (hashable, comparable, ``int()`` gives 0, 1, 2)."""
 
-    HIT = 0
+    HIT: ClassVar[Lookup]
     """Stored and ready to load."""
-    MISS = 1
+    MISS: ClassVar[Lookup]
     """Not stored."""
-    RETRY = 2
+    RETRY: ClassVar[Lookup]
     """Being stored: ask again later."""
+    def __int__(self) -> int: ...
 
 class LoadLease:
     """Pins on stored blocks: they are not evicted until released (or garbage-collected)."""

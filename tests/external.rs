@@ -1,5 +1,7 @@
 //! `kvtier::external::SlotStore` through its public API: runtime-owned slots to and from the
 //! SSD tier, the way vLLM's tiering manager drives a secondary tier.
+// `kvtier::external` runs real threads and is left out of `--cfg loom` builds.
+#![cfg(not(loom))]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -13,6 +13,7 @@
 //! 4. Errors are `kvtier.KvtierError` subclasses carrying the Rust error's message.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 #[allow(unsafe_code)]
 mod buffer;

@@ -269,6 +269,10 @@ pub enum Error {
         /// Hash of the page asked for.
         hash: BlockHash,
     },
+    /// The object was shut down (a [`crate::external::SlotStore`] after `shutdown`): nothing
+    /// was queued.
+    #[error("shut down: no more jobs are accepted")]
+    Closed,
     /// A tier's capacity exceeds what this machine can hold: its memory (pages plus block
     /// metadata) is more than RAM + swap (or the cgroup's memory limit), or its SSD slots need
     /// more than the file system's free space. Nothing was allocated; lower the capacity.

@@ -46,6 +46,8 @@ mod cache;
 pub mod curve;
 mod error;
 mod events;
+#[cfg(not(loom))]
+pub mod external;
 mod ids;
 pub mod io;
 mod layout;

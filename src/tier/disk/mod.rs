@@ -487,6 +487,7 @@ impl DiskTier {
 }
 
 mod batch;
+mod listing;
 
 #[cfg(test)]
 mod tests {

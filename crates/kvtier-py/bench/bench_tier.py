@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Benchmark of kvtier's vLLM tier from Python: per-call overhead, and store/load GB/s against
+fio and against a reference that does what vLLM's file-system tier does.
+
+    python crates/kvtier-py/bench/bench_tier.py --dir /path/on/the/ssd [--gib 1] [--quick]
+
+Needs numpy and the kvtier package (``pip install ./crates/kvtier-py``); fio is optional
+(``apt-get install fio``). Every number comes from this one run, side by side on the same
+directory, so ratios are meaningful on a shared machine where absolute numbers are not.
+
+What is measured:
+1. Per-call overhead on the scheduler thread (median of repeats, microseconds): ``lookup`` of
+   128 keys through ``KvtierTier.lookup`` (vLLM calls it per key; hits pin) and through
+   ``SlotStore.lookup_many``; ``submit_store`` of a 16-block job (the call only, the IO runs
+   after; submitted 2 ms after the last job finished, as between scheduler steps, so the IO
+   workers are parked: its cost includes waking one); ``get_finished_jobs`` with nothing
+   finished and with one job finished.
+2. Throughput, for 2 MiB and 64 KiB blocks: store (primary -> SSD) and load (SSD -> primary,
+   every page verified) of ``--gib`` GiB in jobs of 16 blocks, all submitted at once, timed
+   from the first submission until every job is reported finished. Loads go into a 512 MiB
+   primary buffer: a load takes 16 free slots and gives them back when reported finished
+   (polling as vLLM's get_finished_jobs does), so the loads in flight never share a slot.
+   - kvtier: ``SlotStore`` (io_uring, O_DIRECT, batched jobs, xxh3 checksums).
+   - vLLM-fs-like: one file per block under hashed subdirectories, written to a temp file with
+     O_DIRECT and renamed into place, read back with O_DIRECT ``readv``; one task per job on a
+     pool of 16 threads (vLLM's file-system tier defaults). Written from its documented
+     behaviour, not its code.
+   - fio: io_uring, O_DIRECT, same block size, queue depth 32, on a file in the same
+     directory (sequential write, random read), as ``/work/shared/tools/limits.sh`` runs it.
+   The primary buffer is page-aligned anonymous memory (vLLM's is an mmap), so both Python
+   paths may use O_DIRECT from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+import kvtier
+from kvtier.vllm import KvtierTier
+
+JOB_BLOCKS = 16
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def aligned_buffer(nbytes: int) -> tuple[mmap.mmap, np.ndarray]:
+    """Page-aligned anonymous memory as a flat uint8 array (kept alive by the mmap)."""
+    m = mmap.mmap(-1, nbytes)
+    return m, np.frombuffer(m, dtype=np.uint8)
+
+
+@dataclass
+class Ctx:
+    req_id: str
+
+
+@dataclass
+class Job:
+    job_id: int
+    keys: list
+    chunk_ids: np.ndarray
+    is_promotion: bool
+    req_context: Ctx
+    submit_time: float = field(default_factory=time.monotonic)
+
+
+def median_us(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+# -- per-call overhead ------------------------------------------------------------------------
+
+
+def overhead(root: str, repeats: int) -> dict:
+    block = 64 * 1024
+    _m, flat = aligned_buffer(64 * block)
+    primary = flat.reshape(64, block)
+    primary[:] = 7
+    spec = SimpleNamespace(config=None)
+    tier = KvtierTier(spec, memoryview(primary), directory=os.path.join(root, "overhead"), capacity_gb=1.0)
+    keys = [os.urandom(32) + (0).to_bytes(4, "big") for _ in range(128)]
+    for j in range(0, 128, JOB_BLOCKS):
+        tier.submit_store(Job(j, keys[j : j + JOB_BLOCKS], np.arange(JOB_BLOCKS), False, Ctx("warm")))
+    tier.drain_jobs()
+    list(tier.get_finished_jobs())
+    out = {}
+    ctx = Ctx("r")
+
+    def lookup_128():
+        for k in keys:
+            tier.lookup(k, ctx)
+
+    def timed_lookups():
+        t = median_us(lookup_128, 1)
+        tier.on_request_finished(ctx)
+        return t
+
+    out["tier.lookup x128 (hits, pinned)"] = statistics.median(timed_lookups() for _ in range(repeats))
+    out["SlotStore.lookup_many(128)"] = median_us(lambda: tier.store.lookup_many(keys), repeats)
+    miss_keys = [os.urandom(36) for _ in range(128)]
+    out["tier.lookup x128 (misses)"] = median_us(lambda: [tier.lookup(k, ctx) for k in miss_keys], repeats)
+
+    submit_times = []
+    job_id = 1000
+    for _ in range(repeats):
+        fresh = [os.urandom(36) for _ in range(JOB_BLOCKS)]
+        job = Job(job_id, fresh, np.arange(JOB_BLOCKS), False, ctx)
+        time.sleep(0.002)  # workers parked, as between scheduler steps
+        t0 = time.perf_counter()
+        tier.submit_store(job)
+        submit_times.append(time.perf_counter() - t0)
+        job_id += 1
+        tier.drain_jobs()
+        list(tier.get_finished_jobs())
+    out["tier.submit_store(16 blocks)"] = statistics.median(submit_times) * 1e6
+    out["tier.get_finished_jobs() (none)"] = median_us(lambda: list(tier.get_finished_jobs()), repeats)
+    poll_times = []
+    for _ in range(repeats):
+        tier.submit_store(Job(job_id, [os.urandom(36)], np.arange(1), False, ctx))
+        job_id += 1
+        tier.drain_jobs()
+        t0 = time.perf_counter()
+        list(tier.get_finished_jobs())
+        poll_times.append(time.perf_counter() - t0)
+    out["tier.get_finished_jobs() (1 job)"] = statistics.median(poll_times) * 1e6
+    tier.shutdown()
+    return out
+
+
+# -- throughput -------------------------------------------------------------------------------
+
+
+def fs_path(root: str, key: bytes) -> str:
+    h = key.hex()
+    return os.path.join(root, h[:3], h[3:5], h + ".bin")
+
+
+def fs_store_job(root: str, primary: np.ndarray, keys: list, slots: list) -> None:
+    suffix = f"_{os.getpid()}_{time.monotonic_ns()}.tmp"
+    for key, slot in zip(keys, slots):
+        dest = fs_path(root, key)
+        if os.path.exists(dest):
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = dest + suffix
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | O_DIRECT, 0o644)
+        try:
+            if os.write(fd, memoryview(primary[slot])) != primary.shape[1]:
+                raise OSError("short write")
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+
+
+def fs_load_job(root: str, primary: np.ndarray, keys: list, slots: list) -> None:
+    for key, slot in zip(keys, slots):
+        fd = os.open(fs_path(root, key), os.O_RDONLY | O_DIRECT)
+        try:
+            if os.readv(fd, [memoryview(primary[slot])]) != primary.shape[1]:
+                raise OSError("short read")
+        finally:
+            os.close(fd)
+
+
+def jobs_for(n_blocks: int, slots: int) -> list[tuple[list[bytes], list[int]]]:
+    """Store jobs of 16 blocks: keys, and the primary slots holding their data (cycling)."""
+    keys = [i.to_bytes(8, "little") + os.urandom(24) + (0).to_bytes(4, "big") for i in range(n_blocks)]
+    jobs = []
+    for j in range(0, n_blocks, JOB_BLOCKS):
+        ks = keys[j : j + JOB_BLOCKS]
+        jobs.append((ks, [(j + i) % slots for i in range(len(ks))]))
+    return jobs
+
+
+class Window:
+    """Destination slots for loads: a job takes 16 free slots and gives them back when it is
+    reported finished, as vLLM's primary tier allocates a block per pending load. Checks the
+    bytes of the first key of every 16th job against the slot it was stored from."""
+
+    def __init__(self, primary: np.ndarray, original: np.ndarray):
+        self.free = list(range(primary.shape[0]))
+        self.primary, self.original = primary, original
+        self.pending: dict[int, tuple[list[int], list[int]]] = {}
+        self.bad = 0
+
+    def take(self, job_id: int, src: list[int]) -> list[int] | None:
+        if len(self.free) < len(src):
+            return None
+        dst = [self.free.pop() for _ in src]
+        self.pending[job_id] = (src, dst)
+        return dst
+
+    def done(self, job_id: int, success: bool) -> None:
+        src, dst = self.pending.pop(job_id)
+        if not success or (job_id % 16 == 0 and not (self.primary[dst[0]] == self.original[src[0]]).all()):
+            self.bad += 1
+        self.free.extend(dst)
+
+
+def run_kvtier(root: str, primary: np.ndarray, jobs: list, n_blocks: int, backend: str) -> tuple[float, float]:
+    block = primary.shape[1]
+    store = kvtier.SlotStore(primary, os.path.join(root, "kvtier"), n_blocks + 64, model_id="bench", io_backend=backend)
+    t0 = time.perf_counter()
+    for i, (keys, slots) in enumerate(jobs):
+        store.submit_store(i, keys, slots)
+    store.drain()
+    t_store = time.perf_counter() - t0
+    assert all(r.success for r in store.take_finished())
+    window = Window(primary, primary.copy())
+    t0 = time.perf_counter()
+    for i, (keys, src) in enumerate(jobs):
+        while (dst := window.take(i, src)) is None:
+            for r in store.take_finished():  # what vLLM's get_finished_jobs poll sees
+                window.done(r.job_id, r.success)
+        store.submit_load(i, keys, dst)
+    store.drain()
+    for r in store.take_finished():
+        window.done(r.job_id, r.success)
+    t_load = time.perf_counter() - t0
+    assert window.bad == 0 and not window.pending, f"{window.bad} load jobs failed or not byte-exact"
+    store.shutdown()
+    total = n_blocks * block
+    return total / t_store / 1e9, total / t_load / 1e9
+
+
+def run_fs(root: str, primary: np.ndarray, jobs: list, n_blocks: int, threads: int) -> tuple[float, float]:
+    block = primary.shape[1]
+    base = os.path.join(root, "fs")
+    window = Window(primary, primary.copy())
+    with ThreadPoolExecutor(threads) as pool:
+        t0 = time.perf_counter()
+        for f in [pool.submit(fs_store_job, base, primary, k, s) for k, s in jobs]:
+            f.result()
+        t_store = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        running: dict = {}
+        for i, (keys, src) in enumerate(jobs):
+            while (dst := window.take(i, src)) is None:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    window.done(running.pop(f), f.exception() is None)
+            running[pool.submit(fs_load_job, base, primary, keys, dst)] = i
+        for f in list(running):
+            f.exception()
+            window.done(running.pop(f), f.exception() is None)
+        t_load = time.perf_counter() - t0
+    assert window.bad == 0, f"{window.bad} fs load jobs failed or not byte-exact"
+    total = n_blocks * block
+    return total / t_store / 1e9, total / t_load / 1e9
+
+
+def run_fio(root: str, block: int, gib: float) -> tuple[float, float] | None:
+    if shutil.which("fio") is None:
+        return None
+    path = os.path.join(root, "fio.dat")
+    out = []
+    for rw in ("write", "randread"):
+        cmd = [
+            "fio", "--name=kvtier-bench", f"--filename={path}", f"--size={max(1, int(gib * 1024))}M",
+            f"--bs={block}", "--iodepth=32", "--ioengine=io_uring", "--direct=1", f"--rw={rw}",
+            "--runtime=6", "--time_based", "--iomem_align=2097152", "--output-format=json",
+        ]
+        env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if r.returncode != 0:
+            return None
+        job = json.loads(r.stdout)["jobs"][0]
+        out.append(job["write" if rw == "write" else "read"]["bw_bytes"] / 1e9)
+    os.remove(path)
+    return out[0], out[1]
+
+
+def drop_caches() -> None:
+    """Best effort (root only): the buffered parts of the fs reference (directories, inodes)
+    start cold for each phase too."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default=None, help="directory on the SSD to measure (default: a temp dir)")
+    ap.add_argument("--gib", type=float, default=1.0, help="data per throughput run (default 1 GiB)")
+    ap.add_argument("--threads", type=int, default=16, help="thread pool of the fs reference (vLLM: 16)")
+    ap.add_argument("--backend", default="auto", help="kvtier IO backend: auto, uring, psync")
+    ap.add_argument("--repeats", type=int, default=200, help="repeats of each overhead measurement")
+    ap.add_argument("--quick", action="store_true", help="64 MiB and 20 repeats (a smoke run)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.gib, args.repeats = 1 / 16, 20
+    root = tempfile.mkdtemp(prefix="kvtier-bench-", dir=args.dir)
+    results: dict = {"overhead_us": {}, "throughput_gbs": {}}
+    try:
+        print(f"kvtier {kvtier.__version__}, directory {root}, {args.gib:g} GiB per run")
+        print("\nper-call overhead (median, µs):")
+        for name, us in overhead(root, args.repeats).items():
+            results["overhead_us"][name] = round(us, 2)
+            print(f"  {name:<36} {us:9.1f}")
+        print("\nthroughput (GB/s)           store   load   store/fio load/fio  vs fs-like (store, load)")
+        for block in (2 << 20, 64 << 10):
+            n_blocks = max(JOB_BLOCKS, int(args.gib * (1 << 30)) // block)
+            slots = max(4 * JOB_BLOCKS, min(n_blocks, (512 << 20) // block))
+            _m, flat = aligned_buffer(slots * block)
+            primary = flat.reshape(slots, block)
+            primary[:] = np.random.default_rng(1).integers(0, 256, size=primary.shape, dtype=np.uint8)
+            jobs = jobs_for(n_blocks, slots)
+            drop_caches()
+            kv = run_kvtier(root, primary, jobs, n_blocks, args.backend)
+            drop_caches()
+            fs = run_fs(root, primary, jobs, n_blocks, args.threads)
+            fio = run_fio(root, block, args.gib)
+            for sub in ("kvtier", "fs"):
+                shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+            label = f"{block >> 20} MiB" if block >= 1 << 20 else f"{block >> 10} KiB"
+            row = {"kvtier": kv, "fs_like": fs, "fio": fio}
+            results["throughput_gbs"][label] = row
+            for name, (s, l) in (("kvtier", kv), ("vLLM-fs-like", fs)) + ((("fio", fio),) if fio else ()):
+                ratio = f"{s / fio[0]:8.2f} {l / fio[1]:8.2f}" if fio else "      n/a      n/a"
+                vs = f"  {kv[0] / fs[0]:.2f}x, {kv[1] / fs[1]:.2f}x" if name == "kvtier" else ""
+                print(f"  {label:<7} {name:<14} {s:6.2f} {l:6.2f}  {ratio}{vs}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""kvtier under vLLM's own TieringOffloadingManager (vLLM 0.33): its CPU primary tier on a
+/dev/shm region, kvtier as the secondary tier, driven through the OffloadingManager calls the
+scheduler makes. Skipped where vLLM (and torch) cannot be imported, as in CI."""
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+manager_mod = pytest.importorskip("vllm.v1.kv_offload.tiering.manager")
+
+from vllm.v1.kv_offload.base import LookupResult, ReqContext, ScheduleEndContext, make_offload_key  # noqa: E402
+from vllm.v1.kv_offload.cpu.shared_offload_region import SharedOffloadRegion  # noqa: E402
+
+from kvtier.vllm import KvtierTier  # noqa: E402
+
+BLOCK = 64 * 1024
+CHUNKS = 8
+
+
+def step(mgr):
+    mgr.on_schedule_end(ScheduleEndContext(new_req_ids=(), preempted_req_ids=()))
+
+
+def settle(mgr, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    step(mgr)
+    while mgr.has_pending_work():
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+        step(mgr)
+
+
+def put(mgr, view, keys, ctx, seed):
+    """GPU -> primary as the connector does: prepare_store, fill the chunks, complete_store
+    (which cascades the chunks to the secondary tiers)."""
+    out = mgr.prepare_store(keys, ctx)
+    assert out is not None
+    data = {}
+    for key, chunk in zip(out.keys_to_store, out.store_spec.block_ids):
+        page = np.random.default_rng(seed + int(chunk)).integers(0, 256, BLOCK, dtype=np.uint8)
+        np.frombuffer(view, dtype=np.uint8).reshape(-1, BLOCK)[chunk] = page
+        data[key] = page.tobytes()
+    mgr.complete_store(keys, ctx)
+    return data
+
+
+def test_vllm_tiering_manager_with_kvtier(tmp_path):
+    region = SharedOffloadRegion(
+        engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
+        kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
+    )
+    primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
+    view = primary.get_kv_memoryview()
+    spec = type("Spec", (), {"config": None, "kv_events_config": None})()
+    tier = KvtierTier(spec, view, "KvtierTier", directory=str(tmp_path / "kvtier"), capacity_gb=64 * BLOCK / 2**30)
+    mgr = manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0)
+    try:
+        ctx = ReqContext(req_id="r1")
+        mgr.on_new_request(ctx)
+        keys = [make_offload_key(os.urandom(32), 0) for _ in range(4)]
+        data = put(mgr, view, keys, ctx, seed=1)
+        settle(mgr)
+        assert tier.metrics()["keys_stored"] == 4
+        # push them out of the primary tier with other chunks
+        filler = [make_offload_key(os.urandom(32), 0) for _ in range(CHUNKS)]
+        put(mgr, view, filler, ctx, seed=2)
+        settle(mgr)
+        assert primary.lookup(keys[0], ctx) == LookupResult.MISS
+        # a lookup finds it in kvtier and starts a promotion; it becomes a primary HIT
+        results = [mgr.lookup(keys[0], ctx)]
+        deadline = time.monotonic() + 30
+        while results[-1] is not LookupResult.HIT:
+            assert time.monotonic() < deadline, results
+            settle(mgr)
+            results.append(mgr.lookup(keys[0], ctx))
+        assert results[0] is LookupResult.HIT_PENDING
+        spec_out = mgr.prepare_load([keys[0]], ctx)
+        chunk = int(spec_out.block_ids[0])
+        got = np.frombuffer(view, dtype=np.uint8).reshape(-1, BLOCK)[chunk].tobytes()
+        assert got == data[keys[0]]
+        mgr.complete_load([keys[0]], ctx)
+        assert tier.metrics()["keys_loaded"] == 1
+        mgr.on_request_finished(ctx)
+        settle(mgr)
+    finally:
+        mgr.shutdown()

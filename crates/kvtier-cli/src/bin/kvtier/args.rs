@@ -151,6 +151,10 @@ pub(crate) struct ReplayArgs {
     /// count threshold with the most `hits - price x writes`; 0 maximises hits).
     #[arg(long, value_name = "HITS", default_value_t = 0.25)]
     pub(crate) admission_hits_per_write: f64,
+    /// Engine mode: G1's live hit-rate-vs-capacity estimate (SHARDS) tracking this many
+    /// sampled blocks, reported beside the exact LRU (experimental; 0: off).
+    #[arg(long, value_name = "BLOCKS", default_value_t = 0)]
+    pub(crate) live_curve: usize,
     /// Engine mode: eviction policy of every tier (default: each tier's own, G1 adaptive, G2
     /// and G3 LRU).
     #[arg(long, value_enum)]

@@ -265,6 +265,7 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
             AdmissionArg::Adaptive => Admission::Adaptive,
         })
         .with_admission_hits_per_write(args.admission_hits_per_write)
+        .with_curve_keys(args.live_curve)
         .with_write_through_g2(args.write_through)
         .with_exclusive_g3(args.exclusive_g3)
         .with_prefetch_waiting(args.prefetch_waiting)

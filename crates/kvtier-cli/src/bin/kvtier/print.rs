@@ -69,6 +69,17 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         Some(reference) => print_reference(reference, h.second_half),
         None => println!("reference    skipped (--no-reference)"),
     }
+    if let Some(c) = &r.live_curve {
+        let exact = r.reference.as_ref().map_or(String::new(), |x| {
+            format!(" (exact sim LRU there {:.4}: error {:+.4})", x.sim.lru, c.at_summed - x.sim.lru)
+        });
+        println!(
+            "live curve   the engine's own LRU estimate, second half ({} sampled accesses, {} blocks tracked, rate {:.2e}): at G1 {:.4}, G1+G2 {:.4}, summed {:.4}{}",
+            c.sampled_accesses, c.tracked_blocks, c.sample_rate, c.at_g1, c.at_g1_g2, c.at_summed, exact
+        );
+        let points: Vec<String> = c.points.iter().map(|(b, h)| format!("{b}: {h:.4}")).collect();
+        println!("             blocks: estimated hit rate  {}", points.join(", "));
+    }
     let v = &r.verification;
     println!(
         "verified     {} served pages checked against their hash's stamp (G1 {}, G2 {}, G3 {}; {} B at each end), {} wrong; {} pages stamped",

@@ -126,6 +126,9 @@ pub struct EngineConfig {
     pub io_backend: BackendKind,
     /// G3 admission filter. Default: adaptive.
     pub admission: Admission,
+    /// Blocks G1's live capacity curve tracks ([`kvtier::CacheConfig::curve_keys`]; 0: off,
+    /// the default). Experimental: see the README for its measured error.
+    pub curve_keys: usize,
     /// The adaptive filter's least reuse fraction of an admitted class. Default: 0.25.
     pub admission_hits_per_write: f64,
     /// Copy every committed block to G2 at once, so that a G1 eviction never waits for a copy.
@@ -185,6 +188,7 @@ impl Default for EngineConfig {
             io_backend: BackendKind::Auto,
             admission: Admission::Adaptive,
             admission_hits_per_write: 0.25,
+            curve_keys: 0,
             write_through_g2: false,
             exclusive_g3: false,
             full_data: false,
@@ -237,6 +241,12 @@ impl EngineConfig {
         self.io_backend = backend;
         self
     }
+    /// Sets how many blocks G1's live capacity curve tracks (default 0: off).
+    pub fn with_curve_keys(mut self, keys: usize) -> Self {
+        self.curve_keys = keys;
+        self
+    }
+
     /// Sets the adaptive admission filter's least reuse fraction (default 0.25).
     pub fn with_admission_hits_per_write(mut self, fraction: f64) -> Self {
         self.admission_hits_per_write = fraction;
@@ -461,7 +471,9 @@ enum Shape {
 /// One replay of `trace` through tiers built as `shape` says.
 fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnMut(usize)) -> Result<EngineRun> {
     let started = Instant::now();
-    let mut cache = CacheConfig::new(config.payload_layout()?, config.g1_blocks).with_event_capacity(0);
+    let mut cache = CacheConfig::new(config.payload_layout()?, config.g1_blocks)
+        .with_event_capacity(0)
+        .with_curve_keys(config.curve_keys);
     let mut host = HostConfig::default().with_capacity_pages(config.g2_blocks).with_huge_pages(false);
     if let Some(policy) = config.policy {
         (cache, host) = (cache.with_policy(policy), host.with_policy(policy));

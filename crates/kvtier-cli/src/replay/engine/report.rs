@@ -56,6 +56,29 @@ pub struct HitRates {
     pub g3: f64,
 }
 
+/// The engine's own live estimate of hit rate against capacity ([`kvtier::curve`]): LRU stack
+/// distances of a hash-sampled subset of the admitted prefixes' blocks, counted over the second
+/// half of the requests (reset at its first admission), read at each tier boundary and at
+/// multiples of the summed capacity. Block-weighted (a prompt's last partial block is not
+/// counted), so it compares best with the simulator-compatible LRU at the same capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LiveCurve {
+    /// Fraction of blocks sampled at the end.
+    pub sample_rate: f64,
+    /// Sampled accesses counted, and distinct blocks tracked at the end.
+    pub sampled_accesses: u64,
+    /// Distinct blocks tracked at the end.
+    pub tracked_blocks: usize,
+    /// Estimated LRU hit rate with G1's capacity.
+    pub at_g1: f64,
+    /// With G1 + G2's.
+    pub at_g1_g2: f64,
+    /// With G1 + G2 + G3's (the summed capacity of the reference).
+    pub at_summed: f64,
+    /// `(capacity in blocks, estimated hit rate)` at 1/8 to 8 times the summed capacity.
+    pub points: Vec<(u64, f64)>,
+}
+
 /// Onboard or recompute ([`kvtier::offload::OnboardCost::plan`] at the replay's simulated
 /// speeds), for every request whose prefix was found partly below G1: what the rule chose, and
 /// the simulated time to the end of the prefix under each choice. Counted whether or not the
@@ -304,6 +327,8 @@ pub struct EngineReport {
     /// The same engine with one G1 of the summed capacity, and the simulator's LRU/OPT at
     /// that capacity (unless turned off).
     pub reference: Option<Reference>,
+    /// The live capacity curve's estimates (none when G1's curve is off).
+    pub live_curve: Option<LiveCurve>,
     /// G3 writes and the drive wear they imply (none without a G3).
     pub ssd_wear: Option<SsdWear>,
     /// Onboard-or-recompute decisions.
@@ -377,6 +402,7 @@ impl EngineReport {
             hit_rate: HitRates::default(),
             verification: Verification::default(),
             reference: None,
+            live_curve: None,
             ssd_wear: None,
             onboard_choices: OnboardChoices { acted: config.onboard_rule, ..OnboardChoices::default() },
             traffic: Vec::new(),

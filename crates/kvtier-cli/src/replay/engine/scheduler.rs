@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use kvtier::offload::{LatencyHistogram, OnboardCost, OnboardOutcome, Ticket, TieredCache};
 use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId, Tier};
 
-use super::report::{EngineReport, EngineTiming, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window};
+use super::report::{
+    EngineReport, EngineTiming, LiveCurve, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window,
+};
 use super::verify::Verifier;
 use super::{EngineConfig, EngineRun, decode_token, prompt_tokens};
 use crate::trace::{Trace, TraceRecord};
@@ -498,6 +500,12 @@ impl<'a> Replay<'a> {
         self.window.prompt_tokens += prompt;
         self.window.hit.add(&hit);
         if req.index as usize >= self.second_half_from {
+            if self.report.second_half_prompt_tokens == 0 {
+                // the live curve counts the second half too (from this admission on)
+                if let Some(c) = self.tiers.g1().lock().capacity_curve_mut() {
+                    c.reset_counts();
+                }
+            }
             self.report.second_half_prompt_tokens += prompt;
             self.report.second_half_hit_tokens.add(&hit);
         }
@@ -633,6 +641,26 @@ impl<'a> Replay<'a> {
         r.admission_min_uses = e.admission_min_uses;
         r.admission_reuse_per_mille = e.admission_reuse_per_mille;
         r.onboard_failed = e.onboard_failed;
+        r.live_curve = self.tiers.g1().lock().capacity_curve().map(|c| {
+            let (g1, g2, g3) =
+                (self.config.g1_blocks as u64, self.config.g2_blocks as u64, self.config.g3_blocks as u64);
+            let summed = g1 + g2 + g3;
+            let (sampled_accesses, tracked_blocks) = c.sampled();
+            LiveCurve {
+                sample_rate: c.sample_rate(),
+                sampled_accesses,
+                tracked_blocks,
+                at_g1: c.hit_ratio(g1),
+                at_g1_g2: c.hit_ratio(g1 + g2),
+                at_summed: c.hit_ratio(summed),
+                points: [8, 4, 2, 1]
+                    .map(|d| summed / d)
+                    .into_iter()
+                    .chain([2, 4, 8].map(|m| summed * m))
+                    .map(|b| (b, c.hit_ratio(b)))
+                    .collect(),
+            }
+        });
         r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());
         r.admission_wait = WaitSummary::of(&mut self.waits_us);
         r.verification = self.verifier.counts;

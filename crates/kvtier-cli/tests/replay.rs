@@ -244,6 +244,30 @@ fn kvtier(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kvtier")).args(args).output().unwrap()
 }
 
+/// An unusable `--out` or `--ssd-dir` is refused before the replay runs, naming the flag and
+/// the path (it used to fail after the whole replay with a bare OS error).
+#[test]
+fn unusable_output_directories_are_refused_up_front() {
+    let dir = tmp("cli-out");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let below_a_file = file.join("out");
+    let below = below_a_file.to_str().unwrap();
+    for (args, flag) in [
+        (vec!["replay", "--mode", "sim", "--out", below], "--out"),
+        (vec!["replay", "--mode", "engine", "--out", dir.to_str().unwrap(), "--ssd-dir", below], "--ssd-dir"),
+        (vec!["plan", "--out", below], "--out"),
+    ] {
+        let out = kvtier(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(flag) && err.contains(below), "{args:?}: {err}");
+        // refused before replaying anything: no report, no progress output
+        assert!(out.stdout.is_empty(), "{args:?} ran: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn malformed_trace_fails_with_its_line_number_and_writes_nothing() {
     let dir = tmp("cli-bad");

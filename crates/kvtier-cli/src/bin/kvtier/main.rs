@@ -168,6 +168,7 @@ fn main() -> ExitCode {
 }
 
 fn plan(args: &PlanArgs) -> Result<(), CliError> {
+    check_dir("--out", &args.replay.out)?;
     let (trace, source) = load_trace(&args.replay)?;
     let base = engine_config(&args.replay)?;
     let page = base.layout.page_bytes();
@@ -210,8 +211,26 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
     })
 }
 
+/// Creates `dir` if needed and checks a file can be written there, before any work: a replay
+/// must not run for minutes to fail at its last step (the error names the flag and the path).
+fn check_dir(flag: &'static str, dir: &Path) -> Result<(), CliError> {
+    let refuse = |e: std::io::Error| CliError::Flag {
+        flag,
+        value: dir.display().to_string(),
+        reason: format!("cannot create or write to this directory: {e}"),
+    };
+    std::fs::create_dir_all(dir).map_err(refuse)?;
+    let probe = dir.join(format!(".kvtier-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(refuse)?;
+    std::fs::remove_file(&probe).map_err(refuse)
+}
+
 fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    check_dir("--out", &args.out)?;
+    if let (Some(dir), true) = (&args.ssd_dir, args.mode != Mode::Sim) {
+        check_dir("--ssd-dir", dir)?;
+    }
     let (trace, source) = load_trace(args)?;
     let parse_time = started.elapsed();
     // Both modes' configurations are checked before either runs or writes anything.

@@ -211,18 +211,25 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
     })
 }
 
-/// Creates `dir` if needed and checks a file can be written there, before any work: a replay
-/// must not run for minutes to fail at its last step (the error names the flag and the path).
+/// Checks, before any work, that `dir` can be written or created: a replay must not run for
+/// minutes to fail at its last step (the error names the flag and the path). Leaves nothing
+/// behind: the check writes and removes a file in `dir` or in its nearest existing ancestor.
 fn check_dir(flag: &'static str, dir: &Path) -> Result<(), CliError> {
-    let refuse = |e: std::io::Error| CliError::Flag {
-        flag,
-        value: dir.display().to_string(),
-        reason: format!("cannot create or write to this directory: {e}"),
-    };
-    std::fs::create_dir_all(dir).map_err(refuse)?;
-    let probe = dir.join(format!(".kvtier-write-check-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(refuse)?;
-    std::fs::remove_file(&probe).map_err(refuse)
+    let refuse = |reason: String| CliError::Flag { flag, value: dir.display().to_string(), reason };
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    if !existing.is_dir() {
+        return Err(refuse(format!("{} is not a directory", existing.display())));
+    }
+    let probe = existing.join(format!(".kvtier-write-check-{}", std::process::id()));
+    let cannot = |e: std::io::Error| refuse(format!("cannot write in {}: {e}", existing.display()));
+    std::fs::write(&probe, b"").map_err(cannot)?;
+    std::fs::remove_file(&probe).map_err(cannot)
 }
 
 fn replay(args: &ReplayArgs) -> Result<(), CliError> {

@@ -136,9 +136,7 @@ fn store(shared: &Shared, jobs: Vec<Job>) {
             }
             at += 1;
         }
-        result.success = result.failed.is_empty();
-        result.bytes = result.succeeded.len() as u64 * page_bytes;
-        result.transfer_time = job.submitted.elapsed();
+        result.settle(job, page_bytes);
         results.push(result);
     }
     let mut st = lock(&shared.state);
@@ -186,9 +184,7 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
             }
             at += 1;
         }
-        result.success = result.failed.is_empty();
-        result.bytes = result.succeeded.len() as u64 * page_bytes;
-        result.transfer_time = job.submitted.elapsed();
+        result.settle(job, page_bytes);
         results.push(result);
     }
     let mut st = lock(&shared.state);
@@ -200,5 +196,15 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
         st.m.keys_load_failed += result.failed.len() as u64;
         st.m.bytes_loaded += result.bytes;
         finish(&mut st, result);
+    }
+}
+
+impl JobResult {
+    /// Success, bytes moved and time since submission, once every key of `job` is sorted
+    /// into succeeded or failed.
+    fn settle(&mut self, job: &Job, page_bytes: u64) {
+        self.success = self.failed.is_empty();
+        self.bytes = self.succeeded.len() as u64 * page_bytes;
+        self.transfer_time = job.submitted.elapsed();
     }
 }

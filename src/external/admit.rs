@@ -2,8 +2,8 @@
 //! and a write budget, applied when a store job is submitted.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Instant;
 
+use crate::offload::WriteBudget;
 use crate::prefix::BlockHash;
 
 /// Which keys of a store job are written.
@@ -25,10 +25,8 @@ pub(super) struct Gate {
     ghosts: HashSet<BlockHash>,
     ghost_order: VecDeque<BlockHash>,
     ghost_capacity: usize,
-    /// Bytes per second (None: unbounded), the bucket's bytes now, and when it was filled.
-    budget: Option<u64>,
-    tokens: f64,
-    filled: Instant,
+    /// Bytes per second, the engine's G3 token bucket (one second of burst).
+    budget: WriteBudget,
 }
 
 /// Why a key was not admitted.
@@ -46,9 +44,7 @@ impl Gate {
             ghosts: HashSet::new(),
             ghost_order: VecDeque::new(),
             ghost_capacity: ghost_capacity.max(1),
-            budget,
-            tokens: budget.unwrap_or(0) as f64,
-            filled: Instant::now(),
+            budget: WriteBudget::new(budget),
         }
     }
 
@@ -64,16 +60,8 @@ impl Gate {
             self.ghost_order.push_back(key);
             return Verdict::FirstSighting;
         }
-        if let Some(rate) = self.budget {
-            // A bucket holding at most one second of budget, refilled continuously.
-            let now = Instant::now();
-            let refill = now.duration_since(self.filled).as_secs_f64() * rate as f64;
-            self.tokens = (self.tokens + refill).min(rate.max(page_bytes) as f64);
-            self.filled = now;
-            if self.tokens < page_bytes as f64 {
-                return Verdict::OverBudget;
-            }
-            self.tokens -= page_bytes as f64;
+        if !self.budget.try_take(page_bytes) {
+            return Verdict::OverBudget;
         }
         Verdict::Admit
     }

@@ -107,6 +107,7 @@ impl FrequencySketch {
 }
 
 /// Token bucket over bytes written to the SSD tier.
+#[derive(Debug)]
 pub(crate) struct WriteBudget {
     rate: Option<f64>,
     burst: f64,

@@ -79,7 +79,8 @@ use crate::prefix::BlockHash;
 use crate::tier::disk::{DiskMetrics, DiskTier};
 use crate::tier::host::{HostMetrics, HostTier};
 
-use admission::{FrequencySketch, WriteBudget};
+use admission::FrequencySketch;
+pub(crate) use admission::WriteBudget;
 use retention::Retention;
 use reuse::ReuseShadow;
 pub(crate) use reuse::class_of;

@@ -43,3 +43,5 @@ impl Drop for TestDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+pub mod redis_server;

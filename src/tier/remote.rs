@@ -1,0 +1,638 @@
+//! The shared remote tier (G4): pages kept on a Valkey or Redis server, so that serving
+//! processes on other hosts (or this one after a restart) find the prefixes this one computed.
+//!
+//! kvtier does not run its own distributed store: a G4 page is one binary value on the server,
+//! under the key `kvtier:g4:<fingerprint>:<salt>:<block hash>` (hex), where the fingerprint
+//! hashes the model id and KV layout ([`Fingerprint`]) and the salt the tenant's salt. Each value
+//! starts with a [`HEADER_BYTES`] header (magic, version, payload length, fingerprint, salt,
+//! block hash, and an XXH3 check of the header and the page); a value whose header or check does
+//! not match what was asked for is a miss, counted in [`RemoteMetrics::get_rejected`], and never
+//! reaches a caller's buffer.
+//!
+//! The server owns eviction (`maxmemory-policy allkeys-lru`, or [`RemoteConfig::ttl`]): G4 is
+//! lossy, a page found by a lookup may be gone when it is read, and kvtier never assumes it is
+//! still there. Every call is one pipelined round trip per batch ([`RemoteConfig::max_batch_bytes`]
+//! of values at most): a prefix lookup is one round trip of `EXISTS`.
+//!
+//! Failure is a miss, not an outage: a server that is down, slow (past
+//! [`RemoteConfig::timeout`]), full, or refuses the credentials makes lookups and reads find
+//! nothing and writes store nothing; no method returns an error for it. After a failure the tier
+//! waits ([`RemoteConfig::backoff_min`], doubling up to [`RemoteConfig::backoff_max`]) before it
+//! tries the server again, answering "miss" at once meanwhile; [`RemoteMetrics`] counts all of
+//! it. Credentials come in the URL (`redis://user:password@host:port/db`); they are never
+//! printed: `Debug` shows the URL with them redacted. `rediss://` (TLS) URLs are refused with
+//! [`Error::InvalidConfig`]: this build has no TLS client.
+
+use std::fmt;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, RedisResult, RedisWrite, ToRedisArgs, Value};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128};
+
+use super::format::Fingerprint;
+use crate::error::{Error, Result};
+use crate::layout::KvLayout;
+use crate::prefix::BlockHash;
+use crate::sync::{Mutex, lock};
+
+/// Bytes of the header in front of every G4 value.
+pub const HEADER_BYTES: usize = 64;
+
+/// Version of the value format.
+pub const VALUE_VERSION: u32 = 1;
+
+const MAGIC: [u8; 8] = *b"KVTIERG4";
+
+/// Where the G4 tier is and how it behaves.
+///
+/// ```
+/// use std::time::Duration;
+/// use kvtier::tier::remote::RemoteConfig;
+/// let config = RemoteConfig::new("redis://:secret@127.0.0.1:6379/0")
+///     .with_model_id("llama-3.1-8b")
+///     .with_tenant_salt(b"tenant-a")
+///     .with_ttl(Some(Duration::from_secs(3600)));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct RemoteConfig {
+    /// `redis://[user][:password@]host[:port][/db]` (or `valkey://`). Never printed.
+    pub url: String,
+    /// Model identifier in the fingerprint: pages written under another never match.
+    pub model_id: String,
+    /// Tenant salt: tenants with different salts share no page. Default: empty.
+    pub tenant_salt: Vec<u8>,
+    /// Tensor-parallel rank and world size of this process (in the fingerprint). Default 0 of 1.
+    pub tp_rank: u32,
+    /// See [`RemoteConfig::tp_rank`].
+    pub tp_size: u32,
+    /// Connections kept open for reuse (more are opened if more threads call at once). Default 4.
+    pub connections: usize,
+    /// Connect, read and write timeout of one round trip. Default 250 ms.
+    pub timeout: Duration,
+    /// Expiry of stored pages on the server; `None` leaves eviction to its `maxmemory-policy`.
+    pub ttl: Option<Duration>,
+    /// First wait after a failure before the server is tried again. Default 10 ms.
+    pub backoff_min: Duration,
+    /// Longest wait between tries. Default 5 s.
+    pub backoff_max: Duration,
+    /// Value bytes in one pipelined round trip at most (reads and writes). Default 64 MiB.
+    pub max_batch_bytes: usize,
+}
+
+impl fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("url", &redact(&self.url))
+            .field("model_id", &self.model_id)
+            .field("tenant_salt_len", &self.tenant_salt.len())
+            .field("tp_rank", &self.tp_rank)
+            .field("tp_size", &self.tp_size)
+            .field("connections", &self.connections)
+            .field("timeout", &self.timeout)
+            .field("ttl", &self.ttl)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .finish()
+    }
+}
+
+/// `url` with any user name and password replaced by `<redacted>`.
+///
+/// ```
+/// use kvtier::tier::remote::redact;
+/// assert_eq!(redact("redis://bob:pw@db:6379/1"), "redis://<redacted>@db:6379/1");
+/// assert_eq!(redact("redis://db:6379"), "redis://db:6379");
+/// ```
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+impl RemoteConfig {
+    /// A G4 tier on the server at `url`, with the defaults above.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            model_id: String::new(),
+            tenant_salt: Vec::new(),
+            tp_rank: 0,
+            tp_size: 1,
+            connections: 4,
+            timeout: Duration::from_millis(250),
+            ttl: None,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(5),
+            max_batch_bytes: 64 << 20,
+        }
+    }
+
+    /// Sets the model id of the fingerprint.
+    pub fn with_model_id(mut self, model_id: impl Into<String>) -> Self {
+        self.model_id = model_id.into();
+        self
+    }
+
+    /// Sets the tenant salt.
+    pub fn with_tenant_salt(mut self, salt: &[u8]) -> Self {
+        self.tenant_salt = salt.to_vec();
+        self
+    }
+
+    /// Sets the tensor-parallel rank and world size.
+    pub fn with_tp(mut self, rank: u32, size: u32) -> Self {
+        self.tp_rank = rank;
+        self.tp_size = size;
+        self
+    }
+
+    /// Sets the round-trip timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the expiry of stored pages.
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the backoff after failures (first wait, longest wait).
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Sets the value bytes per round trip.
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Checks the configuration (not the server: an unreachable server is a miss).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, reason| Err(Error::InvalidConfig { field, reason });
+        let scheme = self.url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("redis" | "valkey") => {}
+            Some("rediss" | "valkeys") => return invalid("remote.url", "TLS (rediss://) is not built into this kvtier"),
+            _ => return invalid("remote.url", "must be redis://host:port (or valkey://)"),
+        }
+        if redis::Client::open(self.url.as_str()).is_err() {
+            return invalid("remote.url", "not a valid redis:// URL");
+        }
+        if self.tp_size == 0 || self.tp_rank >= self.tp_size {
+            return invalid("remote.tp_rank", "must be below tp_size (>= 1)");
+        }
+        if self.connections == 0 {
+            return invalid("remote.connections", "must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            return invalid("remote.timeout", "must be positive");
+        }
+        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+            return invalid("remote.backoff", "needs 0 < min <= max");
+        }
+        if self.ttl.is_some_and(|t| t.as_millis() == 0) {
+            return invalid("remote.ttl", "must be at least 1 ms");
+        }
+        if self.max_batch_bytes == 0 {
+            return invalid("remote.max_batch_bytes", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// G4's counters. Everything that went wrong is here, since no call returns it as an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteMetrics {
+    /// Prefix lookups asked of the server (not counting those skipped while it is down).
+    pub lookups: u64,
+    /// Leading blocks those lookups found.
+    pub lookup_found: u64,
+    /// Pipelined round trips to the server.
+    pub round_trips: u64,
+    /// Pages asked for by reads.
+    pub gets: u64,
+    /// Pages delivered, verified.
+    pub get_hits: u64,
+    /// Pages the server did not have (evicted, expired, never stored).
+    pub get_absent: u64,
+    /// Values that failed verification (header, fingerprint, salt, hash, length or checksum).
+    pub get_rejected: u64,
+    /// Payload bytes delivered.
+    pub get_bytes: u64,
+    /// Pages sent to be stored.
+    pub puts: u64,
+    /// Pages the server stored.
+    pub put_stored: u64,
+    /// Pages the server refused (full with `noeviction`, or another error reply).
+    pub put_rejected: u64,
+    /// Payload bytes stored.
+    pub put_bytes: u64,
+    /// Failed round trips or connection attempts (refused, reset, protocol, auth, timeout).
+    pub errors: u64,
+    /// Of those, timeouts.
+    pub timeouts: u64,
+    /// Of those, authentication failures.
+    pub auth_failures: u64,
+    /// Connections opened.
+    pub connects: u64,
+    /// Calls answered "miss" (or not stored) without trying, during a backoff.
+    pub skipped_down: u64,
+    /// Whether the last attempt reached the server.
+    pub up: bool,
+}
+
+/// When to try the server again.
+#[derive(Debug)]
+struct Health {
+    /// No attempt before this instant (set after a failure).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The G4 tier: a client of one Valkey/Redis server (see the module docs). `Send + Sync`;
+/// concurrent calls use separate pooled connections.
+pub struct RemoteTier {
+    client: redis::Client,
+    config: RemoteConfig,
+    fingerprint: u128,
+    salt: u64,
+    page_bytes: usize,
+    key_prefix: String,
+    idle: Mutex<Vec<Connection>>,
+    health: Mutex<Health>,
+    metrics: Mutex<RemoteMetrics>,
+}
+
+impl fmt::Debug for RemoteTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteTier")
+            .field("config", &self.config)
+            .field("key_prefix", &self.key_prefix)
+            .field("page_bytes", &self.page_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fingerprint hash that names a G4 keyspace: model id, layout and TP shard.
+fn fingerprint_hash(fp: &Fingerprint) -> u128 {
+    let mut b = Vec::with_capacity(64 + fp.model_id.len());
+    for v in [fp.hash_version, fp.layers, fp.kv_heads, fp.head_dim, fp.block_size, fp.tp_rank, fp.tp_size] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.push(fp.dtype_tag);
+    b.extend_from_slice(&fp.page_bytes.to_le_bytes());
+    b.extend_from_slice(fp.model_id.as_bytes());
+    xxh3_128(&b)
+}
+
+/// The header of the value of page `hash` with content `page`.
+fn header(fingerprint: u128, salt: u64, hash: BlockHash, page: &[u8]) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VALUE_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(page.len() as u32).to_le_bytes());
+    h[16..32].copy_from_slice(&fingerprint.to_le_bytes());
+    h[32..40].copy_from_slice(&salt.to_le_bytes());
+    h[40..56].copy_from_slice(&hash.0.to_le_bytes());
+    let check = xxh3_64_with_seed(page, xxh3_64(&h[..56]));
+    h[56..64].copy_from_slice(&check.to_le_bytes());
+    h
+}
+
+/// One value on the wire: the header, then the page, written straight into the pipeline's
+/// buffer (one copy of the page).
+struct Framed<'a> {
+    header: [u8; HEADER_BYTES],
+    page: &'a [u8],
+}
+
+impl ToRedisArgs for Framed<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut w = out.writer_for_next_arg();
+        // Writing into the pipeline's Vec cannot fail.
+        let _ = w.write_all(&self.header);
+        let _ = w.write_all(self.page);
+    }
+}
+
+impl RemoteTier {
+    /// A G4 tier for pages of `layout`. Checks the configuration, not the server: a server
+    /// that is down now is a miss until it is up.
+    pub fn open(layout: &KvLayout, config: RemoteConfig) -> Result<Self> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|_| Error::InvalidConfig { field: "remote.url", reason: "not a valid redis:// URL" })?;
+        let fp = Fingerprint::new(&config.model_id, layout, config.tp_rank, config.tp_size);
+        let fingerprint = fingerprint_hash(&fp);
+        let salt = xxh3_64(&config.tenant_salt);
+        let key_prefix = format!("kvtier:g4:{fingerprint:032x}:{salt:016x}:");
+        Ok(Self {
+            client,
+            fingerprint,
+            salt,
+            page_bytes: layout.page_bytes(),
+            key_prefix,
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health { retry_at: None, backoff: config.backoff_min }),
+            metrics: Mutex::new(RemoteMetrics::default()),
+            config,
+        })
+    }
+
+    /// The server key of page `h` in this tier's keyspace (for tools and tests).
+    pub fn key(&self, h: BlockHash) -> String {
+        format!("{}{:032x}", self.key_prefix, h.0)
+    }
+
+    /// Bytes of one page.
+    pub fn page_bytes(&self) -> usize {
+        self.page_bytes
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> RemoteMetrics {
+        lock(&self.metrics).clone()
+    }
+
+    /// How many leading `hashes` the server holds, in one round trip (0 if it cannot be asked).
+    pub fn contains_prefix(&self, hashes: &[BlockHash]) -> usize {
+        if hashes.is_empty() {
+            return 0;
+        }
+        let mut pipe = redis::pipe();
+        for &h in hashes {
+            pipe.cmd("EXISTS").arg(self.key(h));
+        }
+        let found = self.round_trip(|con| pipe.query::<Vec<i64>>(con)).map_or(0, |v| v.iter().take_while(|&&n| n > 0).count());
+        let mut m = lock(&self.metrics);
+        if m.up {
+            m.lookups += 1;
+            m.lookup_found += found as u64;
+        }
+        found
+    }
+
+    /// Reads pages into the given buffers (each exactly one page long); returns, per page,
+    /// whether a verified page was delivered. A buffer whose page is absent, fails
+    /// verification or cannot be read is left as it was.
+    pub fn get_pages(&self, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<bool> {
+        let mut ok = vec![false; reqs.len()];
+        let per_trip = (self.config.max_batch_bytes / (self.page_bytes + HEADER_BYTES)).max(1);
+        let mut start = 0;
+        while start < reqs.len() {
+            let end = (start + per_trip).min(reqs.len());
+            let chunk = &mut reqs[start..end];
+            let mut pipe = redis::pipe();
+            for (h, _) in chunk.iter() {
+                pipe.cmd("GET").arg(self.key(*h));
+            }
+            let (mut hits, mut absent, mut rejected) = (0u64, 0u64, 0u64);
+            match self.round_trip(|con| pipe.query::<Vec<Value>>(con)) {
+                Some(values) => {
+                    for ((i, (h, dst)), v) in chunk.iter_mut().enumerate().zip(values) {
+                        match v {
+                            Value::BulkString(bytes) => {
+                                if self.verify(*h, &bytes, dst.len()) {
+                                    dst.copy_from_slice(&bytes[HEADER_BYTES..]);
+                                    ok[start + i] = true;
+                                    hits += 1;
+                                } else {
+                                    rejected += 1;
+                                }
+                            }
+                            Value::Nil => absent += 1,
+                            _ => rejected += 1,
+                        }
+                    }
+                }
+                None => {
+                    // a failed round trip: every page of the chunk is a miss; the rest are not
+                    // tried until the backoff ends
+                    let mut m = lock(&self.metrics);
+                    m.gets += chunk.len() as u64;
+                    m.get_absent += chunk.len() as u64;
+                    start = end;
+                    continue;
+                }
+            }
+            let mut m = lock(&self.metrics);
+            m.gets += chunk.len() as u64;
+            m.get_hits += hits;
+            m.get_absent += absent;
+            m.get_rejected += rejected;
+            m.get_bytes += hits * self.page_bytes as u64;
+            start = end;
+        }
+        ok
+    }
+
+    /// Stores pages (each exactly one page long, else refused); returns, per page, whether the
+    /// server took it. A server that is down or full stores nothing and says so only here and
+    /// in the metrics.
+    pub fn put_pages(&self, pages: &[(BlockHash, &[u8])]) -> Vec<bool> {
+        let mut ok = vec![false; pages.len()];
+        let per_trip = (self.config.max_batch_bytes / (self.page_bytes + HEADER_BYTES)).max(1);
+        let ttl_ms = self.config.ttl.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
+        let mut start = 0;
+        while start < pages.len() {
+            let end = (start + per_trip).min(pages.len());
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut sent = Vec::with_capacity(end - start);
+            for (i, &(h, page)) in pages[start..end].iter().enumerate() {
+                if page.len() != self.page_bytes {
+                    continue;
+                }
+                let value = Framed { header: header(self.fingerprint, self.salt, h, page), page };
+                let cmd = pipe.cmd("SET").arg(self.key(h)).arg(value);
+                if let Some(ms) = ttl_ms {
+                    cmd.arg("PX").arg(ms);
+                }
+                sent.push(start + i);
+            }
+            if sent.is_empty() {
+                start = end;
+                continue;
+            }
+            let replies = self.round_trip(|con| pipe.query::<Vec<RedisResult<Value>>>(con));
+            let mut m = lock(&self.metrics);
+            m.puts += sent.len() as u64;
+            if let Some(replies) = replies {
+                for (&i, r) in sent.iter().zip(replies) {
+                    if matches!(r, Ok(Value::Okay)) {
+                        ok[i] = true;
+                        m.put_stored += 1;
+                        m.put_bytes += self.page_bytes as u64;
+                    } else {
+                        m.put_rejected += 1;
+                    }
+                }
+            }
+            start = end;
+        }
+        ok
+    }
+
+    /// Whether `value` is the verified page `h` of this keyspace, `len` bytes long.
+    fn verify(&self, h: BlockHash, value: &[u8], len: usize) -> bool {
+        if value.len() != HEADER_BYTES + len || len != self.page_bytes {
+            return false;
+        }
+        let (head, page) = value.split_at(HEADER_BYTES);
+        // the header this tier would have written for these bytes: any difference (magic,
+        // version, length, fingerprint, salt, hash or check) rejects the value
+        head == header(self.fingerprint, self.salt, h, page)
+    }
+
+    /// Runs one round trip on a pooled connection. `None` if the server could not be asked
+    /// (down, in backoff, timeout, auth, protocol error); the failure is counted and starts or
+    /// extends the backoff.
+    fn round_trip<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Option<T> {
+        {
+            let health = lock(&self.health);
+            if health.retry_at.is_some_and(|t| Instant::now() < t) {
+                lock(&self.metrics).skipped_down += 1;
+                return None;
+            }
+        }
+        let pooled = lock(&self.idle).pop();
+        let mut con = match pooled {
+            Some(c) => c,
+            None => match self.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.failed(&e);
+                    return None;
+                }
+            },
+        };
+        match f(&mut con) {
+            Ok(v) => {
+                {
+                    let mut idle = lock(&self.idle);
+                    if idle.len() < self.config.connections {
+                        idle.push(con);
+                    }
+                }
+                let mut health = lock(&self.health);
+                health.retry_at = None;
+                health.backoff = self.config.backoff_min;
+                drop(health);
+                let mut m = lock(&self.metrics);
+                m.round_trips += 1;
+                m.up = true;
+                Some(v)
+            }
+            Err(e) => {
+                // the connection may be mid-reply: never reused
+                drop(con);
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        lock(&self.metrics).connects += 1;
+        let con = self.client.get_connection_with_timeout(self.config.timeout)?;
+        con.set_read_timeout(Some(self.config.timeout))?;
+        con.set_write_timeout(Some(self.config.timeout))?;
+        Ok(con)
+    }
+
+    /// Counts a failure and backs off; the pooled connections are dropped too (a server that
+    /// went away took them with it).
+    fn failed(&self, e: &redis::RedisError) {
+        lock(&self.idle).clear();
+        {
+            let mut health = lock(&self.health);
+            health.retry_at = Some(Instant::now() + health.backoff);
+            health.backoff = (health.backoff * 2).min(self.config.backoff_max);
+        }
+        let mut m = lock(&self.metrics);
+        m.errors += 1;
+        m.up = false;
+        if e.is_timeout() {
+            m.timeouts += 1;
+        }
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            m.auth_failures += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Dtype;
+
+    fn tier(url: &str, model: &str, salt: &[u8]) -> RemoteTier {
+        let layout = KvLayout::new(1, 1, 8, Dtype::F16, 4).unwrap();
+        RemoteTier::open(&layout, RemoteConfig::new(url).with_model_id(model).with_tenant_salt(salt)).unwrap()
+    }
+
+    #[test]
+    fn a_value_verifies_only_in_its_own_keyspace_and_key() {
+        let a = tier("redis://127.0.0.1:1", "m", b"a");
+        let page = vec![7u8; a.page_bytes()];
+        let mut value = header(a.fingerprint, a.salt, BlockHash(5), &page).to_vec();
+        value.extend_from_slice(&page);
+        assert!(a.verify(BlockHash(5), &value, page.len()));
+        assert!(!a.verify(BlockHash(6), &value, page.len()), "another block's key");
+        assert!(!tier("redis://127.0.0.1:1", "m", b"b").verify(BlockHash(5), &value, page.len()), "another tenant");
+        assert!(!tier("redis://127.0.0.1:1", "n", b"a").verify(BlockHash(5), &value, page.len()), "another model");
+        for i in [0, 9, 20, 60, HEADER_BYTES, value.len() - 1] {
+            let mut bad = value.clone();
+            bad[i] ^= 1;
+            assert!(!a.verify(BlockHash(5), &bad, page.len()), "byte {i} flipped");
+        }
+        assert!(!a.verify(BlockHash(5), &value[..value.len() - 1], page.len()), "truncated");
+    }
+
+    #[test]
+    fn keyspaces_differ_by_model_and_salt() {
+        let k = |m, s| tier("redis://127.0.0.1:1", m, s).key(BlockHash(1));
+        assert_ne!(k("m", b"a"), k("m", b"b"));
+        assert_ne!(k("m", b"a"), k("n", b"a"));
+        assert_eq!(k("m", b"a"), k("m", b"a"));
+    }
+
+    #[test]
+    fn bad_configs_are_typed_errors() {
+        for (url, field) in [("http://x", "remote.url"), ("rediss://h:1", "remote.url"), ("redis://", "remote.url")] {
+            assert_eq!(RemoteConfig::new(url).validate().err().and_then(|e| e.config_field()), Some(field), "{url}");
+        }
+        assert!(RemoteConfig::new("redis://h:1").with_tp(1, 1).validate().is_err());
+        assert!(RemoteConfig::new("redis://h:1").with_timeout(Duration::ZERO).validate().is_err());
+        assert!(RemoteConfig::new("redis://h:1").with_ttl(Some(Duration::from_micros(10))).validate().is_err());
+        assert!(RemoteConfig::new("valkey://h:1").validate().is_ok());
+    }
+
+    #[test]
+    fn a_server_that_is_not_there_is_a_miss_and_backs_off() {
+        // port 1 on localhost: connection refused at once
+        let t = tier("redis://127.0.0.1:1", "m", b"");
+        assert_eq!(t.contains_prefix(&[BlockHash(1)]), 0);
+        let mut buf = vec![0u8; t.page_bytes()];
+        assert_eq!(t.get_pages(&mut [(BlockHash(1), &mut buf)]), vec![false]);
+        let page = vec![1u8; t.page_bytes()];
+        assert_eq!(t.put_pages(&[(BlockHash(1), &page)]), vec![false]);
+        let m = t.metrics();
+        assert_eq!(m.errors, 1, "{m:?}");
+        assert_eq!(m.skipped_down, 2, "tried again only after the backoff: {m:?}");
+        assert!(!m.up);
+    }
+}

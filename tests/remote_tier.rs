@@ -22,7 +22,7 @@ fn config(server: &RedisServer) -> RemoteConfig {
 }
 
 fn hashes(n: u64, seed: u64) -> Vec<BlockHash> {
-    (0..n).map(|i| BlockHash(u128::from(seed) << 64 | u128::from(i) * 0x9e37_79b9 + 1)).collect()
+    (0..n).map(|i| BlockHash((u128::from(seed) << 64) | (u128::from(i) * 0x9e37_79b9 + 1))).collect()
 }
 
 fn put_all(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
@@ -34,7 +34,8 @@ fn put_all(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
 /// Reads `hs` and returns, per page, whether it came back with exactly its pattern.
 fn read_back(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
     let mut bufs: Vec<Vec<u8>> = hs.iter().map(|_| vec![0u8; t.page_bytes()]).collect();
-    let mut reqs: Vec<(BlockHash, &mut [u8])> = hs.iter().zip(bufs.iter_mut()).map(|(&h, b)| (h, b.as_mut_slice())).collect();
+    let mut reqs: Vec<(BlockHash, &mut [u8])> =
+        hs.iter().zip(bufs.iter_mut()).map(|(&h, b)| (h, b.as_mut_slice())).collect();
     let ok = t.get_pages(&mut reqs);
     hs.iter()
         .zip(&bufs)
@@ -80,7 +81,8 @@ fn a_corrupted_or_foreign_value_is_a_miss() {
     put_all(&t, &hs);
     let mut con = server.connection();
     // flip one byte of page 0's KV
-    let _: () = redis::cmd("SETRANGE").arg(t.key(hs[0])).arg(HEADER_BYTES + 100).arg(&[0xAAu8][..]).query(&mut con).unwrap();
+    let _: () =
+        redis::cmd("SETRANGE").arg(t.key(hs[0])).arg(HEADER_BYTES + 100).arg(&[0xAAu8][..]).query(&mut con).unwrap();
     // truncate page 1
     let _: () = redis::cmd("SET").arg(t.key(hs[1])).arg(&[1u8; 100][..]).query(&mut con).unwrap();
     // page 3's (valid) value planted under page 2's key
@@ -97,7 +99,8 @@ fn tenant_salt_and_fingerprint_isolate_keyspaces() {
     let hs = hashes(8, 3);
     put_all(&a, &hs);
     let b = RemoteTier::open(&layout(), config(&server).with_tenant_salt(b"tenant-b")).unwrap();
-    let other_model = RemoteTier::open(&layout(), config(&server).with_tenant_salt(b"tenant-a").with_model_id("other")).unwrap();
+    let other_model =
+        RemoteTier::open(&layout(), config(&server).with_tenant_salt(b"tenant-a").with_model_id("other")).unwrap();
     let fp8 = KvLayout::new(2, 2, 16, Dtype::Fp8, 16).unwrap();
     let other_layout = RemoteTier::open(&fp8, config(&server).with_tenant_salt(b"tenant-a")).unwrap();
     for (name, t) in [("tenant", &b), ("model", &other_model)] {

@@ -6,6 +6,7 @@ use super::Admission;
 use crate::error::{Error, Result};
 use crate::tier::disk::DiskConfig;
 use crate::tier::host::HostConfig;
+use crate::tier::remote::RemoteConfig;
 
 /// Configuration of the offload engine.
 #[derive(Debug, Clone)]
@@ -16,6 +17,9 @@ pub struct OffloadConfig {
     /// [`DiskConfig::model_id`] must be set: the directory's pages are only served back to
     /// the model that wrote them.
     pub disk: Option<DiskConfig>,
+    /// The shared remote tier (G4) on a Valkey/Redis server; `None` for none. Needs the `g4`
+    /// feature ([`crate::tier::remote`]). Default: none.
+    pub remote: Option<RemoteConfig>,
     /// G1 free + ready blocks below this fraction of the pool start offloading. Default 0.1.
     pub g1_low_watermark: f64,
     /// G2 free + ready slots below this fraction start spilling to G3. Default 0.1.
@@ -75,6 +79,7 @@ impl Default for OffloadConfig {
         Self {
             host: HostConfig::default(),
             disk: None,
+            remote: None,
             g1_low_watermark: 0.1,
             g2_low_watermark: 0.1,
             write_through_g2: false,
@@ -102,6 +107,11 @@ impl OffloadConfig {
     /// Adds an SSD tier (default none); [`OffloadConfig::validate`] requires its model id.
     pub fn with_disk(mut self, disk: DiskConfig) -> Self {
         self.disk = Some(disk);
+        self
+    }
+    /// Adds the shared remote tier (default none).
+    pub fn with_remote(mut self, remote: RemoteConfig) -> Self {
+        self.remote = Some(remote);
         self
     }
     /// Sets the G1 low watermark fraction (default 0.1).
@@ -213,6 +223,13 @@ impl OffloadConfig {
                 // Pages are told apart by hash and fingerprint only: two models of one shape
                 // without a model id would share a directory and serve each other's pages.
                 return Err(Error::InvalidConfig { field: "model_id", reason: "must name the model for an SSD tier" });
+            }
+        }
+        if let Some(r) = &self.remote {
+            r.validate()?;
+            if r.publish == crate::tier::remote::Publish::Spill && self.disk.is_none() {
+                // without G3, G2's evictions are not staged: nothing would ever be published
+                return Err(Error::InvalidConfig { field: "remote.publish", reason: "Spill needs an SSD tier" });
             }
         }
         let out_of_range = |field, value: &dyn std::fmt::Display, expected| {

@@ -125,6 +125,12 @@ pub struct EngineMetrics {
     pub g3_to_g1: Traffic,
     /// G3 -> G2 prefetches.
     pub g3_to_g2: Traffic,
+    /// Blocks found by lookups in G4 only (after the leading run the local tiers hold).
+    pub g4_hit_blocks: u64,
+    /// Pages stored in G4 (G1 -> G4 or G2 -> G4, by [`crate::tier::remote::Publish`]).
+    pub to_g4: Traffic,
+    /// G4 -> G1 onboards.
+    pub g4_to_g1: Traffic,
     /// Offloads that could not be done (G2 full of pinned pages): the block stayed in G1.
     pub offload_failed: u64,
     /// Spills the admission filter declined.

@@ -78,6 +78,7 @@ use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
 use crate::tier::disk::{DiskMetrics, DiskTier};
 use crate::tier::host::{HostMetrics, HostTier};
+use crate::tier::remote::{Publish, RemoteMetrics, RemoteTier};
 
 use admission::FrequencySketch;
 pub(crate) use admission::WriteBudget;
@@ -98,6 +99,9 @@ pub struct PrefixHit {
     pub g2: usize,
     /// Of those, only in G3.
     pub g3: usize,
+    /// Of those, only in G4 (the run after the last block a local tier holds; G4 is lossy,
+    /// so onboarding may find fewer).
+    pub g4: usize,
 }
 
 /// Every tier's counters plus the engine's.
@@ -109,6 +113,8 @@ pub struct TierMetrics {
     pub g2: HostMetrics,
     /// SSD tier, if configured.
     pub g3: Option<DiskMetrics>,
+    /// Shared remote tier, if configured.
+    pub g4: Option<RemoteMetrics>,
     /// Movement between tiers.
     pub engine: EngineMetrics,
 }
@@ -127,6 +133,9 @@ pub(crate) struct Shared {
     pub(crate) g1: KvCache,
     pub(crate) g2: HostTier,
     pub(crate) g3: Option<DiskTier>,
+    pub(crate) g4: Option<RemoteTier>,
+    /// Pages this engine stored in G4 or loaded from it lately: not sent again.
+    pub(crate) published: Mutex<Recent>,
     pub(crate) config: OffloadConfig,
     pub(crate) g1_target: usize,
     pub(crate) g2_target: usize,
@@ -237,6 +246,10 @@ impl TieredCache {
             (Some(d), None) => Some(DiskTier::open(&cache.layout, d.clone())?),
             (None, _) => None,
         };
+        let g4 = match &config.remote {
+            Some(r) => Some(RemoteTier::open(&cache.layout, r.clone())?),
+            None => None,
+        };
         let g2 = HostTier::new(page_bytes, config.host.clone())?;
         g2.log_evictions(true);
         if let Some(d) = &g3 {
@@ -263,6 +276,8 @@ impl TieredCache {
             g1,
             g2,
             g3,
+            g4,
+            published: Mutex::new(Recent::new(hierarchy.max(1 << 16))),
             g1_target,
             g2_target,
             page_bytes,
@@ -503,6 +518,7 @@ impl TieredCache {
             g1: self.shared.g1.metrics(),
             g2: self.shared.g2.metrics(),
             g3: self.shared.g3.as_ref().map(|d| d.metrics()),
+            g4: self.shared.g4.as_ref().map(|r| r.metrics()),
             engine,
         }
     }
@@ -590,6 +606,34 @@ impl Shared {
         lock(&self.sketch).estimate(h)
     }
 
+    /// Stores in G4 the pages among `pages` it was not given lately (by [`Publish`]), in one
+    /// pipelined batch; a page the server refused is tried again next time it comes by.
+    pub(crate) fn publish(&self, policy: Publish, pages: &[(BlockHash, &[u8])]) {
+        let Some(g4) = self.g4.as_ref().filter(|_| self.config.remote.as_ref().is_some_and(|r| r.publish == policy))
+        else {
+            return;
+        };
+        let fresh: Vec<(BlockHash, &[u8])> = {
+            let published = lock(&self.published);
+            pages.iter().filter(|(h, _)| !published.contains(*h)).copied().collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let stored = g4.put_pages(&fresh);
+        let mut n = 0;
+        {
+            let mut published = lock(&self.published);
+            for ((h, _), ok) in fresh.iter().zip(stored) {
+                if ok {
+                    published.insert(*h);
+                    n += 1;
+                }
+            }
+        }
+        self.stats().m.to_g4.add(n, self.page_bytes);
+    }
+
     pub(crate) fn record_use(&self, h: BlockHash) {
         lock(&self.sketch).record(h);
     }
@@ -612,6 +656,13 @@ impl Shared {
                 hit.total += 1;
             }
         }
+        if let Some(g4) = &self.g4
+            && hit.total < hashes.len()
+        {
+            // one round trip, outside every lock
+            hit.g4 = g4.contains_prefix(&hashes[hit.total..]);
+            hit.total += hit.g4;
+        }
         for h in &hashes[..hit.total] {
             self.record_use(*h);
         }
@@ -623,7 +674,36 @@ impl Shared {
         s.m.hit_blocks[0] += hit.g1 as u64;
         s.m.hit_blocks[1] += hit.g2 as u64;
         s.m.hit_blocks[2] += hit.g3 as u64;
+        s.m.g4_hit_blocks += hit.g4 as u64;
         s.m.miss_blocks += (hashes.len() - hit.total) as u64;
         hit
+    }
+}
+
+/// A bounded set of recent hashes (the oldest forgotten first).
+pub(crate) struct Recent {
+    set: std::collections::HashSet<u128>,
+    order: std::collections::VecDeque<u128>,
+    cap: usize,
+}
+
+impl Recent {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self { set: std::collections::HashSet::new(), order: std::collections::VecDeque::new(), cap: cap.max(1) }
+    }
+
+    pub(crate) fn contains(&self, h: BlockHash) -> bool {
+        self.set.contains(&h.0)
+    }
+
+    pub(crate) fn insert(&mut self, h: BlockHash) {
+        if self.set.insert(h.0) {
+            self.order.push_back(h.0);
+            while self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
     }
 }

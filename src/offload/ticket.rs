@@ -19,6 +19,8 @@ pub struct OnboardOutcome {
     pub from_g2: usize,
     /// Blocks brought up from G3.
     pub from_g3: usize,
+    /// Blocks brought up from G4.
+    pub from_g4: usize,
     /// Blocks asked for that could not be delivered (miss, corrupt or IO error): the prefix
     /// ends before the first of them.
     pub failed: usize,
@@ -214,12 +216,13 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
     let mut blocks = Vec::new();
     let (mut wanted, mut parents, mut g1_after) = (Vec::new(), Vec::new(), Vec::new());
     let mut leading = 0;
+    let mut parent = None;
+    let mut walked = 0;
     {
         // Walk the prefix: G1 hits are held at once (so that allocating blocks for the rest
         // cannot evict them), blocks found only in G2/G3 are collected for onboarding, and the
-        // walk stops at the first block no tier has.
+        // walk stops at the first block no local tier has.
         let mut core = shared.g1.lock();
-        let mut parent = None;
         for &h in hashes {
             if let Some(b) = core.hold_cached(h)? {
                 held.push(b);
@@ -235,7 +238,22 @@ pub(crate) fn start(shared: &Arc<Shared>, hashes: &[BlockHash]) -> Result<(Ticke
                 break;
             }
             parent = Some(h);
+            walked += 1;
         }
+    }
+    if let Some(g4) = &shared.g4
+        && walked < hashes.len()
+    {
+        // the run after it from the shared tier: one round trip, outside every lock
+        for &h in &hashes[walked..walked + g4.contains_prefix(&hashes[walked..])] {
+            wanted.push(h);
+            parents.push(parent);
+            g1_after.push(0);
+            parent = Some(h);
+        }
+    }
+    {
+        let mut core = shared.g1.lock();
         if let Err(e) = core.begin_onboard(wanted.len(), &mut blocks) {
             core.release_blocks(&held)?;
             return Err(e);

@@ -1,6 +1,7 @@
 //! What the background workers do: jobs (onboard, prefetch) and maintenance passes (offload,
 //! spill, retention expiry).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::ticket::{self, OnboardJob};
@@ -9,6 +10,7 @@ use crate::error::Result;
 use crate::pool::{CopyOutcome, StagedCopies};
 use crate::prefix::BlockHash;
 use crate::sync::lock;
+use crate::tier::remote::Publish;
 
 /// Counts a worker out of its queue when dropped (on return or unwind).
 pub(crate) struct Live<'a>(pub(crate) &'a super::WorkQueue<Job>);
@@ -229,6 +231,10 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize)
             failed += 1;
         }
     }
+    if shared.g4.is_some() {
+        let pages: Vec<(BlockHash, &[u8])> = (0..staged.len()).map(|i| (staged.hash(i), staged.page(i))).collect();
+        shared.publish(Publish::Offload, &pages);
+    }
     staged.finish()?;
     // G1 gives these pages up: G2's copy is the one that serves them from now on.
     shared.g2.touch(&present);
@@ -294,6 +300,14 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         disk.write_pages(&batch)
     };
     let elapsed = t.elapsed();
+    if shared.g4.is_some() {
+        let leaving: HashSet<u128> = spilled.iter().map(|(h, _)| h.0).collect();
+        let pages: Vec<(BlockHash, &[u8])> = (0..staged.len())
+            .map(|i| (staged.hash(i), staged.page(i)))
+            .filter(|(h, _)| leaving.contains(&h.0))
+            .collect();
+        shared.publish(Publish::Spill, &pages);
+    }
     disk.touch(&present);
     let (mut written, mut failed, mut settled) = (0u64, 0u64, present.len() + (declined + in_g1) as usize);
     for (&i, r) in admitted.iter().zip(results) {
@@ -355,6 +369,16 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
             }
         }
     }
+    // What G2 did not have comes from G3 if it holds it, else from G4 (the slower tier).
+    let from_g4: Vec<(usize, usize)> = match &shared.g3 {
+        Some(disk) if shared.g4.is_some() => {
+            let (local, remote) = from_g3.iter().partition(|&&(j, i)| disk.contains(jobs[j].hashes[i]));
+            from_g3 = local;
+            remote
+        }
+        Some(_) => Vec::new(),
+        None => std::mem::take(&mut from_g3),
+    };
     let mut g3_latency = None;
     if let Some(disk) = &shared.g3
         && !from_g3.is_empty()
@@ -374,6 +398,28 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
             ok[*j][*i] = matches!(r, Ok(true));
         }
         g3_latency = Some(t.elapsed());
+    }
+    if let Some(g4) = &shared.g4
+        && !from_g4.is_empty()
+    {
+        let mut reqs = Vec::with_capacity(from_g4.len());
+        for &(j, i) in &from_g4 {
+            // As above; the leases end with `reqs`, before `finish_onboard`.
+            if let Ok(dst) = shared.g1.onboard_page(jobs[j].blocks[i]) {
+                reqs.push((j, i, jobs[j].hashes[i], dst));
+            }
+        }
+        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, _, h, d)| (*h, &mut **d)).collect();
+        let results = g4.get_pages(&mut io);
+        drop(io);
+        let mut published = lock(&shared.published);
+        for ((j, i, h, _), r) in reqs.iter().zip(results) {
+            ok[*j][*i] = r;
+            if r {
+                // G4 has it: not sent back when G1 gives it up
+                published.insert(*h);
+            }
+        }
     }
     {
         let mut s = shared.stats();
@@ -400,8 +446,9 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
         }
     }
     for (j, job) in jobs.into_iter().enumerate() {
-        let g3_pages: Vec<usize> = from_g3.iter().filter(|&&(jj, _)| jj == j).map(|&(_, i)| i).collect();
-        finish_job(shared, job, &ok[j], &g3_pages, g3_latency);
+        let of_job =
+            |list: &[(usize, usize)]| list.iter().filter(|&&(jj, _)| jj == j).map(|&(_, i)| i).collect::<Vec<_>>();
+        finish_job(shared, job, &ok[j], &of_job(&from_g3), &of_job(&from_g4), g3_latency);
     }
     shared.g2.make_cold(&cold_g2);
     if let Some(disk) = &shared.g3
@@ -412,13 +459,22 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
 }
 
 /// Registers the loaded leading blocks of a job in G1 and completes its ticket.
-fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], g3_latency: Option<Duration>) {
+fn finish_job(
+    shared: &Shared,
+    job: OnboardJob,
+    ok: &[bool],
+    from_g3: &[usize],
+    from_g4: &[usize],
+    g3_latency: Option<Duration>,
+) {
     let n = job.blocks.len();
     let loaded = ok.iter().take_while(|x| **x).count();
     let g3_loaded = from_g3.iter().filter(|&&i| i < loaded).count();
+    let g4_loaded = from_g4.iter().filter(|&&i| i < loaded).count();
     let mut outcome = job.outcome;
-    outcome.from_g2 = loaded - g3_loaded;
+    outcome.from_g2 = loaded - g3_loaded - g4_loaded;
     outcome.from_g3 = g3_loaded;
+    outcome.from_g4 = g4_loaded;
     outcome.failed = n - loaded;
     outcome.prefix_blocks += job.g1_after[..loaded].iter().map(|g| g + 1).sum::<usize>();
     let mut held = Vec::with_capacity(loaded);
@@ -432,6 +488,7 @@ fn finish_job(shared: &Shared, job: OnboardJob, ok: &[bool], from_g3: &[usize], 
         let mut s = shared.stats();
         s.m.g2_to_g1.add(outcome.from_g2 as u64, shared.page_bytes);
         s.m.g3_to_g1.add(outcome.from_g3 as u64, shared.page_bytes);
+        s.m.g4_to_g1.add(outcome.from_g4 as u64, shared.page_bytes);
         s.m.onboard_failed += outcome.failed as u64;
         if let Some(l) = g3_latency.filter(|_| !from_g3.is_empty()) {
             s.onboard_g3.record(l);

@@ -3,7 +3,6 @@
 
 pub(crate) mod disk;
 pub mod host;
-#[cfg(feature = "g4")]
 pub mod remote;
 
 pub use disk::format;

@@ -184,9 +184,18 @@ pub(crate) struct ReplayArgs {
     /// capacity, and sim-mode LRU/OPT at that capacity) for a quicker run.
     #[arg(long)]
     pub(crate) no_reference: bool,
-    /// Replay only the first N requests of the trace.
+    /// Replay only the first N requests of the trace (after --from-request).
     #[arg(long, value_name = "N")]
     pub(crate) requests: Option<usize>,
+    /// Start at request K of the trace (0-based; timestamps are shifted to start at 0), e.g.
+    /// the second half of a trace as a second pod: `--from-request 1500`.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) from_request: usize,
+    /// Engine mode: a shared G4 tier on a Valkey/Redis server, `redis://[:password@]host:port`
+    /// (credentials are never printed). Pages are published as G1 gives them up and found by
+    /// any replay of the same layout against the same server.
+    #[arg(long, value_name = "URL")]
+    pub(crate) g4: Option<String>,
     /// Engine mode: simulated duration of one decode step, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     pub(crate) decode_step_ms: f64,

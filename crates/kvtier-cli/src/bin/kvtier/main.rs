@@ -30,7 +30,7 @@ use kvtier_cli::Error;
 use kvtier_cli::plan::PlanConfig;
 use kvtier_cli::replay::synth::SynthPreset;
 use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, engine};
-use kvtier_cli::trace::{Trace, TraceOptions};
+use kvtier_cli::trace::{Trace, TraceOptions, TraceRecord};
 
 use args::{
     AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, Size, SynthArgs, TierPolicy,
@@ -83,6 +83,7 @@ impl CliError {
             "g2_blocks" => flag("--g2", format!("{} ({value} blocks)", args.g2)),
             "prefill_tokens_per_sec" => flag("--prefill-tokens-per-sec", format!("{:?}", args.prefill_tokens_per_sec)),
             "decode_step" => flag("--decode-step-ms", format!("{:?}", args.decode_step_ms)),
+            "g4_url" => flag("--g4", value),
             _ => CliError::Replay(Error::InvalidConfig { setting, value, reason }),
         }
     }
@@ -202,6 +203,24 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
         Some(path) => (Trace::read_path(path, &options)?, path.display().to_string()),
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
+    let (trace, source) = match args.from_request {
+        0 => (trace, source),
+        k if k >= trace.len() => {
+            return Err(CliError::Flag {
+                flag: "--from-request",
+                value: k.to_string(),
+                reason: format!("the trace has {} requests", trace.len()),
+            });
+        }
+        k => {
+            let base = trace.records()[k].timestamp_ms;
+            let rest = trace.records()[k..]
+                .iter()
+                .map(|r| TraceRecord { timestamp_ms: r.timestamp_ms.saturating_sub(base), ..r.clone() })
+                .collect();
+            (Trace::from_records(rest), format!("{source}, from request {k}"))
+        }
+    };
     Ok(match args.requests {
         // (the count of skipped lines goes with the cut: `--skip-bad-lines` reports it per file)
         Some(n) if n < trace.len() => {
@@ -299,7 +318,8 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         .with_full_data(args.full_data)
         .with_reference(!args.no_reference)
         .with_ssd_dir(args.ssd_dir.clone().unwrap_or_else(|| args.out.clone()))
-        .with_io_backend(backend_kind(args.io_backend));
+        .with_io_backend(backend_kind(args.io_backend))
+        .with_g4(args.g4.clone());
     config.validate().map_err(|e| CliError::from_setting(args, e))?;
     Ok(config)
 }

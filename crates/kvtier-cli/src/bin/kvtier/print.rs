@@ -60,11 +60,40 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
         w.mean_ms, w.p50_ms, w.p99_ms, w.max_ms
     );
     let h = &r.hit_rate;
+    let g4 = |rate: f64| if r.g4.is_some() { format!(" + G4 {rate:.4}") } else { String::new() };
     println!(
-        "hit rate     {:.4} second half (headline: the first half warms the cache) = G1 {:.4} + G2 {:.4} + G3 {:.4}",
-        h.second_half, h.second_half_g1, h.second_half_g2, h.second_half_g3
+        "hit rate     {:.4} second half (headline: the first half warms the cache) = G1 {:.4} + G2 {:.4} + G3 {:.4}{}",
+        h.second_half,
+        h.second_half_g1,
+        h.second_half_g2,
+        h.second_half_g3,
+        g4(h.second_half_g4)
     );
-    println!("             {:.4} all requests = G1 {:.4} + G2 {:.4} + G3 {:.4}", h.all_requests, h.g1, h.g2, h.g3);
+    println!(
+        "             {:.4} all requests = G1 {:.4} + G2 {:.4} + G3 {:.4}{}",
+        h.all_requests,
+        h.g1,
+        h.g2,
+        h.g3,
+        g4(h.g4)
+    );
+    if let Some(g) = &r.g4 {
+        println!(
+            "g4           {}: {:.4} of all prompt tokens onboarded from G4 ({:.4} second half); {} pages ({}) in, {} ({}) out, {} round trips; {} absent, {} rejected, {} refused, {} failed round trips",
+            g.server,
+            h.g4,
+            h.second_half_g4,
+            g.get_hits,
+            format_bytes(g.get_bytes),
+            g.put_stored,
+            format_bytes(g.put_bytes),
+            g.round_trips,
+            g.get_absent,
+            g.get_rejected,
+            g.put_rejected,
+            g.errors
+        );
+    }
     match &r.reference {
         Some(reference) => print_reference(reference, h.second_half),
         None => println!("reference    skipped (--no-reference)"),
@@ -82,11 +111,12 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
     }
     let v = &r.verification;
     println!(
-        "verified     {} served pages checked against their hash's stamp (G1 {}, G2 {}, G3 {}; {} B at each end), {} wrong; {} pages stamped",
+        "verified     {} served pages checked against their hash's stamp (G1 {}, G2 {}, G3 {}, G4 {}; {} B at each end), {} wrong; {} pages stamped",
         v.pages_checked.total(),
         v.pages_checked.g1,
         v.pages_checked.g2,
         v.pages_checked.g3,
+        v.pages_checked.g4,
         v.stamp_bytes,
         v.mismatches,
         v.pages_stamped

@@ -55,6 +55,7 @@ use kvtier::offload::{Admission, OffloadConfig, TieredCache};
 use kvtier::policy::PolicyKind;
 use kvtier::tier::DiskConfig;
 use kvtier::tier::host::HostConfig;
+use kvtier::tier::remote::RemoteConfig;
 use kvtier::{CacheConfig, Dtype, KvLayout};
 
 use crate::error::{Error, Result};
@@ -150,6 +151,13 @@ pub struct EngineConfig {
     pub g2_onboard_bytes_per_sec: f64,
     /// Simulated G3 -> G1 bandwidth for model-size pages, bytes/s. Default: 6 GB/s.
     pub g3_onboard_bytes_per_sec: f64,
+    /// The shared G4 tier: a `redis://` URL of a Valkey/Redis server (credentials are never
+    /// printed), or `None`. The tiered replay stores and finds pages there under the model id
+    /// `replay` and the payload layout, so replays of one trace (halves, say, as two pods) share
+    /// prefixes through it. Default: none.
+    pub g4_url: Option<String>,
+    /// Simulated G4 -> G1 bandwidth for model-size pages, bytes/s. Default: 3 GB/s (25 GbE).
+    pub g4_onboard_bytes_per_sec: f64,
     /// Most requests running (or onboarding) at once. Default: 256.
     pub max_batch: usize,
     /// Follow the onboard-or-recompute rule ([`kvtier::offload::OnboardCost`] at the simulated
@@ -196,6 +204,8 @@ impl Default for EngineConfig {
             prefill_tokens_per_sec: 100_000.0,
             g2_onboard_bytes_per_sec: 25e9,
             g3_onboard_bytes_per_sec: 6e9,
+            g4_url: None,
+            g4_onboard_bytes_per_sec: 3e9,
             max_batch: 256,
             prefetch_waiting: 8,
             onboard_rule: false,
@@ -219,6 +229,11 @@ impl EngineConfig {
     /// ```
     pub fn with_layout(mut self, layout: KvLayout) -> Self {
         self.layout = layout;
+        self
+    }
+    /// Sets the shared G4 tier's server URL (default none).
+    pub fn with_g4(mut self, url: Option<String>) -> Self {
+        self.g4_url = url;
         self
     }
     /// Sets the eviction policy of every tier (default: each tier's own).
@@ -328,6 +343,7 @@ impl EngineConfig {
             ("prefill_tokens_per_sec", self.prefill_tokens_per_sec),
             ("g2_onboard_bytes_per_sec", self.g2_onboard_bytes_per_sec),
             ("g3_onboard_bytes_per_sec", self.g3_onboard_bytes_per_sec),
+            ("g4_onboard_bytes_per_sec", self.g4_onboard_bytes_per_sec),
         ];
         if let Some((setting, speed)) = speeds.into_iter().find(|(_, s)| !(s.is_finite() && *s > 0.0)) {
             return Err(Error::invalid(setting, speed, "simulated speeds must be positive"));
@@ -337,6 +353,15 @@ impl EngineConfig {
         }
         if self.max_batch == 0 {
             return Err(Error::invalid("max_batch", 0, "must be non-zero"));
+        }
+        if let Some(url) = &self.g4_url
+            && let Err(e) = RemoteConfig::new(url.as_str()).validate()
+        {
+            let reason = match e {
+                kvtier::Error::InvalidConfig { reason, .. } => reason.to_string(),
+                e => e.to_string(),
+            };
+            return Err(Error::invalid("g4_url", kvtier::tier::remote::redact(url), reason));
         }
         Ok(())
     }
@@ -500,6 +525,9 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
             disk = disk.with_policy(policy);
         }
         offload = offload.with_disk(disk);
+    }
+    if let (Shape::Tiered, Some(url)) = (shape, &config.g4_url) {
+        offload = offload.with_remote(RemoteConfig::new(url.as_str()).with_model_id("replay"));
     }
     let tiers = TieredCache::new(cache, offload)?;
     let mut replay = Replay::new(trace, config, &tiers, shape == Shape::Tiered);

@@ -8,6 +8,37 @@ use super::EngineConfig;
 pub use super::reference::{Reference, SimAtCapacity};
 pub use super::verify::{Mismatch, TierPages, Verification};
 
+/// What the G4 server saw of a replay (from [`kvtier::tier::remote::RemoteMetrics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct G4Summary {
+    /// The server, credentials redacted.
+    pub server: String,
+    /// Pipelined round trips.
+    pub round_trips: u64,
+    /// Prefix lookups, and the blocks they found beyond the local tiers.
+    pub lookups: u64,
+    /// See [`G4Summary::lookups`].
+    pub lookup_found: u64,
+    /// Pages delivered (verified) and their payload bytes.
+    pub get_hits: u64,
+    /// See [`G4Summary::get_hits`].
+    pub get_bytes: u64,
+    /// Pages asked for that were gone, and values that failed verification.
+    pub get_absent: u64,
+    /// See [`G4Summary::get_absent`].
+    pub get_rejected: u64,
+    /// Pages stored and their payload bytes.
+    pub put_stored: u64,
+    /// See [`G4Summary::put_stored`].
+    pub put_bytes: u64,
+    /// Pages the server refused.
+    pub put_rejected: u64,
+    /// Failed round trips (each a miss), and calls skipped during a backoff.
+    pub errors: u64,
+    /// See [`G4Summary::errors`].
+    pub skipped_down: u64,
+}
+
 /// Prompt tokens served from the cache, by the tier they were found in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TierTokens {
@@ -17,17 +48,20 @@ pub struct TierTokens {
     pub g2: u64,
     /// Onboarded from G3.
     pub g3: u64,
+    /// Onboarded from G4 (the shared server, `--g4`).
+    pub g4: u64,
 }
 
 impl TierTokens {
     /// All tiers.
     pub fn total(&self) -> u64 {
-        self.g1 + self.g2 + self.g3
+        self.g1 + self.g2 + self.g3 + self.g4
     }
     pub(crate) fn add(&mut self, o: &TierTokens) {
         self.g1 += o.g1;
         self.g2 += o.g2;
         self.g3 += o.g3;
+        self.g4 += o.g4;
     }
 }
 
@@ -46,6 +80,8 @@ pub struct HitRates {
     pub second_half_g2: f64,
     /// Second half, onboarded from G3.
     pub second_half_g3: f64,
+    /// Second half, onboarded from G4.
+    pub second_half_g4: f64,
     /// All tiers, all requests (cold start included).
     pub all_requests: f64,
     /// All requests, served from G1.
@@ -54,6 +90,8 @@ pub struct HitRates {
     pub g2: f64,
     /// All requests, onboarded from G3.
     pub g3: f64,
+    /// All requests, onboarded from G4.
+    pub g4: f64,
 }
 
 /// The engine's own live estimate of hit rate against capacity ([`kvtier::curve`]): LRU stack
@@ -358,6 +396,8 @@ pub struct EngineReport {
     pub admission_reuse_per_mille: [Option<u16>; 4],
     /// Pages onboarding could not deliver.
     pub onboard_failed: u64,
+    /// The shared G4 tier's side of the run (`--g4`), if configured.
+    pub g4: Option<G4Summary>,
     /// Hit rate and occupancy over simulated time.
     pub samples: Vec<Sample>,
 }
@@ -417,6 +457,7 @@ impl EngineReport {
             admission_min_uses: None,
             admission_reuse_per_mille: [None; 4],
             onboard_failed: 0,
+            g4: None,
             samples: Vec::new(),
         }
     }
@@ -431,10 +472,12 @@ impl EngineReport {
             second_half_g1: rate(s.g1, second),
             second_half_g2: rate(s.g2, second),
             second_half_g3: rate(s.g3, second),
+            second_half_g4: rate(s.g4, second),
             all_requests: rate(h.total(), self.prompt_tokens),
             g1: rate(h.g1, self.prompt_tokens),
             g2: rate(h.g2, self.prompt_tokens),
             g3: rate(h.g3, self.prompt_tokens),
+            g4: rate(h.g4, self.prompt_tokens),
         };
     }
 

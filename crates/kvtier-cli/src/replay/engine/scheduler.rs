@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use kvtier::offload::{LatencyHistogram, OnboardCost, OnboardOutcome, Ticket, TieredCache};
+use kvtier::tier::remote::redact;
 use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId, Tier};
 
 use super::report::{
-    EngineReport, EngineTiming, LiveCurve, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window,
+    EngineReport, EngineTiming, G4Summary, LiveCurve, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window,
 };
 use super::verify::Verifier;
 use super::{EngineConfig, EngineRun, decode_token, prompt_tokens};
@@ -304,7 +305,7 @@ impl<'a> Replay<'a> {
         let t0 = Instant::now();
         for round in 0..ONBOARD_ROUNDS {
             let hit = self.tiers.longest_prefix(&req.hashes[..max_hit]);
-            if hit.g2 + hit.g3 == 0 {
+            if hit.g2 + hit.g3 + hit.g4 == 0 {
                 break;
             }
             if round == 0 {
@@ -331,9 +332,10 @@ impl<'a> Replay<'a> {
             }
             total.from_g2 += outcome.from_g2;
             total.from_g3 += outcome.from_g3;
+            total.from_g4 += outcome.from_g4;
             total.failed += outcome.failed;
             tickets.push(ticket);
-            if outcome.from_g2 + outcome.from_g3 == 0 {
+            if outcome.from_g2 + outcome.from_g3 + outcome.from_g4 == 0 {
                 break;
             }
         }
@@ -418,7 +420,8 @@ impl<'a> Replay<'a> {
     fn transfer_us(&self, o: &OnboardOutcome) -> u64 {
         let page = self.config.layout.page_bytes() as f64;
         let secs = o.from_g2 as f64 * page / self.config.g2_onboard_bytes_per_sec
-            + o.from_g3 as f64 * page / self.config.g3_onboard_bytes_per_sec;
+            + o.from_g3 as f64 * page / self.config.g3_onboard_bytes_per_sec
+            + o.from_g4 as f64 * page / self.config.g4_onboard_bytes_per_sec;
         (secs * 1e6).ceil() as u64
     }
 
@@ -489,10 +492,10 @@ impl<'a> Replay<'a> {
         let hit = match onboarded {
             Some(o) => {
                 let g1 = take(o.g1_hits);
-                let (g2, g3) = (take(o.from_g2), take(o.from_g3));
-                TierTokens { g1: g1 + take(usize::MAX), g2, g3 }
+                let (g2, g3, g4) = (take(o.from_g2), take(o.from_g3), take(o.from_g4));
+                TierTokens { g1: g1 + take(usize::MAX), g2, g3, g4 }
             }
-            None => TierTokens { g1: take(usize::MAX), g2: 0, g3: 0 },
+            None => TierTokens { g1: take(usize::MAX), ..TierTokens::default() },
         };
         let prompt = req.prompt_len as u64;
         self.report.prompt_tokens += prompt;
@@ -627,6 +630,8 @@ impl<'a> Replay<'a> {
             ("G2", "G1", e.g2_to_g1),
             ("G3", "G1", e.g3_to_g1),
             ("G3", "G2", e.g3_to_g2),
+            ("G2", "G4", e.to_g4),
+            ("G4", "G1", e.g4_to_g1),
         ]
         .iter()
         .map(|&(from, to, t)| TrafficRow::new(from, to, t, model_page, self.report.simulated_seconds))
@@ -641,6 +646,21 @@ impl<'a> Replay<'a> {
         r.admission_min_uses = e.admission_min_uses;
         r.admission_reuse_per_mille = e.admission_reuse_per_mille;
         r.onboard_failed = e.onboard_failed;
+        r.g4 = m.g4.map(|g| G4Summary {
+            server: self.config.g4_url.as_deref().map(redact).unwrap_or_default(),
+            round_trips: g.round_trips,
+            lookups: g.lookups,
+            lookup_found: g.lookup_found,
+            get_hits: g.get_hits,
+            get_bytes: g.get_bytes,
+            get_absent: g.get_absent,
+            get_rejected: g.get_rejected,
+            put_stored: g.put_stored,
+            put_bytes: g.put_bytes,
+            put_rejected: g.put_rejected,
+            errors: g.errors,
+            skipped_down: g.skipped_down,
+        });
         r.live_curve = self.tiers.g1().lock().capacity_curve().map(|c| {
             let (g1, g2, g3) =
                 (self.config.g1_blocks as u64, self.config.g2_blocks as u64, self.config.g3_blocks as u64);
@@ -669,7 +689,7 @@ impl<'a> Replay<'a> {
         });
         r.finalize();
         let offloaded = e.g1_to_g2.bytes + e.g2_to_g3.bytes;
-        let onboarded = e.g2_to_g1.bytes + e.g3_to_g1.bytes;
+        let onboarded = e.g2_to_g1.bytes + e.g3_to_g1.bytes + e.g4_to_g1.bytes;
         let per_sec = |bytes: u64, d: Duration| if d.is_zero() { 0.0 } else { bytes as f64 / d.as_secs_f64() };
         let timing = EngineTiming {
             wall_seconds: started.elapsed().as_secs_f64(),

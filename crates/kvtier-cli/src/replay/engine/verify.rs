@@ -33,12 +33,14 @@ pub struct TierPages {
     pub g2: u64,
     /// Onboarded from G3.
     pub g3: u64,
+    /// Onboarded from G4.
+    pub g4: u64,
 }
 
 impl TierPages {
     /// All tiers.
     pub fn total(&self) -> u64 {
-        self.g1 + self.g2 + self.g3
+        self.g1 + self.g2 + self.g3 + self.g4
     }
 }
 
@@ -103,16 +105,19 @@ impl Verifier {
         let g1_head = if onboarded.is_some() { o.g1_hits } else { served };
         let g2_end = g1_head + o.from_g2;
         let g3_end = g2_end + o.from_g3;
+        let g4_end = g3_end + o.from_g4;
         for (i, (&block, &hash)) in table.iter().zip(hashes).take(served).enumerate() {
             let tier = match i {
-                i if i < g1_head || i >= g3_end => "G1",
+                i if i < g1_head || i >= g4_end => "G1",
                 i if i < g2_end => "G2",
-                _ => "G3",
+                i if i < g3_end => "G3",
+                _ => "G4",
             };
             match tier {
                 "G1" => self.counts.pages_checked.g1 += 1,
                 "G2" => self.counts.pages_checked.g2 += 1,
-                _ => self.counts.pages_checked.g3 += 1,
+                "G3" => self.counts.pages_checked.g3 += 1,
+                _ => self.counts.pages_checked.g4 += 1,
             }
             if !carries_stamp(hash, &core.page(block)?) {
                 self.counts.mismatches += 1;

@@ -189,3 +189,22 @@ fn pages_expire_with_a_ttl() {
     }
     assert!(read_back(&t, &hs).iter().all(|&x| !x));
 }
+
+#[test]
+fn tls_with_a_private_ca_round_trips_and_an_untrusted_server_is_a_miss() {
+    let Some((server, ca)) = RedisServer::start_tls() else { return };
+    assert!(server.url().starts_with("rediss://"));
+    let t = RemoteTier::open(&layout(), config(&server).with_tls_ca_pem(ca)).unwrap();
+    let hs = hashes(8, 8);
+    assert!(put_all(&t, &hs).iter().all(|&x| x), "{:?}", t.metrics());
+    assert!(read_back(&t, &hs).iter().all(|&x| x));
+    // the system's trust store does not know the test CA: no connection, a miss
+    let untrusted = RemoteTier::open(&layout(), config(&server)).unwrap();
+    assert_eq!(untrusted.contains_prefix(&hs), 0);
+    assert!(untrusted.metrics().errors >= 1);
+    // plain text to a TLS port is a miss too
+    let cleartext = server.url().replacen("rediss://", "redis://", 1);
+    let plain = RemoteTier::open(&layout(), RemoteConfig::new(cleartext).with_model_id("test-model")).unwrap();
+    assert_eq!(plain.contains_prefix(&hs), 0);
+    assert!(plain.metrics().errors >= 1);
+}

@@ -19,6 +19,8 @@ pub struct RedisServer {
     port: u16,
     args: Vec<String>,
     dir: TestDir,
+    /// Serves TLS only (`rediss://`), with a certificate of the test CA in `dir`.
+    tls: bool,
 }
 
 fn binary() -> Option<String> {
@@ -34,6 +36,86 @@ impl RedisServer {
     /// Starts a server with `args` (e.g. `["--maxmemory", "2mb"]`) added to its command line;
     /// `None` when there is no server binary and none is required.
     pub fn start(args: &[&str]) -> Option<Self> {
+        let mut s = Self::start_unstarted()?;
+        s.args = args.iter().map(|a| a.to_string()).collect();
+        s.listen()
+    }
+
+    /// A server that speaks TLS only, its certificate (for 127.0.0.1) signed by a CA made for
+    /// it with the `openssl` command; returns the CA's PEM too. `None` as for
+    /// [`RedisServer::start`], or when there is no `openssl`.
+    pub fn start_tls() -> Option<(Self, Vec<u8>)> {
+        let mut s = Self::start_unstarted()?;
+        let d = s.dir.path().to_path_buf();
+        let openssl = |args: &[&str]| {
+            Command::new("openssl").args(args).current_dir(&d).stdout(Stdio::null()).stderr(Stdio::null()).status()
+        };
+        let made = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=kvtier-test-ca",
+            ][..],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .iter()
+        .all(|a| openssl(a).is_ok_and(|st| st.success()));
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext.cnf");
+        let signed = made
+            && openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ])
+            .is_ok_and(|st| st.success());
+        if !signed {
+            assert!(
+                std::env::var("KVTIER_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "KVTIER_REQUIRE_REDIS=1 but openssl could not make test certificates"
+            );
+            eprintln!("skipped: no openssl to make test certificates");
+            return None;
+        }
+        s.tls = true;
+        let ca = std::fs::read(d.join("ca.crt")).expect("read ca.crt");
+        Some((s.listen()?, ca))
+    }
+
+    /// The server's state before it listens: binary and scratch directory.
+    fn start_unstarted() -> Option<Self> {
         let Some(binary) = binary() else {
             assert!(
                 std::env::var("KVTIER_REQUIRE_REDIS").as_deref() != Ok("1"),
@@ -42,18 +124,18 @@ impl RedisServer {
             eprintln!("skipped: no redis-server or valkey-server on this machine");
             return None;
         };
-        let mut s = Self {
-            binary,
-            child: None,
-            port: 0,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            dir: TestDir::new("redis"),
-        };
+        let s = Self { binary, child: None, port: 0, args: Vec::new(), dir: TestDir::new("redis"), tls: false };
         std::fs::create_dir_all(s.dir.path()).expect("scratch dir");
+        Some(s)
+    }
+
+    /// Starts the process on a free port (a few tries: a port can be taken meanwhile).
+    fn listen(mut self) -> Option<Self> {
+        let s = &mut self;
         for _ in 0..8 {
             s.port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             if s.spawn() {
-                return Some(s);
+                return Some(self);
             }
         }
         panic!("redis server did not start");
@@ -61,8 +143,28 @@ impl RedisServer {
 
     /// Starts the server process on `self.port`; whether it answers PING within 5 s.
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let listen: Vec<&str> = match self.tls {
+            false => vec!["--port", &port],
+            true => vec![
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.crt",
+                "--tls-auth-clients",
+                "no",
+            ],
+        };
         let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.args)
@@ -87,6 +189,10 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
+        if self.tls {
+            // listening is enough: the test's own client does the TLS handshake
+            return std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let password = self.args.iter().position(|a| a == "--requirepass").and_then(|i| self.args.get(i + 1));
         let url = match password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
@@ -98,9 +204,9 @@ impl RedisServer {
             .is_ok()
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "rediss" } else { "redis" }, self.port)
     }
 
     /// A plain client connection (for planting values and inspecting the server).

@@ -76,6 +76,29 @@ fn header(fingerprint: u128, salt: u64, hash: BlockHash, page: &[u8]) -> [u8; HE
     h
 }
 
+/// The client for `info`: plain, or (feature `g4-tls`) TLS with the configured CAs.
+#[cfg(feature = "g4-tls")]
+fn open_client(info: redis::ConnectionInfo, config: &RemoteConfig) -> RedisResult<redis::Client> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // the process has no rustls provider yet (an application that set one keeps it);
+        // losing a race with another thread installing one is fine
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &config.tls_ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
+/// The client for `info`.
+#[cfg(not(feature = "g4-tls"))]
+fn open_client(info: redis::ConnectionInfo, _config: &RemoteConfig) -> RedisResult<redis::Client> {
+    redis::Client::open(info)
+}
+
 /// Appends one RESP command of `args` (each argument the concatenation of its parts) to `out`:
 /// the page goes into the buffer once, and the buffer is reused from call to call.
 fn pack_command(out: &mut Vec<u8>, args: &[&[&[u8]]]) {
@@ -104,7 +127,7 @@ impl RemoteTier {
             .into_connection_info()
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = open_client(info, &config).map_err(bad_url)?;
         let fp = Fingerprint::new(&config.model_id, layout, config.tp_rank, config.tp_size);
         let fingerprint = fingerprint_hash(&fp);
         let salt = xxh3_64(&config.tenant_salt);
@@ -392,13 +415,15 @@ mod tests {
 
     #[test]
     fn bad_configs_are_typed_errors() {
-        for (url, field) in [("http://x", "remote.url"), ("rediss://h:1", "remote.url"), ("redis://", "remote.url")] {
+        for (url, field) in [("http://x", "remote.url"), ("redis://", "remote.url")] {
             assert_eq!(RemoteConfig::new(url).validate().err().and_then(|e| e.config_field()), Some(field), "{url}");
         }
         assert!(RemoteConfig::new("redis://h:1").with_tp(1, 1).validate().is_err());
         assert!(RemoteConfig::new("redis://h:1").with_timeout(Duration::ZERO).validate().is_err());
         assert!(RemoteConfig::new("redis://h:1").with_ttl(Some(Duration::from_micros(10))).validate().is_err());
         assert!(RemoteConfig::new("valkey://h:1").validate().is_ok());
+        // TLS is there exactly when the feature is
+        assert_eq!(RemoteConfig::new("rediss://h:1").validate().is_ok(), cfg!(feature = "g4-tls"));
     }
 
     #[test]

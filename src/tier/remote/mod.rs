@@ -3,7 +3,7 @@
 //!
 //! kvtier does not run its own distributed store: a G4 page is one binary value on the server,
 //! under the key `kvtier:g4:<fingerprint>:<salt>:<block hash>` (hex), where the fingerprint
-//! hashes the model id and KV layout ([`Fingerprint`]) and the salt the tenant's salt. Each value
+//! hashes the model id and KV layout ([`Fingerprint`](crate::tier::format::Fingerprint)) and the salt the tenant's salt. Each value
 //! starts with a [`HEADER_BYTES`] header (magic, version, payload length, fingerprint, salt,
 //! block hash, and an XXH3 check of the header and the page); a value whose header or check does
 //! not match what was asked for is a miss, counted in [`RemoteMetrics::get_rejected`], and never
@@ -20,8 +20,9 @@
 //! waits ([`RemoteConfig::backoff_min`], doubling up to [`RemoteConfig::backoff_max`]) before it
 //! tries the server again, answering "miss" at once meanwhile; [`RemoteMetrics`] counts all of
 //! it. Credentials come in the URL (`redis://user:password@host:port/db`); they are never
-//! printed: `Debug` shows the URL with them redacted. `rediss://` (TLS) URLs are refused with
-//! [`Error::InvalidConfig`]: this build has no TLS client.
+//! printed: `Debug` shows the URL with them redacted. `rediss://` (TLS) URLs need the `g4-tls`
+//! feature (rustls, ring provider); the server is verified against the system's trust store
+//! or the CAs given ([`RemoteConfig::with_tls_ca_pem`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -92,6 +93,9 @@ pub struct RemoteConfig {
     pub max_batch_bytes: usize,
     /// Which pages the engine stores in G4. Default [`Publish::Offload`].
     pub publish: Publish,
+    /// For `rediss://` (feature `g4-tls`): PEM certificates of the CAs to trust instead of the
+    /// system's. Default: none (the system's trust store).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RemoteConfig {
@@ -109,6 +113,7 @@ impl fmt::Debug for RemoteConfig {
             .field("backoff_max", &self.backoff_max)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("publish", &self.publish)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -147,6 +152,7 @@ impl RemoteConfig {
             backoff_max: Duration::from_secs(5),
             max_batch_bytes: 64 << 20,
             publish: Publish::Offload,
+            tls_ca_pem: None,
         }
     }
 
@@ -194,6 +200,12 @@ impl RemoteConfig {
         self
     }
 
+    /// Trusts the CAs in `pem` (PEM certificates) for `rediss://` instead of the system's.
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
     /// Sets which pages the engine stores in G4.
     pub fn with_publish(mut self, publish: Publish) -> Self {
         self.publish = publish;
@@ -206,9 +218,10 @@ impl RemoteConfig {
         let scheme = self.url.split_once("://").map(|(s, _)| s);
         match scheme {
             Some("redis" | "valkey") => {}
-            Some("rediss" | "valkeys") => {
-                return invalid("remote.url", "TLS (rediss://) is not built into this kvtier");
+            Some("rediss" | "valkeys") if !cfg!(feature = "g4-tls") => {
+                return invalid("remote.url", "TLS (rediss://) needs kvtier's g4-tls feature");
             }
+            Some("rediss" | "valkeys") => {}
             _ => return invalid("remote.url", "must be redis://host:port (or valkey://)"),
         }
         #[cfg(feature = "g4")]

@@ -384,40 +384,24 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
         && !from_g3.is_empty()
     {
         let t = Instant::now();
-        let mut reqs = Vec::with_capacity(from_g3.len());
-        for &(j, i) in &from_g3 {
-            // As above; the leases end with `reqs`, before `finish_onboard`.
-            if let Ok(dst) = shared.g1.onboard_page(jobs[j].blocks[i]) {
-                reqs.push((j, i, jobs[j].hashes[i], dst));
-            }
-        }
-        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, _, h, d)| (*h, &mut **d)).collect();
-        let results = disk.read_pages(&mut io);
-        drop(io);
-        for ((j, i, _, _), r) in reqs.iter().zip(results) {
-            ok[*j][*i] = matches!(r, Ok(true));
+        let read = |io: &mut [(BlockHash, &mut [u8])]| {
+            disk.read_pages(io).into_iter().map(|r| matches!(r, Ok(true))).collect()
+        };
+        for (j, i, _, arrived) in read_into_g1(shared, &jobs, &from_g3, read) {
+            ok[j][i] = arrived;
         }
         g3_latency = Some(t.elapsed());
     }
     if let Some(g4) = &shared.g4
         && !from_g4.is_empty()
     {
-        let mut reqs = Vec::with_capacity(from_g4.len());
-        for &(j, i) in &from_g4 {
-            // As above; the leases end with `reqs`, before `finish_onboard`.
-            if let Ok(dst) = shared.g1.onboard_page(jobs[j].blocks[i]) {
-                reqs.push((j, i, jobs[j].hashes[i], dst));
-            }
-        }
-        let mut io: Vec<(BlockHash, &mut [u8])> = reqs.iter_mut().map(|(_, _, h, d)| (*h, &mut **d)).collect();
-        let results = g4.get_pages(&mut io);
-        drop(io);
+        let arrivals = read_into_g1(shared, &jobs, &from_g4, |io| g4.get_pages(io));
         let mut published = lock(&shared.published);
-        for ((j, i, h, _), r) in reqs.iter().zip(results) {
-            ok[*j][*i] = r;
-            if r {
+        for (j, i, h, arrived) in arrivals {
+            ok[j][i] = arrived;
+            if arrived {
                 // G4 has it: not sent back when G1 gives it up
-                published.insert(*h);
+                published.insert(h);
             }
         }
     }
@@ -456,6 +440,29 @@ fn onboard_batch(shared: &Shared, jobs: Vec<OnboardJob>) {
     {
         disk.make_cold(&cold_g3);
     }
+}
+
+/// Leases the G1 pages of the blocks `list` names (job, position), fills them with `read` (one
+/// batch), and returns for each block leased where it is, its hash and whether it arrived. The
+/// leases end before this returns, so before `finish_onboard`.
+fn read_into_g1(
+    shared: &Shared,
+    jobs: &[OnboardJob],
+    list: &[(usize, usize)],
+    read: impl FnOnce(&mut [(BlockHash, &mut [u8])]) -> Vec<bool>,
+) -> Vec<(usize, usize, BlockHash, bool)> {
+    let mut leases = Vec::with_capacity(list.len());
+    for &(j, i) in list {
+        // The block comes from `begin_onboard` for job `j`, which alone touches it until
+        // `finish_onboard`.
+        if let Ok(dst) = shared.g1.onboard_page(jobs[j].blocks[i]) {
+            leases.push((j, i, jobs[j].hashes[i], dst));
+        }
+    }
+    let mut io: Vec<(BlockHash, &mut [u8])> = leases.iter_mut().map(|(_, _, h, d)| (*h, &mut **d)).collect();
+    let arrived = read(&mut io);
+    drop(io);
+    leases.iter().zip(arrived).map(|((j, i, h, _), ok)| (*j, *i, *h, ok)).collect()
 }
 
 /// Registers the loaded leading blocks of a job in G1 and completes its ticket.

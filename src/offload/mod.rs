@@ -29,7 +29,12 @@
 //!    hash-sampled shadow of every spill predicts will bring the most hits for the SSD
 //!    writes they cost: pages predicted dead are declined, not pages seen once. A page it
 //!    declines is evicted early from G2 (counted).
-//! 5. **Lookup.** [`TieredCache::longest_prefix`] sees every tier.
+//! 5. **Lookup.** [`TieredCache::longest_prefix`] sees every tier. With a shared G4
+//!    ([`OffloadConfig::remote`]) it asks the server, in one pipelined round trip outside every
+//!    lock, for the run after the last block a local tier holds: the one call that can wait on
+//!    the network, bounded by [`crate::tier::remote::RemoteConfig::timeout`] and skipped at
+//!    once while G4 is backing off after a failure. Onboarding does the same for the blocks it
+//!    brings up, and reads G4's part in one pipelined batch after G2's and G3's.
 //! 6. **Onboard.** [`TieredCache::onboard`] allocates and pins G1 blocks for the part of a
 //!    prefix found only below, copies asynchronously, and returns a [`Ticket`]. When it
 //!    completes, the blocks are registered in G1 and held by the ticket until the runtime
@@ -38,7 +43,8 @@
 //!    no lower tier holds is counted; a page being copied stays where it is until the copy
 //!    is done. Nothing is ever served that was not verified (G3 checksums every page).
 //!
-//! The runtime's thread never blocks on a disk: it only takes short locks on bookkeeping.
+//! The runtime's thread never blocks on a disk: it only takes short locks on bookkeeping (and,
+//! with G4, waits for the lookup round trips above).
 
 mod admission;
 mod config;

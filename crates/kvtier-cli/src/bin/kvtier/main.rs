@@ -33,8 +33,8 @@ use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, 
 use kvtier_cli::trace::{Trace, TraceOptions};
 
 use args::{
-    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, Size, SynthArgs, TierPolicy,
-    sim_policies,
+    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, RouteArg, Size, SynthArgs,
+    TierPolicy, sim_policies,
 };
 use print::{print_engine, print_probe, print_report};
 
@@ -168,12 +168,39 @@ fn main() -> ExitCode {
 }
 
 fn plan(args: &PlanArgs) -> Result<(), CliError> {
+    use kvtier_cli::plan::profile::TierSpeeds;
+    use kvtier_cli::plan::{Cluster, Route, chart};
     check_dir("--out", &args.replay.out)?;
+    let route = match args.route {
+        RouteArg::RoundRobin => Route::RoundRobin,
+        RouteArg::PrefixAffinity => Route::PrefixAffinity,
+    };
+    let cluster = Cluster::new(args.gpus, args.tp, route);
+    let cluster_flag = |e: Error| match e {
+        Error::InvalidConfig { setting: "gpus", value, reason } => CliError::Flag { flag: "--gpus", value, reason },
+        Error::InvalidConfig { setting: "tensor parallel", value, reason } => {
+            CliError::Flag { flag: "--tp", value, reason }
+        }
+        e => CliError::Replay(e),
+    };
+    cluster.validate().map_err(cluster_flag)?;
+    let mut base = engine_config(&args.replay)?;
+    let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
+    let page = per_gpu.page_bytes();
+    let speeds = match &args.profile {
+        Some(path) => Some(TierSpeeds::load(path, page)?),
+        None => None,
+    };
+    if let Some(s) = &speeds {
+        base = s.apply(base);
+    }
     let (trace, source) = load_trace(&args.replay)?;
-    let base = engine_config(&args.replay)?;
-    let page = base.layout.page_bytes();
     let blocks = |sizes: &[Size]| sizes.iter().map(|s| s.blocks(page)).collect::<Vec<_>>();
-    let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes));
+    let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes)).with_cluster(cluster);
+    config.g1_blocks = match args.g1_sizes.as_slice() {
+        [] => blocks(&[args.replay.g1]),
+        sizes => blocks(sizes),
+    };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }
@@ -183,14 +210,27 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     p.dram_per_gb_hour = args.price_dram.unwrap_or(p.dram_per_gb_hour);
     p.ssd_per_gb_hour = args.price_ssd.unwrap_or(p.ssd_per_gb_hour);
     config.validate()?;
-    let points = config.g2_blocks.len() * config.g3_blocks.len();
-    let bar = ProgressBar::new(points as u64);
+    let replays = config.g1_blocks.len() * config.g2_blocks.len() * config.g3_blocks.len() * cluster.instances();
+    let bar = ProgressBar::new(replays as u64);
     let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print::plan(&report, &source);
-    let json = serde_json::json!({ "trace": source, "plan": report });
+    print::plan(&report, &source, &args.replay.layout, speeds.as_ref());
+    let json =
+        serde_json::json!({ "trace": source, "layout": args.replay.layout, "tier_speeds": speeds, "plan": report });
     let path = write_atomic(&args.replay.out, "plan.json", &json)?;
     println!("report       {}", path.display());
+    let title = format!(
+        "kvtier plan: {}, {} GPU(s) = {} instance(s) x TP {}, {}; {} requests",
+        args.replay.layout,
+        cluster.gpus,
+        cluster.instances(),
+        cluster.tp,
+        route.name(),
+        trace.len()
+    );
+    let svg = args.replay.out.join("plan.svg");
+    chart::write_svg(&report, &title, &svg)?;
+    println!("chart        {}", svg.display());
     Ok(())
 }
 

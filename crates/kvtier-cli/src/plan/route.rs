@@ -25,8 +25,8 @@
 //!
 //! On the bundled sample (3,000 requests, 8 instances), the instance chosen held 99.7 % of the
 //! prefix blocks the best-placed instance held at each request, with 375 requests on every
-//! instance; match-only routing (no load term) sends all 3,000 to one instance (a prefix every
-//! request shares matches there first).
+//! instance; routing on the match alone (no load term, no bound) sends all 3,000 to one
+//! instance (a prefix every request shares matches there first).
 
 use std::collections::HashSet;
 

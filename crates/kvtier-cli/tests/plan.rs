@@ -197,9 +197,14 @@ fn the_chart_has_a_title_axes_and_the_cheapest_point() {
     let path = dir.path().join("plan.svg");
     chart::write_svg(&report, "kvtier plan: test title", &path).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
-    for text in
-        ["kvtier plan: test title", "GiB, log scale", "hit rate", "cost per GPU-hour", "no G3", "cheapest at 95 %"]
-    {
+    for text in [
+        "kvtier plan: test title",
+        "GiB, log scale",
+        "hit rate",
+        "cost per GPU-hour",
+        "no G3",
+        "cheapest at 95 % of the best",
+    ] {
         assert!(svg.contains(text), "missing {text:?}");
     }
     assert!(!svg.contains("G3 0 GiB"), "no line for a G3 that is off");

@@ -1,9 +1,11 @@
 //! The plan's chart: hit rate (top) and cost per GPU-hour (bottom) against the capacity behind
 //! each GPU, as SVG.
 //!
-//! The x axis is G2 + G3 per GPU in GiB on a log scale; each line is one G3 size (and one G1
-//! size, when G1 is swept too), its points the G2 sizes. The cheapest point reaching the target
-//! is ringed on both panels and named in the legend. Only lines with points are drawn.
+//! The x axis is G2 + G3 per GPU in GiB on a log scale (drawn as log2, labelled in GiB at the
+//! powers of two); each line is one G3 size (and one G1 size, when G1 is swept too), its points
+//! the G2 sizes. The cheapest point reaching the target
+//! is ringed on both panels and named in the legend, which has a column of its own beside the
+//! panels (it covers no point). Only lines with points are drawn.
 
 use std::path::Path;
 
@@ -55,101 +57,102 @@ fn lines(report: &PlanReport) -> Vec<Line<'_>> {
         .collect()
 }
 
+/// Colors of the lines, in order.
+const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+/// The ring around the cheapest point.
+const RING: RGBColor = RGBColor(230, 120, 0);
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
 fn draw(report: &PlanReport, title: &str, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1000, 760)).into_drawing_area();
+    let root = SVGBackend::new(path, (1040, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(36);
     head.titled(title, ("sans-serif", 17))?;
-    let (top, bottom) = body.split_vertically(362);
+    // the legend gets its own column, so that it never covers a point
+    let (plots, legend_area) = body.split_horizontally(760);
+    let (top, bottom) = plots.split_vertically(362);
     let lines = lines(report);
-    let xs = report.points.iter().map(offload_gib);
-    let (x_min, x_max) = xs.fold((f64::MAX, 0.0_f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
-    let x_range = (x_min.max(1e-3) / 1.5, x_max.max(1e-3) * 1.5);
+    // x is drawn as log2(GiB) on a linear axis, labelled in GiB at the powers of two
+    let xs = report.points.iter().map(|p| offload_gib(p).max(1e-3).log2());
+    let (x_min, x_max) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let x_range = (x_min - 0.5, x_max + 0.5);
     let hit_end = (report.best_hit_rate() * 1.25).clamp(0.05, 1.0);
     let cost_end = report.points.iter().map(|p| p.cost_per_hour).fold(0.0, f64::max).max(1e-6) * 1.2;
     let cheapest = report.cheapest();
-    let mark = cheapest.map(|p| {
-        let g3 = if p.g3_blocks == 0 { "no G3".to_string() } else { format!("G3 {:.0} GiB", p.g3_gib) };
-        format!(
-            "cheapest at {:.0} % of the best: G2 {:.0} GiB, {g3}, hit {:.3}, {:.4}/h",
-            report.target * 100.0,
-            p.g2_gib,
-            p.hit_rate,
-            p.cost_per_hour
-        )
-    });
-    panel(
-        &top,
-        "prefix hit rate (second half, all instances)",
-        "hit rate",
-        x_range,
-        hit_end,
-        &lines,
-        |p| p.hit_rate,
-        cheapest,
-        mark.as_deref(),
-    )?;
-    panel(
-        &bottom,
-        "cost of one GPU's G1 + G2 + G3",
-        "cost per GPU-hour",
-        x_range,
-        cost_end,
-        &lines,
-        |p| p.cost_per_hour,
-        cheapest,
-        mark.as_deref(),
-    )?;
+    let hit: Panel = ("prefix hit rate (second half, all instances)", "hit rate", hit_end, |p| p.hit_rate);
+    panel(&top, hit, x_range, &lines, cheapest)?;
+    let cost: Panel = ("cost of one GPU's G1 + G2 + G3", "cost per GPU-hour", cost_end, |p| p.cost_per_hour);
+    panel(&bottom, cost, x_range, &lines, cheapest)?;
+    legend(&legend_area, report, &lines)?;
     root.present()?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A panel: caption, y axis label, y axis end, the value drawn.
+type Panel = (&'static str, &'static str, f64, fn(&PlanPoint) -> f64);
+
 fn panel(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    caption: &str,
-    y_desc: &str,
+    area: &Area<'_>,
+    (caption, y_desc, y_end, value): Panel,
     (x_lo, x_hi): (f64, f64),
-    y_end: f64,
     lines: &[Line],
-    value: fn(&PlanPoint) -> f64,
     cheapest: Option<&PlanPoint>,
-    mark: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_end)?;
+        .build_cartesian_2d(x_lo..x_hi, 0.0..y_end)?;
+    let gib_label = |x: &f64| {
+        let whole = x.round();
+        if (x - whole).abs() < 1e-6 { format!("{}", 2f64.powf(whole)) } else { String::new() }
+    };
     chart
         .configure_mesh()
         .x_desc("G2 + G3 per GPU (GiB, log scale)")
         .y_desc(y_desc)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(((x_hi - x_lo).ceil() as usize + 1).max(2))
+        .x_label_formatter(&gib_label)
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, (label, points)) in lines.iter().enumerate() {
-        let style = colors[i % colors.len()].stroke_width(2);
-        let xy: Vec<(f64, f64)> = points.iter().map(|&(x, p)| (x, value(p))).collect();
+    for (i, (_, points)) in lines.iter().enumerate() {
+        let style = COLORS[i % COLORS.len()].stroke_width(2);
+        let xy: Vec<(f64, f64)> = points.iter().map(|&(x, p)| (x.max(1e-3).log2(), value(p))).collect();
         chart.draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 3, style.filled())))?;
-        chart
-            .draw_series(LineSeries::new(xy, style))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+        chart.draw_series(LineSeries::new(xy, style))?;
     }
-    if let (Some(p), Some(mark)) = (cheapest, mark) {
-        let ring = RGBColor(230, 120, 0).stroke_width(3);
-        chart
-            .draw_series([Circle::new((offload_gib(p), value(p)), 9, ring)])?
-            .label(mark)
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, ring));
+    if let Some(p) = cheapest {
+        let at = (offload_gib(p).max(1e-3).log2(), value(p));
+        chart.draw_series([Circle::new(at, 9, RING.stroke_width(3))])?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// The legend column: one entry per line, then the cheapest point.
+fn legend(area: &Area<'_>, report: &PlanReport, lines: &[Line]) -> Result<(), Box<dyn std::error::Error>> {
+    let font = ("sans-serif", 14).into_font();
+    let mut y = 60;
+    area.draw(&Text::new("lines (points: G2 sizes)", (8, y - 24), font.clone()))?;
+    for (i, (label, _)) in lines.iter().enumerate() {
+        let style = COLORS[i % COLORS.len()].stroke_width(2);
+        area.draw(&PathElement::new(vec![(8, y + 7), (32, y + 7)], style))?;
+        area.draw(&Text::new(label.as_str(), (40, y), font.clone()))?;
+        y += 22;
+    }
+    if let Some(p) = report.cheapest() {
+        y += 12;
+        area.draw(&Circle::new((20, y + 7), 7, RING.stroke_width(3)))?;
+        let g3 = if p.g3_blocks == 0 { "no G3".to_string() } else { format!("G3 {:.0} GiB", p.g3_gib) };
+        let text = [
+            format!("cheapest at {:.0} % of the best", report.target * 100.0),
+            format!("G1 {:.0} GiB, G2 {:.0} GiB, {g3}", p.g1_gib, p.g2_gib),
+            format!("hit rate {:.3}, {:.4} per GPU-hour", p.hit_rate, p.cost_per_hour),
+        ];
+        for line in text {
+            area.draw(&Text::new(line, (40, y), font.clone()))?;
+            y += 18;
+        }
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@ use kvtier_cli::Error;
 use kvtier_cli::plan::profile::TierSpeeds;
 use kvtier_cli::plan::route::{AFFINITY_SLACK, Route, assign, split};
 use kvtier_cli::plan::{Cluster, PlanConfig, chart, sweep};
-use kvtier_cli::probe::{ProbeConfig, run as probe};
+use kvtier_cli::probe::{ProbeConfig, Profile, run as probe};
 use kvtier_cli::replay::engine::{self, EngineConfig};
 use kvtier_cli::trace::{Trace, TraceOptions, TraceRecord};
 
@@ -163,6 +163,8 @@ fn profile_speeds_replace_the_defaults_and_a_bad_profile_names_its_path() {
     let profile = probe(&config).unwrap();
     let path = dir.path().join("profile.json");
     profile.save(&path).unwrap();
+    // (compared with the profile as read back: JSON need not round-trip the last bit of a float)
+    let profile = Profile::load(&path).unwrap();
     let speeds = TierSpeeds::load(&path, 1 << 20).unwrap();
     assert_eq!(speeds.g2_bytes_per_sec, profile.memcpy.median_bytes_per_sec);
     assert_eq!(speeds.g3_page_bytes, 2 << 20, "1 MiB pages are nearer 2 MiB than 64 KiB");
@@ -211,4 +213,16 @@ fn the_chart_has_a_title_axes_and_the_cheapest_point() {
     let mut empty = report.clone();
     empty.points.clear();
     assert!(matches!(chart::write_svg(&empty, "t", &path), Err(Error::Chart { .. })));
+}
+
+#[test]
+fn an_empty_trace_is_refused_and_idle_instances_report_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = EngineConfig::default().with_capacities(1000, 1, 0).with_ssd_dir(dir.path());
+    let config = PlanConfig::new(base.clone(), vec![500], vec![0]);
+    assert!(matches!(sweep(&Trace::default(), &config, |_| {}), Err(Error::InvalidConfig { setting: "trace", .. })));
+    let config = PlanConfig::new(base, vec![500], vec![0]).with_cluster(Cluster::new(8, 1, Route::RoundRobin));
+    let report = sweep(&sample(5), &config, |_| {}).unwrap();
+    assert_eq!(report.instance_requests, [1, 1, 1, 1, 1, 0, 0, 0]);
+    assert_eq!(report.points[0].instances[7].requests, 0);
 }

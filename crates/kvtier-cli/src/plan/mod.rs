@@ -425,9 +425,14 @@ pub fn cheapest_reaching(points: &[PlanPoint], target: f64) -> Option<usize> {
 
 /// Replays `trace` at every point of `config`'s grid, split over the cluster's instances,
 /// `config.threads` replays at a time; `progress` gets the number of replays done after each
-/// (points x instances that received requests, in all).
+/// (points x instances that received requests, in all). An empty trace is refused
+/// ([`Error::InvalidConfig`]); an instance the router sends nothing (more instances than
+/// requests) reports zeros.
 pub fn sweep(trace: &Trace, config: &PlanConfig, progress: impl Fn(usize) + Sync) -> Result<PlanReport> {
     config.validate()?;
+    if trace.is_empty() {
+        return Err(Error::invalid("trace", "with no request", "nothing to replay"));
+    }
     let started = Instant::now();
     let cluster = config.cluster;
     let parts = route::split(trace, cluster.instances(), cluster.route);

@@ -176,12 +176,21 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         RouteArg::PrefixAffinity => Route::PrefixAffinity,
     };
     let cluster = Cluster::new(args.gpus, args.tp, route);
-    let cluster_flag = |e: Error| match e {
-        Error::InvalidConfig { setting: "gpus", value, reason } => CliError::Flag { flag: "--gpus", value, reason },
-        Error::InvalidConfig { setting: "tensor parallel", value, reason } => {
-            CliError::Flag { flag: "--tp", value, reason }
-        }
-        e => CliError::Replay(e),
+    // a setting the plan refused, named by the flag it came from
+    let cluster_flag = |e: Error| {
+        let Error::InvalidConfig { setting, value, reason } = e else { return CliError::Replay(e) };
+        let flag = match setting {
+            "gpus" => "--gpus",
+            "tensor parallel" => "--tp",
+            "G1 size" => "--g1-sizes",
+            "G2 size" => "--g2-sizes",
+            "target" => "--target",
+            "HBM price" => "--price-hbm",
+            "DRAM price" => "--price-dram",
+            "SSD price" => "--price-ssd",
+            _ => return CliError::Replay(Error::InvalidConfig { setting, value, reason }),
+        };
+        CliError::Flag { flag, value, reason }
     };
     cluster.validate().map_err(cluster_flag)?;
     let mut base = engine_config(&args.replay)?;
@@ -209,7 +218,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     p.hbm_per_gb_hour = args.price_hbm.unwrap_or(p.hbm_per_gb_hour);
     p.dram_per_gb_hour = args.price_dram.unwrap_or(p.dram_per_gb_hour);
     p.ssd_per_gb_hour = args.price_ssd.unwrap_or(p.ssd_per_gb_hour);
-    config.validate()?;
+    config.validate().map_err(cluster_flag)?;
     let replays = config.g1_blocks.len() * config.g2_blocks.len() * config.g3_blocks.len() * cluster.instances();
     let bar = ProgressBar::new(replays as u64);
     let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;

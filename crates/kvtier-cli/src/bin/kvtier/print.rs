@@ -307,6 +307,13 @@ pub(crate) fn plan(
         "layout       {layout}: {} per block on each GPU; sizes and cost below are per GPU",
         format_bytes(r.per_gpu_page_bytes as u64)
     );
+    let idle = r.instance_requests.iter().filter(|&&n| n == 0).count();
+    if idle > 0 {
+        println!(
+            "warning      {idle} of {} instances received no request (more instances than requests)",
+            c.instances()
+        );
+    }
     if let Some(s) = speeds {
         println!(
             "speeds       from {}: G2->G1 {} (memcpy median), G3->G1 {} (read at {} pages)",

@@ -226,3 +226,36 @@ fn an_empty_trace_is_refused_and_idle_instances_report_zeros() {
     assert_eq!(report.instance_requests, [1, 1, 1, 1, 1, 0, 0, 0]);
     assert_eq!(report.points[0].instances[7].requests, 0);
 }
+
+fn kvtier(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kvtier")).args(args).output().expect("the kvtier binary runs")
+}
+
+#[test]
+fn the_command_splits_over_gpus_and_writes_the_report_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    let common = ["plan", "--requests", "120", "--g1", "500", "--g2-sizes", "200,800", "--g3-sizes", "0", "--out"];
+    let run = kvtier(&[&common[..], &[out_arg, "--gpus", "4", "--tp", "2", "--route", "prefix-affinity"]].concat());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("4 GPU(s) = 2 instance(s) x tensor-parallel 2, prefix-affinity"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(json["plan"]["cluster"]["route"], "prefix-affinity");
+    assert_eq!(json["plan"]["points"][0]["instances"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        json["plan"]["instance_requests"].as_array().unwrap().iter().filter_map(|v| v.as_u64()).sum::<u64>(),
+        120
+    );
+    assert!(std::fs::read_to_string(out.join("plan.svg")).unwrap().contains("prefix-affinity"));
+    // refused before the run, naming the flag or the file
+    let bad = kvtier(&[&common[..], &[out_arg, "--gpus", "6", "--tp", "4"]].concat());
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tp 4"));
+    let missing = dir.path().join("no-profile.json");
+    let bad = kvtier(&[&common[..], &[out_arg, "--profile", missing.to_str().unwrap()]].concat());
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no-profile.json"));
+}

@@ -31,8 +31,9 @@ pub(crate) enum Command {
     /// Build a Mooncake-format trace from an Azure LLM inference CSV (arrivals and lengths kept,
     /// prefix structure modelled: see `kvtier_cli::replay::synth`).
     Synth(SynthArgs),
-    /// Size G2 and G3 from a trace: replay it through the engine at every point of a G2 x G3
-    /// grid (in parallel) and report hit rates, GPU time saved, SSD wear and cost per point.
+    /// Size G1, G2 and G3 per GPU from a cluster's trace: split it over --gpus (by --route),
+    /// replay each share through the engine at every point of a G1 x G2 x G3 grid (in
+    /// parallel) and report hit rates, GPU time saved, SSD wear and cost per point, with a chart.
     Plan(PlanArgs),
     /// Measure this machine (memcpy, and SSD read/write bandwidth and latency of a directory
     /// through kvtier's IO engines) and write a JSON profile for the planners.

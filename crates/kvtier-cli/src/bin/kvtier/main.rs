@@ -14,7 +14,9 @@
 //! hit rate, every page it serves is verified, and it is compared with the same engine holding
 //! one G1 of the summed capacity (`--no-reference` skips that second replay). `--mode both`
 //! (the default) runs the two. `kvtier probe --dir DIR` measures memcpy and the SSD tier's IO on
-//! this machine and writes a profile (`kvtier_cli::probe`). An error names the flag and value, or the file and line, it comes from.
+//! this machine and writes a profile (`kvtier_cli::probe`); `kvtier plan` sweeps tier sizes per
+//! GPU over a cluster's trace split by a routing rule, reading that profile with `--profile`
+//! (`kvtier_cli::plan`). An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

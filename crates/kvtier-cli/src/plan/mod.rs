@@ -6,7 +6,9 @@
 //! GPU-seconds saved, the queueing effect, the bytes written to the SSD per hour with the drive
 //! writes per day they mean for that G3, and a cost per hour from prices per GB-hour of each
 //! memory. [`PlanReport::cheapest`] is the least costly point reaching a share of the best hit
-//! rate; [`chart::write_svg`] draws the sweep.
+//! rate; [`chart::write_svg`] draws the sweep. [`profile::TierSpeeds`] takes the simulated
+//! G2/G3 bandwidths from a `kvtier probe` profile. With many GPUs each point is one replay per
+//! serving instance:
 //!
 //! ## Many GPUs ([`Cluster`])
 //! The trace is taken as a whole cluster's traffic. What is modelled:

@@ -31,8 +31,9 @@ pub(crate) enum Command {
     /// Build a Mooncake-format trace from an Azure LLM inference CSV (arrivals and lengths kept,
     /// prefix structure modelled: see `kvtier_cli::replay::synth`).
     Synth(SynthArgs),
-    /// Size G2 and G3 from a trace: replay it through the engine at every point of a G2 x G3
-    /// grid (in parallel) and report hit rates, GPU time saved, SSD wear and cost per point.
+    /// Size G1, G2 and G3 per GPU from a cluster's trace: split it over --gpus (by --route),
+    /// replay each share through the engine at every point of a G1 x G2 x G3 grid (in
+    /// parallel) and report hit rates, GPU time saved, SSD wear and cost per point, with a chart.
     Plan(PlanArgs),
     /// Measure this machine (memcpy, and SSD read/write bandwidth and latency of a directory
     /// through kvtier's IO engines) and write a JSON profile for the planners.
@@ -47,6 +48,26 @@ pub(crate) struct PlanArgs {
     /// G3 sizes to try, comma-separated (0: no SSD tier).
     #[arg(long, value_name = "SIZES", value_delimiter = ',', default_value = "0,256GiB,1TiB")]
     pub(crate) g3_sizes: Vec<Size>,
+    /// G1 sizes to try per GPU (the HBM left for KV after the weights), comma-separated, in
+    /// blocks or bytes (`40GiB,60GiB`). Default: the single --g1.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    pub(crate) g1_sizes: Vec<Size>,
+    /// GPUs serving the trace (the trace is the whole cluster's); every size is per GPU.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) gpus: usize,
+    /// Tensor-parallel degree: GPUs per serving instance (must divide --gpus and the layout's
+    /// KV heads; each GPU holds 1/T of every block).
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    pub(crate) tp: usize,
+    /// How requests are dealt out to the --gpus / --tp instances: `round-robin`, or
+    /// `prefix-affinity` (to the instance already holding the longest prefix of the request,
+    /// within a load bound).
+    #[arg(long, value_enum, default_value_t = RouteArg::RoundRobin)]
+    pub(crate) route: RouteArg,
+    /// Machine profile written by `kvtier probe`: its memcpy and SSD read bandwidths become
+    /// the simulated G2 -> G1 and G3 -> G1 speeds (default: 25 GB/s and 6 GB/s).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) profile: Option<PathBuf>,
     /// Replays at once (default: the machine's cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
@@ -230,6 +251,14 @@ pub(crate) enum Mode {
     Engine,
     /// Both, one after the other.
     Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RouteArg {
+    /// Request i to instance i mod n.
+    RoundRobin,
+    /// To the instance already holding the longest prefix of the request (load-bounded).
+    PrefixAffinity,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -14,7 +14,9 @@
 //! hit rate, every page it serves is verified, and it is compared with the same engine holding
 //! one G1 of the summed capacity (`--no-reference` skips that second replay). `--mode both`
 //! (the default) runs the two. `kvtier probe --dir DIR` measures memcpy and the SSD tier's IO on
-//! this machine and writes a profile (`kvtier_cli::probe`). An error names the flag and value, or the file and line, it comes from.
+//! this machine and writes a profile (`kvtier_cli::probe`); `kvtier plan` sweeps tier sizes per
+//! GPU over a cluster's trace split by a routing rule, reading that profile with `--profile`
+//! (`kvtier_cli::plan`). An error names the flag and value, or the file and line, it comes from.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,8 +35,8 @@ use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, 
 use kvtier_cli::trace::{Trace, TraceOptions, TraceRecord};
 
 use args::{
-    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, Size, SynthArgs, TierPolicy,
-    sim_policies,
+    AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, RouteArg, Size, SynthArgs,
+    TierPolicy, sim_policies,
 };
 use print::{print_engine, print_probe, print_report};
 
@@ -169,12 +171,48 @@ fn main() -> ExitCode {
 }
 
 fn plan(args: &PlanArgs) -> Result<(), CliError> {
+    use kvtier_cli::plan::profile::TierSpeeds;
+    use kvtier_cli::plan::{Cluster, Route, chart};
     check_dir("--out", &args.replay.out)?;
+    let route = match args.route {
+        RouteArg::RoundRobin => Route::RoundRobin,
+        RouteArg::PrefixAffinity => Route::PrefixAffinity,
+    };
+    let cluster = Cluster::new(args.gpus, args.tp, route);
+    // a setting the plan refused, named by the flag it came from
+    let cluster_flag = |e: Error| {
+        let Error::InvalidConfig { setting, value, reason } = e else { return CliError::Replay(e) };
+        let flag = match setting {
+            "gpus" => "--gpus",
+            "tensor parallel" => "--tp",
+            "G1 size" => "--g1-sizes",
+            "G2 size" => "--g2-sizes",
+            "target" => "--target",
+            "HBM price" => "--price-hbm",
+            "DRAM price" => "--price-dram",
+            "SSD price" => "--price-ssd",
+            _ => return CliError::Replay(Error::InvalidConfig { setting, value, reason }),
+        };
+        CliError::Flag { flag, value, reason }
+    };
+    cluster.validate().map_err(cluster_flag)?;
+    let mut base = engine_config(&args.replay)?;
+    let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
+    let page = per_gpu.page_bytes();
+    let speeds = match &args.profile {
+        Some(path) => Some(TierSpeeds::load(path, page)?),
+        None => None,
+    };
+    if let Some(s) = &speeds {
+        base = s.apply(base);
+    }
     let (trace, source) = load_trace(&args.replay)?;
-    let base = engine_config(&args.replay)?;
-    let page = base.layout.page_bytes();
     let blocks = |sizes: &[Size]| sizes.iter().map(|s| s.blocks(page)).collect::<Vec<_>>();
-    let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes));
+    let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes)).with_cluster(cluster);
+    config.g1_blocks = match args.g1_sizes.as_slice() {
+        [] => blocks(&[args.replay.g1]),
+        sizes => blocks(sizes),
+    };
     if let Some(t) = args.threads {
         config.threads = t.max(1);
     }
@@ -183,15 +221,28 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     p.hbm_per_gb_hour = args.price_hbm.unwrap_or(p.hbm_per_gb_hour);
     p.dram_per_gb_hour = args.price_dram.unwrap_or(p.dram_per_gb_hour);
     p.ssd_per_gb_hour = args.price_ssd.unwrap_or(p.ssd_per_gb_hour);
-    config.validate()?;
-    let points = config.g2_blocks.len() * config.g3_blocks.len();
-    let bar = ProgressBar::new(points as u64);
+    config.validate().map_err(cluster_flag)?;
+    let replays = config.g1_blocks.len() * config.g2_blocks.len() * config.g3_blocks.len() * cluster.instances();
+    let bar = ProgressBar::new(replays as u64);
     let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print::plan(&report, &source);
-    let json = serde_json::json!({ "trace": source, "plan": report });
+    print::plan(&report, &source, &args.replay.layout, speeds.as_ref());
+    let json =
+        serde_json::json!({ "trace": source, "layout": args.replay.layout, "tier_speeds": speeds, "plan": report });
     let path = write_atomic(&args.replay.out, "plan.json", &json)?;
     println!("report       {}", path.display());
+    let title = format!(
+        "kvtier plan: {}, {} GPU(s) = {} instance(s) x TP {}, {}; {} requests",
+        args.replay.layout,
+        cluster.gpus,
+        cluster.instances(),
+        cluster.tp,
+        route.name(),
+        trace.len()
+    );
+    let svg = args.replay.out.join("plan.svg");
+    chart::write_svg(&report, &title, &svg)?;
+    println!("chart        {}", svg.display());
     Ok(())
 }
 

@@ -313,17 +313,65 @@ pub(crate) fn print_report(
     );
 }
 
-/// The plan's table: one line per grid point, the cheapest point reaching the target marked.
-pub(crate) fn plan(r: &kvtier_cli::plan::PlanReport, source: &str) {
-    println!("kvtier plan (G2 x G3 grid, each point one engine replay; hit rate = second half)");
+/// The plan's table: one line per grid point (capacities and cost per GPU, hit rate and
+/// savings of the whole cluster), the cheapest point reaching the target marked; with more
+/// than one instance, each instance's hit rate per point.
+pub(crate) fn plan(
+    r: &kvtier_cli::plan::PlanReport,
+    source: &str,
+    layout: &str,
+    speeds: Option<&kvtier_cli::plan::profile::TierSpeeds>,
+) {
+    let c = &r.cluster;
+    println!("kvtier plan (G1 x G2 x G3 grid, each point one engine replay per instance; hit rate = second half)");
     println!("trace        {source}");
     println!(
-        "{:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>11} {:>10} {:>10} {:>8} {:>9}",
-        "G1 GiB", "G2 GiB", "G3 GiB", "hit", "G1", "G2", "G3", "GPU-s saved", "wait ms", "SSD GiB/h", "DWPD", "cost/h"
+        "cluster      {} GPU(s) = {} instance(s) x tensor-parallel {}, {} routing; requests per instance {:?}",
+        c.gpus,
+        c.instances(),
+        c.tp,
+        c.route.name(),
+        r.instance_requests
+    );
+    println!(
+        "layout       {layout}: {} per block on each GPU; sizes and cost below are per GPU",
+        format_bytes(r.per_gpu_page_bytes as u64)
+    );
+    let idle = r.instance_requests.iter().filter(|&&n| n == 0).count();
+    if idle > 0 {
+        println!(
+            "warning      {idle} of {} instances received no request (more instances than requests)",
+            c.instances()
+        );
+    }
+    if let Some(s) = speeds {
+        println!(
+            "speeds       from {}: G2->G1 {} (memcpy median), G3->G1 {} (read at {} pages)",
+            s.profile.display(),
+            gib_per_sec(s.g2_bytes_per_sec),
+            gib_per_sec(s.g3_bytes_per_sec),
+            format_bytes(s.g3_page_bytes)
+        );
+    }
+    println!(
+        "{:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>11} {:>10} {:>10} {:>8} {:>9} {:>10}",
+        "G1 GiB",
+        "G2 GiB",
+        "G3 GiB",
+        "hit",
+        "G1",
+        "G2",
+        "G3",
+        "GPU-s saved",
+        "wait ms",
+        "SSD GiB/h",
+        "DWPD",
+        "cost/h",
+        "cluster/h"
     );
     for (i, p) in r.points.iter().enumerate() {
         println!(
-            "{:>9.0} {:>9.0} {:>9.0} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>11.0} {:>10.0} {:>10.1} {:>8.1} {:>9.4}{}",
+            "{:>9.0} {:>9.0} {:>9.0} {:>8.4} {:>7.4} {:>7.4} {:>7.4} {:>11.0} {:>10.0} {:>10.1} {:>8.1} {:>9.4} {:>10.4}{}",
             p.g1_gib,
             p.g2_gib,
             p.g3_gib,
@@ -336,8 +384,17 @@ pub(crate) fn plan(r: &kvtier_cli::plan::PlanReport, source: &str) {
             p.ssd_bytes_per_hour / (1u64 << 30) as f64,
             p.ssd_dwpd,
             p.cost_per_hour,
+            p.cluster_cost_per_hour,
             if r.cheapest == Some(i) { "  <- cheapest at target" } else { "" }
         );
+    }
+    if c.instances() > 1 {
+        println!("per instance hit rate (second half of its requests) and mean wait");
+        for p in &r.points {
+            let each: Vec<String> =
+                p.instances.iter().map(|i| format!("{:.4} ({:.0} ms)", i.hit_rate, i.mean_wait_ms)).collect();
+            println!("  G1 {:>5.0} G2 {:>5.0} G3 {:>5.0}: {}", p.g1_gib, p.g2_gib, p.g3_gib, each.join("  "));
+        }
     }
     println!(
         "target       {:.0} % of the best hit rate ({:.4}); prices per GB-hour: HBM {:.6}, DRAM {:.6}, SSD {:.7}",
@@ -347,7 +404,13 @@ pub(crate) fn plan(r: &kvtier_cli::plan::PlanReport, source: &str) {
         r.prices.dram_per_gb_hour,
         r.prices.ssd_per_gb_hour
     );
-    println!("elapsed      {:.1} s for {} points on {} threads", r.elapsed_seconds, r.points.len(), r.threads);
+    let replays: usize = r.points.iter().map(|p| p.instances.iter().filter(|i| i.requests > 0).count()).sum();
+    println!(
+        "elapsed      {:.1} s for {} points ({replays} replays) on {} threads",
+        r.elapsed_seconds,
+        r.points.len(),
+        r.threads
+    );
 }
 
 fn gib_per_sec(bytes_per_sec: f64) -> String {

@@ -597,3 +597,23 @@ fn onboard_rule_loads_only_what_beats_recomputing() {
     assert_eq!(f.verification.mismatches + followed.verification.mismatches, 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn g4_and_from_request_misuse_is_refused_before_the_run_naming_the_flag() {
+    let out = std::env::temp_dir().join(format!("kvtier-g4-flags-{}", std::process::id()));
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["replay", "--mode", "engine", "--g4", "http://127.0.0.1:6379", "--out", out], "--g4"),
+        (&["replay", "--mode", "engine", "--g4", "redis://", "--out", out], "--g4"),
+        (&["replay", "--mode", "engine", "--from-request", "3000", "--out", out], "--from-request"),
+        (&["plan", "--g4", "redis://:hunter2@127.0.0.1:6379", "--out", out], "--g4"),
+    ];
+    for (args, flag) in cases {
+        let o = kvtier(args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} ran");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "a password was printed: {stderr}");
+    }
+    assert!(!std::path::Path::new(out).exists(), "a refused run wrote its output directory");
+}

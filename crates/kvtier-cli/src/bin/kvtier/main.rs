@@ -196,6 +196,14 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         CliError::Flag { flag, value, reason }
     };
     cluster.validate().map_err(cluster_flag)?;
+    if let Some(url) = &args.replay.g4 {
+        // every point and instance would publish into one keyspace and hit each other's pages
+        return Err(CliError::Flag {
+            flag: "--g4",
+            value: kvtier::tier::remote::redact(url),
+            reason: "not for plan: its replays run side by side and would share one G4 keyspace".into(),
+        });
+    }
     let mut base = engine_config(&args.replay)?;
     let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
     let page = per_gpu.page_bytes();

@@ -74,6 +74,7 @@ use crate::layout::{Dtype, KvLayout};
 use crate::prefix::BlockHash;
 use crate::sync::{Condvar, Mutex, lock, wait};
 use crate::tier::DiskTier;
+use crate::tier::remote::{RemoteMetrics, RemoteTier};
 pub use admit::StoreAdmission;
 use admit::{Gate, Verdict};
 use memory::slot_out_of_range;
@@ -98,6 +99,8 @@ impl std::fmt::Debug for SlotStore {
 
 pub(crate) struct Shared {
     pub(crate) disk: DiskTier,
+    /// The shared G4 tier, if configured.
+    pub(crate) g4: Option<RemoteTier>,
     pub(crate) memory: Arc<dyn SlotMemory>,
     key_seed: u64,
     /// Pages one worker batch takes at most (from `max_batch_bytes`).
@@ -227,10 +230,24 @@ impl SlotStore {
             Some(layout) => layout,
             None => raw_layout(memory.slot_bytes())?,
         };
+        let g4 = match &config.remote {
+            Some(r) => {
+                let mut r = r.clone();
+                if r.model_id.is_empty() {
+                    r.model_id = config.disk.model_id.clone();
+                }
+                if r.tenant_salt.is_empty() {
+                    r.tenant_salt = config.tenant_salt.clone();
+                }
+                Some(RemoteTier::open(&layout, r)?)
+            }
+            None => None,
+        };
         let disk = DiskTier::open(&layout, config.disk.clone())?;
         disk.log_evictions(true);
         let shared = Arc::new(Shared {
             disk,
+            g4,
             memory,
             key_seed: xxh3_64_with_seed(&config.tenant_salt, KEY_SEED),
             max_batch_pages: (config.max_batch_bytes / layout.page_bytes()).max(1),
@@ -293,6 +310,23 @@ impl SlotStore {
         } else {
             Lookup::Miss
         }
+    }
+
+    /// Which of `keys` the shared G4 tier holds, in one pipelined round trip (all false without
+    /// one, or while it is unreachable). This call waits on the network: it is meant for a
+    /// runtime's background lookup thread (vLLM's `AsyncLookupManager.batch_lookup`), not its
+    /// scheduler. G4 is lossy: a key found here may be gone when its load runs, and is then a
+    /// failed key of that load.
+    pub fn probe_remote(&self, keys: &[BlockHash]) -> Vec<bool> {
+        match &self.shared.g4 {
+            Some(g4) => g4.contains_each(keys),
+            None => vec![false; keys.len()],
+        }
+    }
+
+    /// The shared G4 tier's counters, if one is configured.
+    pub fn remote_metrics(&self) -> Option<RemoteMetrics> {
+        self.shared.g4.as_ref().map(RemoteTier::metrics)
     }
 
     /// Pins the pages of `keys` that are stored, in a lease that keeps them from eviction

@@ -6,6 +6,7 @@ use super::StoreAdmission;
 use crate::error::{Error, Result, Tier};
 use crate::layout::KvLayout;
 use crate::prefix::BlockHash;
+use crate::tier::remote::RemoteConfig;
 use crate::tier::{DiskConfig, DiskMetrics};
 
 /// Largest number of IO workers of one store.
@@ -43,6 +44,11 @@ pub struct SlotStoreConfig {
     /// Bytes of queued jobs of one kind that a worker runs as one batch (one submission to the
     /// SSD tier; a single larger job still runs whole). Default: 64 MiB.
     pub max_batch_bytes: usize,
+    /// A shared G4 tier on a Valkey/Redis server (feature `g4`): every page a store job writes
+    /// is also stored there, and a load job reads the keys this store does not hold from it
+    /// (verified). Its model id defaults to the disk's, its tenant salt to this store's.
+    /// Default: none.
+    pub remote: Option<RemoteConfig>,
 }
 
 impl SlotStoreConfig {
@@ -56,6 +62,7 @@ impl SlotStoreConfig {
             admission: StoreAdmission::All,
             write_budget: None,
             max_batch_bytes: 64 << 20,
+            remote: None,
         }
     }
 
@@ -95,6 +102,12 @@ impl SlotStoreConfig {
         self
     }
 
+    /// Adds a shared G4 tier (see [`SlotStoreConfig::remote`]).
+    pub fn with_remote(mut self, remote: RemoteConfig) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
     /// Checks every field (the disk's too).
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_WORKERS).contains(&self.workers) {
@@ -109,6 +122,9 @@ impl SlotStoreConfig {
                 value: "0".into(),
                 expected: "at least 1 byte per second, or None",
             });
+        }
+        if let Some(r) = &self.remote {
+            r.validate()?;
         }
         self.disk.validate()
     }
@@ -227,6 +243,10 @@ pub struct StoreMetrics {
     pub bytes_loaded: u64,
     /// Bytes written from the runtime's slots.
     pub bytes_stored: u64,
+    /// Of the keys loaded, those read from G4 ([`SlotStoreConfig::remote`]).
+    pub keys_loaded_g4: u64,
+    /// Pages of store jobs the G4 server took.
+    pub keys_stored_g4: u64,
     /// Jobs queued now.
     pub queued_jobs: u64,
     /// Jobs running now.

@@ -113,9 +113,14 @@ fn store(shared: &Shared, jobs: Vec<Job>) {
     let keys: Vec<BlockHash> = jobs.iter().flat_map(|j| j.keys.iter().copied()).collect();
     let slots: Vec<usize> = jobs.iter().flat_map(|j| j.slots.iter().copied()).collect();
     let mut outcomes = Vec::new();
+    let mut to_g4 = 0u64;
     let read = shared.memory.read_slots(&slots, &mut |pages| {
         let batch: Vec<(BlockHash, &[u8])> = keys.iter().copied().zip(pages.iter().copied()).collect();
         outcomes = shared.disk.write_pages(&batch);
+        if let Some(g4) = &shared.g4 {
+            // the shared copy: other pods (and this one after a restart elsewhere) find it there
+            to_g4 = g4.put_pages(&batch).iter().filter(|ok| **ok).count() as u64;
+        }
     });
     let mut evicted = Vec::new();
     shared.disk.drain_evicted(&mut evicted);
@@ -140,6 +145,7 @@ fn store(shared: &Shared, jobs: Vec<Job>) {
         results.push(result);
     }
     let mut st = lock(&shared.state);
+    st.m.keys_stored_g4 += to_g4;
     end_in_flight(&mut st, &keys);
     if !evicted.is_empty() {
         st.events.push(TierEvent { kind: EventKind::Removed, tier: Tier::G3, hashes: evicted });
@@ -161,10 +167,22 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
     let keys: Vec<BlockHash> = jobs.iter().flat_map(|j| j.keys.iter().copied()).collect();
     let slots: Vec<usize> = jobs.iter().flat_map(|j| j.slots.iter().copied()).collect();
     let mut outcomes = Vec::new();
+    let mut from_g4 = vec![false; keys.len()];
     let written = shared.memory.write_slots(&slots, &mut |pages| {
         let mut batch: Vec<(BlockHash, &mut [u8])> =
             keys.iter().copied().zip(pages.iter_mut().map(|p| &mut **p)).collect();
         outcomes = shared.disk.read_pages(&mut batch);
+        if let Some(g4) = &shared.g4 {
+            // what the SSD tier does not hold comes from G4, verified, in one pipelined batch
+            let (at, mut rest): (Vec<usize>, Vec<(BlockHash, &mut [u8])>) = batch
+                .into_iter()
+                .enumerate()
+                .filter(|(i, (key, _))| !matches!(outcomes.get(*i), Some(Ok(true))) && !shared.disk.contains(*key))
+                .unzip();
+            for (i, ok) in at.into_iter().zip(g4.get_pages(&mut rest)) {
+                from_g4[i] = ok;
+            }
+        }
     });
     let mut results = Vec::with_capacity(jobs.len());
     let mut dropped = Vec::new();
@@ -173,7 +191,7 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
         unpin(shared, job);
         let mut result = JobResult::empty(job.id, JobKind::Load);
         for (i, key) in job.keys.iter().enumerate() {
-            if written.is_ok() && matches!(outcomes.get(at), Some(Ok(true))) {
+            if written.is_ok() && (matches!(outcomes.get(at), Some(Ok(true))) || from_g4[at]) {
                 result.succeeded.push(*key);
             } else {
                 result.failed.push(*key);
@@ -191,6 +209,7 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
     if !dropped.is_empty() {
         st.events.push(TierEvent { kind: EventKind::Removed, tier: Tier::G3, hashes: dropped });
     }
+    st.m.keys_loaded_g4 += from_g4.iter().filter(|x| **x).count() as u64;
     for result in results {
         st.m.keys_loaded += result.succeeded.len() as u64;
         st.m.keys_load_failed += result.failed.len() as u64;

@@ -37,6 +37,10 @@ impl RemoteTier {
         match self.never {}
     }
     /// See the `g4` build.
+    pub fn contains_each(&self, _hashes: &[BlockHash]) -> Vec<bool> {
+        match self.never {}
+    }
+    /// See the `g4` build.
     pub fn get_pages(&self, _reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<bool> {
         match self.never {}
     }

@@ -163,19 +163,26 @@ impl RemoteTier {
 
     /// How many leading `hashes` the server holds, in one round trip (0 if it cannot be asked).
     pub fn contains_prefix(&self, hashes: &[BlockHash]) -> usize {
+        self.contains_each(hashes).iter().take_while(|found| **found).count()
+    }
+
+    /// Which of `hashes` the server holds, in one round trip (all false if it cannot be asked).
+    pub fn contains_each(&self, hashes: &[BlockHash]) -> Vec<bool> {
         if hashes.is_empty() {
-            return 0;
+            return Vec::new();
         }
         let mut pipe = redis::pipe();
         for &h in hashes {
             pipe.cmd("EXISTS").arg(self.key(h));
         }
-        let found =
-            self.round_trip(|con| pipe.query::<Vec<i64>>(con)).map_or(0, |v| v.iter().take_while(|&&n| n > 0).count());
+        let found = self.round_trip(|con| pipe.query::<Vec<i64>>(con));
+        let found = found
+            .filter(|v| v.len() == hashes.len())
+            .map_or_else(|| vec![false; hashes.len()], |v| v.iter().map(|&n| n > 0).collect());
         let mut m = lock(&self.metrics);
         if m.up {
             m.lookups += 1;
-            m.lookup_found += found as u64;
+            m.lookup_found += found.iter().filter(|x| **x).count() as u64;
         }
         found
     }

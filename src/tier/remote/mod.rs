@@ -67,7 +67,7 @@ pub enum Publish {
 ///     .with_ttl(Some(Duration::from_secs(3600)));
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
     /// `redis://[user][:password@]host[:port][/db]` (or `valkey://`). Never printed.
     pub url: String,
@@ -253,9 +253,10 @@ impl RemoteConfig {
 /// G4's counters. Everything that went wrong is here, since no call returns it as an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteMetrics {
-    /// Prefix lookups asked of the server (not counting those skipped while it is down).
+    /// Lookups (prefix or key set) asked of the server (not counting those skipped while it
+    /// is down).
     pub lookups: u64,
-    /// Leading blocks those lookups found.
+    /// Keys those lookups found.
     pub lookup_found: u64,
     /// Pipelined round trips to the server.
     pub round_trips: u64,

@@ -2,6 +2,9 @@
 //! a real Valkey/Redis server: what one store writes, another store (another pod, another
 //! directory) finds with `probe_remote` and loads, verified.
 
+// `kvtier::external` runs real threads and is left out of `--cfg loom` builds.
+#![cfg(not(loom))]
+
 mod common;
 
 use std::sync::Arc;

@@ -50,6 +50,7 @@ mod admission;
 mod config;
 mod metrics;
 mod prefetch;
+mod publish;
 mod queue;
 mod recompute;
 mod retention;
@@ -84,10 +85,11 @@ use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
 use crate::tier::disk::{DiskMetrics, DiskTier};
 use crate::tier::host::{HostMetrics, HostTier};
-use crate::tier::remote::{Publish, RemoteMetrics, RemoteTier};
+use crate::tier::remote::{RemoteMetrics, RemoteTier};
 
 use admission::FrequencySketch;
 pub(crate) use admission::WriteBudget;
+use publish::Recent;
 use retention::Retention;
 use reuse::ReuseShadow;
 pub(crate) use reuse::class_of;
@@ -612,34 +614,6 @@ impl Shared {
         lock(&self.sketch).estimate(h)
     }
 
-    /// Stores in G4 the pages among `pages` it was not given lately (by [`Publish`]), in one
-    /// pipelined batch; a page the server refused is tried again next time it comes by.
-    pub(crate) fn publish(&self, policy: Publish, pages: &[(BlockHash, &[u8])]) {
-        let Some(g4) = self.g4.as_ref().filter(|_| self.config.remote.as_ref().is_some_and(|r| r.publish == policy))
-        else {
-            return;
-        };
-        let fresh: Vec<(BlockHash, &[u8])> = {
-            let published = lock(&self.published);
-            pages.iter().filter(|(h, _)| !published.contains(*h)).copied().collect()
-        };
-        if fresh.is_empty() {
-            return;
-        }
-        let stored = g4.put_pages(&fresh);
-        let mut n = 0;
-        {
-            let mut published = lock(&self.published);
-            for ((h, _), ok) in fresh.iter().zip(stored) {
-                if ok {
-                    published.insert(*h);
-                    n += 1;
-                }
-            }
-        }
-        self.stats().m.to_g4.add(n, self.page_bytes);
-    }
-
     pub(crate) fn record_use(&self, h: BlockHash) {
         lock(&self.sketch).record(h);
     }
@@ -683,33 +657,5 @@ impl Shared {
         s.m.g4_hit_blocks += hit.g4 as u64;
         s.m.miss_blocks += (hashes.len() - hit.total) as u64;
         hit
-    }
-}
-
-/// A bounded set of recent hashes (the oldest forgotten first).
-pub(crate) struct Recent {
-    set: std::collections::HashSet<u128>,
-    order: std::collections::VecDeque<u128>,
-    cap: usize,
-}
-
-impl Recent {
-    pub(crate) fn new(cap: usize) -> Self {
-        Self { set: std::collections::HashSet::new(), order: std::collections::VecDeque::new(), cap: cap.max(1) }
-    }
-
-    pub(crate) fn contains(&self, h: BlockHash) -> bool {
-        self.set.contains(&h.0)
-    }
-
-    pub(crate) fn insert(&mut self, h: BlockHash) {
-        if self.set.insert(h.0) {
-            self.order.push_back(h.0);
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
     }
 }

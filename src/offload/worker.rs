@@ -231,9 +231,9 @@ fn copy_down(shared: &Shared, mut staged: StagedCopies<'_>, first_copies: usize)
             failed += 1;
         }
     }
-    if shared.g4.is_some() {
+    if shared.publishes(Publish::Offload) {
         let pages: Vec<(BlockHash, &[u8])> = (0..staged.len()).map(|i| (staged.hash(i), staged.page(i))).collect();
-        shared.publish(Publish::Offload, &pages);
+        shared.publish(&pages);
     }
     staged.finish()?;
     // G1 gives these pages up: G2's copy is the one that serves them from now on.
@@ -300,13 +300,13 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         disk.write_pages(&batch)
     };
     let elapsed = t.elapsed();
-    if shared.g4.is_some() {
+    if shared.publishes(Publish::Spill) {
         let leaving: HashSet<u128> = spilled.iter().map(|(h, _)| h.0).collect();
         let pages: Vec<(BlockHash, &[u8])> = (0..staged.len())
             .map(|i| (staged.hash(i), staged.page(i)))
             .filter(|(h, _)| leaving.contains(&h.0))
             .collect();
-        shared.publish(Publish::Spill, &pages);
+        shared.publish(&pages);
     }
     disk.touch(&present);
     let (mut written, mut failed, mut settled) = (0u64, 0u64, present.len() + (declined + in_g1) as usize);

@@ -1,6 +1,8 @@
 //! Admission to the SSD tier: a frequency sketch decides whether a page is likely to be
 //! reused, and a token bucket caps the bytes written per second to protect the drive.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::prefix::BlockHash;
@@ -28,6 +30,41 @@ pub enum Admission {
     /// mostly come back in time (a chat whose every turn returns soon), it admits them; where
     /// most never do, it declines them as the seen-twice filter does.
     Adaptive,
+}
+
+/// A caller's own G3 admission rule, consulted instead of [`Admission`] for each page leaving
+/// G2 while G3 is full: `(hash, use count 1..=15 from the frequency sketch) -> admit`.
+///
+/// For a runtime that knows more than the cache can (a session it has closed, a tenant whose
+/// pages are not worth an SSD write), and for offline bounds: `kvtier replay --admission
+/// oracle` admits exactly the pages the rest of the trace asks for again. It runs on the
+/// offload worker with no lock held; it must be cheap and must not call back into the cache.
+///
+/// ```
+/// use kvtier::offload::{AdmissionHook, OffloadConfig};
+/// let hook = AdmissionHook::new(|_hash, uses| uses >= 3);
+/// let config = OffloadConfig::default().with_admission_hook(Some(hook));
+/// assert!(config.admission_hook.is_some());
+/// ```
+#[derive(Clone)]
+pub struct AdmissionHook(Arc<dyn Fn(BlockHash, u8) -> bool + Send + Sync>);
+
+impl AdmissionHook {
+    /// Wraps `admit(hash, uses)`.
+    pub fn new(admit: impl Fn(BlockHash, u8) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(admit))
+    }
+
+    /// Whether G3 should take the page `h`, seen `uses` times.
+    pub fn admits(&self, h: BlockHash, uses: u8) -> bool {
+        (self.0)(h, uses)
+    }
+}
+
+impl fmt::Debug for AdmissionHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdmissionHook(..)")
+    }
 }
 
 /// Count-min sketch (4 probes) of saturating 4-bit counters with aging, after TinyLFU.

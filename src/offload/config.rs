@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Admission;
+use super::{Admission, AdmissionHook};
 use crate::error::{Error, Result};
 use crate::tier::disk::DiskConfig;
 use crate::tier::host::HostConfig;
@@ -35,6 +35,9 @@ pub struct OffloadConfig {
     pub exclusive_g3: bool,
     /// Which pages G3 accepts. Default: [`Admission::Adaptive`].
     pub admission: Admission,
+    /// The caller's own admission rule; when set, it decides instead of
+    /// [`OffloadConfig::admission`]. Default: none.
+    pub admission_hook: Option<AdmissionHook>,
     /// The price of an SSD write in hits for the adaptive filter ([`Admission::Adaptive`]):
     /// it admits the classes of pages that maximise `hits - price x writes` (per page leaving
     /// G2, as its shadow predicts them), so admitting more must bring at least this many more
@@ -85,6 +88,7 @@ impl Default for OffloadConfig {
             write_through_g2: false,
             exclusive_g3: false,
             admission: Admission::Adaptive,
+            admission_hook: None,
             admission_hits_per_write: 0.25,
             admission_window_turnovers: 64,
             write_budget_bytes_per_sec: None,
@@ -137,6 +141,11 @@ impl OffloadConfig {
     /// Sets the G3 admission filter (default adaptive).
     pub fn with_admission(mut self, a: Admission) -> Self {
         self.admission = a;
+        self
+    }
+    /// Sets (or clears) the caller's own admission rule (default none).
+    pub fn with_admission_hook(mut self, hook: Option<AdmissionHook>) -> Self {
+        self.admission_hook = hook;
         self
     }
     /// Sets the adaptive filter's price of a write in hits (default 0.25).

@@ -59,7 +59,7 @@ mod ticket;
 mod views;
 mod worker;
 
-pub use admission::Admission;
+pub use admission::{Admission, AdmissionHook};
 pub use config::OffloadConfig;
 pub use metrics::{EngineMetrics, LatencyHistogram, LatencySummary, Traffic};
 #[cfg(feature = "testing")]
@@ -601,7 +601,10 @@ impl Shared {
 
     /// Whether G3 should take the page of `h`.
     /// Whether G3 takes a page used `uses` times (the sketch's estimate, [`Shared::uses`]).
-    pub(crate) fn admits(&self, uses: u8) -> bool {
+    pub(crate) fn admits(&self, h: BlockHash, uses: u8) -> bool {
+        if let Some(hook) = &self.config.admission_hook {
+            return hook.admits(h, uses);
+        }
         match self.config.admission {
             Admission::All => true,
             Admission::SeenTwice => uses >= 2,

@@ -284,7 +284,7 @@ fn write_g3(shared: &Shared, disk: &crate::tier::disk::DiskTier, mut staged: Sta
         // every page that leaves G2 now, admitted or not, feeds the reuse shadow
         let uses = shared.uses(h);
         spilled.push((h, class_of(uses)));
-        if room == 0 && !shared.admits(uses) {
+        if room == 0 && !shared.admits(h, uses) {
             staged.set(i, CopyOutcome::Declined);
             declined += 1;
         } else if !lock(&shared.budget).try_take(shared.page_bytes as u64) {

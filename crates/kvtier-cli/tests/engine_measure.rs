@@ -147,3 +147,34 @@ fn ssd_wear_is_what_g3_wrote_per_hour_and_per_drive() {
     assert!(no_g3.ssd_wear.is_none());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_admission_oracle_keeps_what_returns_and_writes_less_than_admitting_all() {
+    let dir = tmp("oracle");
+    // A conversation (3 trace blocks = 96 pages), ten one-off prompts of 64 pages each that
+    // nothing asks for again, then the conversation returns. G3 holds 200 pages: admitting
+    // every spill lets the one-offs push the conversation out; the oracle declines them once
+    // G3 is full (it admits everything while G3 has room, as every filter does). G1 holds the
+    // conversation and one one-off.
+    let mut records = vec![timed(0, &[1, 2, 3])];
+    records.extend((0..10).map(|k| timed(10_000 * (k + 1), &[100 + 2 * k, 101 + 2 * k])));
+    records.push(timed(200_000, &[1, 2, 3, 4]));
+    let trace = Trace::from_records(records);
+    let config = EngineConfig::default()
+        .with_capacities(160, 64, 200)
+        .with_ssd_dir(&dir)
+        .with_io_backend(BackendKind::Psync)
+        .with_reference(false);
+    let all = engine::run(&trace, &config.clone().with_admission(Admission::All), |_| {}).unwrap().report;
+    let oracle =
+        engine::run(&trace, &config.clone().with_admission_oracle(Some(f64::INFINITY)), |_| {}).unwrap().report;
+    assert_eq!(oracle.admission, "oracle");
+    let written = |r: &kvtier_cli::replay::EngineReport| r.ssd_wear.as_ref().unwrap().pages_written;
+    assert!(written(&oracle) < written(&all), "{} vs {}", written(&oracle), written(&all));
+    assert!(oracle.admission_declined > 0);
+    // the return finds its whole history in G3; admitting all lost it
+    let last = oracle.hit_tokens.total();
+    assert_eq!((last, oracle.hit_tokens.g3, all.hit_tokens.total()), (1536, 1536, 0));
+    assert_eq!(oracle.verification.mismatches, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -602,7 +602,12 @@ fn onboard_rule_loads_only_what_beats_recomputing() {
 fn g4_and_from_request_misuse_is_refused_before_the_run_naming_the_flag() {
     let out = std::env::temp_dir().join(format!("kvtier-g4-flags-{}", std::process::id()));
     let out = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["replay", "--mode", "engine", "--oracle-horizon", "60", "--out", out], "--oracle-horizon"),
+        (
+            &["replay", "--mode", "engine", "--admission", "oracle", "--oracle-horizon", "0", "--out", out],
+            "--oracle-horizon",
+        ),
         (&["replay", "--mode", "engine", "--g4", "http://127.0.0.1:6379", "--out", out], "--g4"),
         (&["replay", "--mode", "engine", "--g4", "redis://", "--out", out], "--g4"),
         (&["replay", "--mode", "engine", "--from-request", "3000", "--out", out], "--from-request"),

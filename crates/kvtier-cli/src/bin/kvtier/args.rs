@@ -172,6 +172,10 @@ pub(crate) struct ReplayArgs {
     /// count threshold with the most `hits - price x writes`; 0 maximises hits).
     #[arg(long, value_name = "HITS", default_value_t = 0.25)]
     pub(crate) admission_hits_per_write: f64,
+    /// Engine mode, with `--admission oracle`: G3 takes a page only if a request not yet
+    /// admitted asks for it within this many simulated seconds (default: any later request).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) oracle_horizon: Option<f64>,
     /// Engine mode: G1's live hit-rate-vs-capacity estimate (SHARDS) tracking this many
     /// sampled blocks, reported beside the exact LRU (experimental; 0: off).
     #[arg(long, value_name = "BLOCKS", default_value_t = 0)]
@@ -278,6 +282,9 @@ pub(crate) enum AdmissionArg {
     SeenTwice,
     /// Classes of pages (by use count) that a sampled shadow of the spills sees coming back.
     Adaptive,
+    /// Offline bound, not a policy: pages the rest of the trace asks for again (knows the
+    /// future; see `--oracle-horizon`).
+    Oracle,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -86,6 +86,7 @@ impl CliError {
             "prefill_tokens_per_sec" => flag("--prefill-tokens-per-sec", format!("{:?}", args.prefill_tokens_per_sec)),
             "decode_step" => flag("--decode-step-ms", format!("{:?}", args.decode_step_ms)),
             "g4_url" => flag("--g4", value),
+            "admission_oracle_s" => flag("--oracle-horizon", value),
             _ => CliError::Replay(Error::InvalidConfig { setting, value, reason }),
         }
     }
@@ -353,6 +354,13 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         },
         e => CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() },
     })?;
+    if let (Some(h), false) = (args.oracle_horizon, matches!(args.admission, AdmissionArg::Oracle)) {
+        return Err(CliError::Flag {
+            flag: "--oracle-horizon",
+            value: h.to_string(),
+            reason: "only applies with --admission oracle".into(),
+        });
+    }
     let page = layout.page_bytes();
     let decode_step = Duration::try_from_secs_f64(args.decode_step_ms.max(0.0) / 1e3).map_err(|e| CliError::Flag {
         flag: "--decode-step-ms",
@@ -366,7 +374,11 @@ fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
         .with_admission(match args.admission {
             AdmissionArg::All => Admission::All,
             AdmissionArg::SeenTwice => Admission::SeenTwice,
-            AdmissionArg::Adaptive => Admission::Adaptive,
+            AdmissionArg::Adaptive | AdmissionArg::Oracle => Admission::Adaptive,
+        })
+        .with_admission_oracle(match args.admission {
+            AdmissionArg::Oracle => Some(args.oracle_horizon.unwrap_or(f64::INFINITY)),
+            _ => None,
         })
         .with_admission_hits_per_write(args.admission_hits_per_write)
         .with_curve_keys(args.live_curve)

@@ -46,6 +46,7 @@
 //! day that rate means for the configured G3 size ([`report::SsdWear`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -61,11 +62,13 @@ use kvtier::{CacheConfig, Dtype, KvLayout};
 use crate::error::{Error, Result};
 use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceRecord};
 
+mod oracle;
 pub mod reference;
 pub mod report;
 mod scheduler;
 pub mod verify;
 
+use oracle::Oracle;
 pub use reference::Reference;
 pub use report::{EngineReport, EngineTiming};
 use scheduler::Replay;
@@ -127,6 +130,10 @@ pub struct EngineConfig {
     pub io_backend: BackendKind,
     /// G3 admission filter. Default: adaptive.
     pub admission: Admission,
+    /// An offline bound instead of the admission filter: G3 takes a page leaving G2 exactly
+    /// when a request not admitted yet asks for it again within this many simulated seconds
+    /// (`f64::INFINITY`: any later request) ([`oracle`](mod@oracle)). Default: none.
+    pub admission_oracle_s: Option<f64>,
     /// Blocks G1's live capacity curve tracks ([`kvtier::CacheConfig::curve_keys`]; 0: off,
     /// the default). Experimental: see the README for its measured error.
     pub curve_keys: usize,
@@ -196,6 +203,7 @@ impl Default for EngineConfig {
             io_backend: BackendKind::Auto,
             admission: Admission::Adaptive,
             admission_hits_per_write: 0.25,
+            admission_oracle_s: None,
             curve_keys: 0,
             write_through_g2: false,
             exclusive_g3: false,
@@ -271,6 +279,11 @@ impl EngineConfig {
     /// Sets the G3 admission filter (default adaptive).
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+    /// Admits to G3 by the offline oracle with this horizon in seconds (default none).
+    pub fn with_admission_oracle(mut self, horizon_s: Option<f64>) -> Self {
+        self.admission_oracle_s = horizon_s;
         self
     }
     /// Sets write-through from G1 to G2 (default false).
@@ -350,6 +363,11 @@ impl EngineConfig {
         }
         if self.decode_step.is_zero() {
             return Err(Error::invalid("decode_step", "0 ms", "the simulated decode step must be positive"));
+        }
+        if let Some(h) = self.admission_oracle_s
+            && !(h > 0.0)
+        {
+            return Err(Error::invalid("admission_oracle_s", h, "the oracle's horizon must be positive"));
         }
         if self.max_batch == 0 {
             return Err(Error::invalid("max_batch", 0, "must be non-zero"));
@@ -529,8 +547,16 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
     if let (Shape::Tiered, Some(url)) = (shape, &config.g4_url) {
         offload = offload.with_remote(RemoteConfig::new(url.as_str()).with_model_id("replay"));
     }
+    let mut clock = None;
+    if let (Shape::Tiered, Some(horizon)) = (shape, config.admission_oracle_s) {
+        let horizon = horizon.is_finite().then_some(horizon);
+        let oracle = Arc::new(Oracle::new(trace, config.layout.block_size() as usize, horizon));
+        clock = Some(oracle.clock());
+        offload = offload.with_admission_hook(Some(oracle.hook()));
+    }
     let tiers = TieredCache::new(cache, offload)?;
     let mut replay = Replay::new(trace, config, &tiers, shape == Shape::Tiered);
+    replay.set_oracle_clock(clock);
     replay.run(progress)?;
     let result = replay.finish(started);
     drop(tiers);

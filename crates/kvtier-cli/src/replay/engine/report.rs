@@ -414,6 +414,7 @@ impl EngineReport {
             g3_slot_bytes: tiers.g3().map_or(0, |d| d.slot_bytes()),
             g3_backend: None,
             admission: match config.admission {
+                _ if config.admission_oracle_s.is_some() => "oracle",
                 Admission::All => "all",
                 Admission::SeenTwice => "seen-twice",
                 Admission::Adaptive => "adaptive",

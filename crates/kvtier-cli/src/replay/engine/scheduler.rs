@@ -1,12 +1,14 @@
 //! The scheduler loop of the engine replay (see [`super`] for what it models).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvtier::offload::{LatencyHistogram, OnboardCost, OnboardOutcome, Ticket, TieredCache};
 use kvtier::tier::remote::redact;
 use kvtier::{BatchTables, BlockHash, Error, ExtraKeys, Result, SeqId, Tier};
 
+use super::oracle::OracleClock;
 use super::report::{
     EngineReport, EngineTiming, G4Summary, LiveCurve, Sample, SsdWear, TierTokens, TrafficRow, WaitSummary, Window,
 };
@@ -73,6 +75,8 @@ pub(crate) struct Replay<'a> {
     /// Whether admissions make room first ([`TieredCache::make_room`]): not in the one-large-G1
     /// reference, whose single G2 page is not a tier.
     room: bool,
+    /// The offline admission oracle's view of the replay, moved every step.
+    oracle_clock: Option<Arc<OracleClock>>,
 }
 
 impl<'a> Replay<'a> {
@@ -103,7 +107,13 @@ impl<'a> Replay<'a> {
             room,
             verifier: Verifier::new(tiers.g1().layout().page_bytes(), config.wrong_stamp_for),
             second_half_from,
+            oracle_clock: None,
         }
+    }
+
+    /// Lets the admission oracle follow this replay.
+    pub(crate) fn set_oracle_clock(&mut self, clock: Option<Arc<OracleClock>>) {
+        self.oracle_clock = clock;
     }
 
     pub(crate) fn run(&mut self, mut progress: impl FnMut(usize)) -> Result<()> {
@@ -128,6 +138,10 @@ impl<'a> Replay<'a> {
                     }
                     None => break,
                 }
+            }
+            if let Some(clock) = &self.oracle_clock {
+                let pending = waiting.iter().chain(onboarding.iter().map(|o| &o.req)).map(|r| r.index).min();
+                clock.set(self.now_us, pending.unwrap_or(next as u32));
             }
             let mut prefill = 0;
             // 1. Requests whose onboarding is done (in simulated time) are admitted.

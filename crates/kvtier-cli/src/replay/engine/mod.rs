@@ -365,7 +365,7 @@ impl EngineConfig {
             return Err(Error::invalid("decode_step", "0 ms", "the simulated decode step must be positive"));
         }
         if let Some(h) = self.admission_oracle_s
-            && !(h > 0.0)
+            && (h.is_nan() || h <= 0.0)
         {
             return Err(Error::invalid("admission_oracle_s", h, "the oracle's horizon must be positive"));
         }

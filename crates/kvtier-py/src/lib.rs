@@ -25,6 +25,7 @@ use std::time::Duration;
 use kvtier::external::{self as ext, EventKind, JobKind, StoreAdmission};
 use kvtier::io::{BackendKind, IoConfig};
 use kvtier::tier::DiskConfig;
+use kvtier::tier::remote::RemoteConfig;
 use kvtier::{BlockHash, Error};
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -270,7 +271,8 @@ impl SlotStore {
     #[pyo3(signature = (buffer, directory, capacity_blocks, *, slot_bytes=None, model_id="", tenant_salt=b"".as_slice(),
         io_backend="auto", workers=2, wipe_on_mismatch=false, slots_per_file=256, direct_io=true,
         admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1, queue_depth=32,
-        read_chunk_bytes=kvtier::tier::DEFAULT_READ_CHUNK_BYTES, max_batch_bytes=64 << 20))]
+        read_chunk_bytes=kvtier::tier::DEFAULT_READ_CHUNK_BYTES, max_batch_bytes=64 << 20, remote_url=None,
+        remote_ttl_s=None, remote_timeout_ms=250, remote_tls_ca_pem=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -292,6 +294,10 @@ impl SlotStore {
         queue_depth: usize,
         read_chunk_bytes: usize,
         max_batch_bytes: usize,
+        remote_url: Option<String>,
+        remote_ttl_s: Option<f64>,
+        remote_timeout_ms: u64,
+        remote_tls_ca_pem: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let memory = PrimaryBuffer::new(buffer, slot_bytes)?;
         let io = IoConfig::default()
@@ -306,12 +312,27 @@ impl SlotStore {
             .with_wipe_on_mismatch(wipe_on_mismatch)
             .with_read_chunk_bytes(read_chunk_bytes)
             .with_io(io);
-        let config = ext::SlotStoreConfig::new(disk)
+        let mut config = ext::SlotStoreConfig::new(disk)
             .with_workers(workers)
             .with_tenant_salt(tenant_salt)
             .with_admission(admission_kind(admission)?)
             .with_write_budget(write_budget_bytes_per_s)
             .with_max_batch_bytes(max_batch_bytes);
+        if let Some(url) = remote_url {
+            let ttl = match remote_ttl_s {
+                None => None,
+                Some(t) if t.is_finite() && t >= 1.0 => Some(Duration::from_secs_f64(t)),
+                Some(t) => return Err(ConfigError::new_err(format!("remote_ttl_s must be at least 1 second, got {t}"))),
+            };
+            let mut remote = RemoteConfig::new(url)
+                .with_tp(tp_rank, tp_size)
+                .with_ttl(ttl)
+                .with_timeout(Duration::from_millis(remote_timeout_ms));
+            if let Some(pem) = remote_tls_ca_pem {
+                remote = remote.with_tls_ca_pem(pem);
+            }
+            config = config.with_remote(remote);
+        }
         let memory: Arc<dyn ext::SlotMemory> = Arc::new(memory);
         // Opening preallocates the slab files: it can take a while.
         let store = py.detach(move || ext::SlotStore::open(config, memory)).map_err(to_py)?;
@@ -334,6 +355,21 @@ impl SlotStore {
     fn lookup_many(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Lookup>> {
         let store = self.open()?;
         Ok(key_hashes(&store, keys)?.into_iter().map(|h| store.lookup(h).into()).collect())
+    }
+
+    /// Which of `keys` the shared G4 tier holds, in one pipelined round trip (GIL released; all
+    /// False without a G4 tier or while its server is unreachable: never raises for the
+    /// server). Waits on the network: call it from a background thread, not the scheduler's.
+    fn probe_remote(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
+        let store = self.open()?;
+        let keys = key_hashes(&store, keys)?;
+        Ok(py.detach(move || store.probe_remote(&keys)))
+    }
+
+    /// Whether this store has a shared G4 tier.
+    #[getter]
+    fn has_remote(&self) -> PyResult<bool> {
+        Ok(self.open()?.remote_metrics().is_some())
     }
 
     /// Looks a key up and, on a HIT, pins it: `(Lookup, LoadLease | None)`. A key evicted
@@ -477,6 +513,27 @@ impl SlotStore {
             d.set_item(k, v)?;
         }
         d.set_item("disk_full", m.disk.disk_full)?;
+        d.set_item("keys_stored_g4", m.keys_stored_g4)?;
+        d.set_item("keys_loaded_g4", m.keys_loaded_g4)?;
+        if let Some(r) = self.open()?.remote_metrics() {
+            for (k, v) in [
+                ("g4_lookups", r.lookups),
+                ("g4_lookup_found", r.lookup_found),
+                ("g4_round_trips", r.round_trips),
+                ("g4_get_hits", r.get_hits),
+                ("g4_get_absent", r.get_absent),
+                ("g4_get_rejected", r.get_rejected),
+                ("g4_put_stored", r.put_stored),
+                ("g4_put_rejected", r.put_rejected),
+                ("g4_errors", r.errors),
+                ("g4_timeouts", r.timeouts),
+                ("g4_auth_failures", r.auth_failures),
+                ("g4_skipped_down", r.skipped_down),
+            ] {
+                d.set_item(k, v)?;
+            }
+            d.set_item("g4_up", r.up)?;
+        }
         Ok(d)
     }
 

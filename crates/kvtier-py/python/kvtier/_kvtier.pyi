@@ -103,13 +103,27 @@ class SlotStore:
         queue_depth: int = 32,
         read_chunk_bytes: int = 8 << 20,
         max_batch_bytes: int = 64 << 20,
-    ) -> None: ...
+        remote_url: str | None = None,
+        remote_ttl_s: float | None = None,
+        remote_timeout_ms: int = 250,
+        remote_tls_ca_pem: bytes | None = None,
+    ) -> None:
+        """``remote_url`` (``redis://[user:password@]host:port[/db]`` or ``rediss://``) adds
+        the shared G4 tier on a Valkey/Redis server: stores also go there, loads read what
+        this store lacks from it (verified), ``probe_remote`` asks it which keys it holds.
+        A server that is down, slow or refusing is a miss, never an exception."""
     def key_hash(self, key: bytes) -> int:
         """The 128-bit hash a key is stored under (XXH3-128 seeded by the tenant salt)."""
     def lookup(self, key: bytes) -> Lookup:
         """HIT, MISS or RETRY (being stored). Pins nothing."""
     def lookup_many(self, keys: Iterable[bytes]) -> list[Lookup]:
         """``lookup`` of each key."""
+    def probe_remote(self, keys: Iterable[bytes]) -> list[bool]:
+        """Which keys the G4 tier holds, in one round trip (GIL released; waits on the
+        network: for a background thread). All False without G4 or while it is down."""
+    @property
+    def has_remote(self) -> bool:
+        """Whether this store has a G4 tier."""
     def lookup_pin(self, key: bytes) -> tuple[Lookup, LoadLease | None]:
         """Looks a key up and pins it on a HIT."""
     def prepare_load(self, keys: Iterable[bytes]) -> LoadLease:

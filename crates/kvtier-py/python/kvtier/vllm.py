@@ -28,6 +28,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -129,7 +131,102 @@ except Exception:  # noqa: BLE001 - vLLM absent, or present without torch
             return {}
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 _LOOKUP = {Lookup.HIT: LookupResult.HIT, Lookup.MISS: LookupResult.MISS, Lookup.RETRY: LookupResult.RETRY}
+
+
+class _RemoteLookups:
+    """Non-blocking G4 existence checks for the scheduler thread.
+
+    ``lookup`` answers from what a background thread has learned: True (the server holds the
+    key), False (it does not, or could not be asked), or None (not known yet: the key joins
+    this step's batch). ``flush`` (once per scheduler step) hands the batch to the thread,
+    which asks the server about all of it in one pipelined round trip
+    (``SlotStore.probe_remote``, GIL released). An answer is kept while a request that asked
+    for it lives, so a request retried next step finds it; ``forget`` drops a finished
+    request's interest. Every method but ``close`` runs on the scheduler thread.
+    """
+
+    def __init__(self, store: SlotStore, max_keys: int) -> None:
+        self._store = store
+        self._max_keys = max_keys
+        # key -> [answer or None, ids of the requests that asked]
+        self._state: dict[bytes, list[Any]] = {}
+        self._batch: list[bytes] = []
+        self._in_flight = 0  # keys sent to the thread, not answered yet
+        self._todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[list[bytes], list[bool]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kvtier-g4-lookup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (keys := self._todo.get()) is not None:
+            try:
+                found = self._store.probe_remote(keys)
+            except KvtierError:  # the store was shut down: nothing is found any more
+                found = [False] * len(keys)
+            self._done.put((keys, found))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                keys, found = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._in_flight -= len(keys)
+            for key, hit in zip(keys, found, strict=True):
+                st = self._state.get(key)
+                if st is None:
+                    continue
+                if st[1]:
+                    st[0] = hit
+                else:
+                    del self._state[key]  # nobody waits for it any more
+
+    def lookup(self, key: bytes, req_id: str) -> bool | None:
+        self._drain()
+        st = self._state.get(key)
+        if st is None:
+            if len(self._state) >= self._max_keys:
+                return False  # too many keys in flight: a miss rather than unbounded state
+            st = self._state[key] = [None, set()]
+            self._batch.append(key)
+        st[1].add(req_id)
+        return st[0]
+
+    def flush(self) -> None:
+        self._drain()
+        if self._batch:
+            self._in_flight += len(self._batch)
+            self._todo.put(self._batch)
+            self._batch = []
+
+    def mark_missing(self, keys: Iterable[bytes]) -> None:
+        """A load of these keys from G4 failed: answer False until their requests finish."""
+        for key in keys:
+            st = self._state.get(key)
+            if st is not None:
+                st[0] = False
+
+    def forget(self, req_id: str) -> None:
+        for key in [k for k, st in self._state.items() if req_id in st[1]]:
+            st = self._state[key]
+            st[1].discard(req_id)
+            if not st[1] and st[0] is not None:
+                del self._state[key]
+
+    def pending(self) -> bool:
+        """Whether a flushed batch is still being asked about."""
+        self._drain()
+        return self._in_flight > 0
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join(timeout=5.0)
 
 
 def model_id_from_spec(offloading_spec: Any, block_bytes: int) -> str:
@@ -177,6 +274,15 @@ class KvtierTier(SecondaryTierManager):
     - ``workers`` (2), ``direct_io`` (True), ``wipe_on_mismatch`` (False: a directory of
       another model is an error; True: it is wiped), ``enable_kv_events`` (False),
       ``locality``.
+    - ``g4_url``: a Valkey/Redis server shared by many vLLM instances
+      (``redis://[user:password@]host:port[/db]``, ``rediss://`` for TLS): every block this
+      tier stores also goes there, and a block no local SSD holds is looked up and loaded
+      from it (every page verified; another model's or tenant's never served). ``g4_ttl_s``
+      (none: the server's eviction policy decides), ``g4_timeout_ms`` (250),
+      ``g4_tls_ca_file`` (a PEM CA for a private server certificate). A server that is down,
+      slow or refusing is a miss, never an error. A lookup of a block that is not on the
+      local SSD answers RETRY for the step in which the server is asked (one pipelined round
+      trip per scheduler step, on a background thread), then HIT or MISS.
     """
 
     medium: ClassVar[Any] = Medium.STORAGE
@@ -200,6 +306,10 @@ class KvtierTier(SecondaryTierManager):
         wipe_on_mismatch: bool = False,
         enable_kv_events: bool = False,
         locality: str | None = None,
+        g4_url: str | None = None,
+        g4_ttl_s: float | None = None,
+        g4_timeout_ms: int = 250,
+        g4_tls_ca_file: str | None = None,
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality is not None else None
@@ -225,7 +335,12 @@ class KvtierTier(SecondaryTierManager):
             wipe_on_mismatch=wipe_on_mismatch,
             admission=admission,
             write_budget_bytes_per_s=budget,
+            remote_url=g4_url,
+            remote_ttl_s=g4_ttl_s,
+            remote_timeout_ms=g4_timeout_ms,
+            remote_tls_ca_pem=None if g4_tls_ca_file is None else _read(g4_tls_ca_file),
         )
+        self._remote = _RemoteLookups(self.store, 4 * capacity + 1024) if g4_url is not None else None
         self._events_on = bool(enable_kv_events)
         kv_events_config = getattr(offloading_spec, "kv_events_config", None)
         if kv_events_config is not None and not getattr(kv_events_config, "enable_kv_cache_events", True):
@@ -244,8 +359,18 @@ class KvtierTier(SecondaryTierManager):
 
     def lookup(self, key: bytes, req_context: Any) -> Any:
         """HIT (pinned until this request's load is submitted or it finishes), MISS, or
-        RETRY while a store of the key is in flight."""
+        RETRY while a store of the key is in flight. With G4, a key the local SSD lacks is
+        RETRY until the server has been asked, then HIT (the load reads it from the server)
+        or MISS."""
         result, lease = self.store.lookup_pin(key)
+        if result is Lookup.MISS and self._remote is not None:
+            found = self._remote.lookup(key, req_context.req_id)
+            if found is None:
+                return LookupResult.RETRY
+            if found:
+                self._remember(key)
+                return LookupResult.HIT
+            return LookupResult.MISS
         if lease is not None:
             held = self._leases.setdefault(req_context.req_id, {})
             old = held.pop(key, None)
@@ -298,9 +423,12 @@ class KvtierTier(SecondaryTierManager):
             job = self._jobs.pop(r.job_id, None)
             keys = job[1] if job is not None else []
             successful = None
-            if job is not None and job[0] and not r.success and r.succeeded:
+            if job is not None and job[0] and not r.success:
                 loaded = set(r.succeeded)
-                successful = tuple(k for k in keys if self.store.key_hash(k) in loaded)
+                if r.succeeded:
+                    successful = tuple(k for k in keys if self.store.key_hash(k) in loaded)
+                if self._remote is not None:
+                    self._remote.mark_missing(k for k in keys if self.store.key_hash(k) not in loaded)
             if job is not None and not job[0] and self._events_on:
                 for k in keys:
                     self._remember(k)
@@ -316,7 +444,8 @@ class KvtierTier(SecondaryTierManager):
         return results
 
     def has_pending_work(self) -> bool:
-        return bool(self._refused) or self.store.has_pending_work()
+        remote = self._remote is not None and self._remote.pending()
+        return bool(self._refused) or remote or self.store.has_pending_work()
 
     def drain_jobs(self) -> None:
         """Blocks (GIL released) until every submitted job has finished."""
@@ -351,20 +480,27 @@ class KvtierTier(SecondaryTierManager):
         return RequestOffloadingContext()
 
     def on_request_finished(self, req_context: Any) -> None:
-        """Releases the pins of this request's HITs that no load used."""
+        """Releases the pins of this request's HITs that no load used, and its G4 answers."""
         for lease in self._leases.pop(req_context.req_id, {}).values():
             lease.release()
+        if self._remote is not None:
+            self._remote.forget(req_context.req_id)
 
     def on_schedule_end(self, context: Any) -> None:
+        """Releases the pins of preempted requests; sends this step's G4 lookups."""
         for req_id in getattr(context, "preempted_req_ids", ()):
             for lease in self._leases.pop(req_id, {}).values():
                 lease.release()
+        if self._remote is not None:
+            self._remote.flush()
 
     def shutdown(self) -> None:
         for held in self._leases.values():
             for lease in held.values():
                 lease.release()
         self._leases.clear()
+        if self._remote is not None:
+            self._remote.close()
         self.store.shutdown()
 
     # -- metrics ---------------------------------------------------------------------------

@@ -322,7 +322,9 @@ impl SlotStore {
             let ttl = match remote_ttl_s {
                 None => None,
                 Some(t) if t.is_finite() && t >= 1.0 => Some(Duration::from_secs_f64(t)),
-                Some(t) => return Err(ConfigError::new_err(format!("remote_ttl_s must be at least 1 second, got {t}"))),
+                Some(t) => {
+                    return Err(ConfigError::new_err(format!("remote_ttl_s must be at least 1 second, got {t}")));
+                }
             };
             let mut remote = RemoteConfig::new(url)
                 .with_tp(tp_rank, tp_size)

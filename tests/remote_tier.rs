@@ -33,7 +33,7 @@ fn put_all(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
 
 /// Reads `hs` and returns, per page, whether it came back with exactly its pattern.
 fn read_back(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
-    let mut bufs: Vec<Vec<u8>> = hs.iter().map(|_| vec![0u8; t.page_bytes()]).collect();
+    let mut bufs: Vec<Vec<u8>> = hs.iter().map(|_| vec![0xEEu8; t.page_bytes()]).collect();
     let mut reqs: Vec<(BlockHash, &mut [u8])> =
         hs.iter().zip(bufs.iter_mut()).map(|(&h, b)| (h, b.as_mut_slice())).collect();
     let ok = t.get_pages(&mut reqs);
@@ -42,7 +42,12 @@ fn read_back(t: &RemoteTier, hs: &[BlockHash]) -> Vec<bool> {
         .zip(&ok)
         .map(|((&h, b), &ok)| {
             if !ok {
-                assert!(b.iter().all(|&x| x == 0), "a page that was not delivered left bytes in the buffer");
+                // untouched, or zeroed after an unverified value was read into it
+                let untouched = b.iter().all(|&x| x == 0xEE);
+                assert!(
+                    untouched || b.iter().all(|&x| x == 0),
+                    "a page that was not delivered left bytes in the buffer"
+                );
             }
             ok && *b == pattern(h, t.page_bytes())
         })
@@ -166,12 +171,21 @@ fn a_wrong_password_is_a_miss_and_never_printed() {
     let hs = hashes(4, 6);
     assert!(put_all(&good, &hs).iter().all(|&x| x));
     assert!(!format!("{good:?}").contains("s3cret-pw"));
+    // reads authenticate on their own connections too, and select the URL's database
+    assert!(read_back(&good, &hs).iter().all(|&x| x));
+    let in_db3 = RemoteTier::open(&layout(), RemoteConfig::new(format!("{url}/3")).with_model_id("m")).unwrap();
+    assert!(put_all(&in_db3, &hashes(1, 9)).iter().all(|&x| x));
+    assert!(read_back(&in_db3, &hashes(1, 9)).iter().all(|&x| x));
+    assert!(read_back(&good, &hashes(1, 9)).iter().all(|&x| !x), "db 0 does not see db 3's page");
     let bad_url = server.url().replace("redis://", "redis://:wrong@");
     let bad = RemoteTier::open(&layout(), RemoteConfig::new(&bad_url).with_model_id("m")).unwrap();
     assert_eq!(bad.contains_prefix(&hs), 0);
     let m = bad.metrics();
     assert_eq!(m.auth_failures, 1, "{m:?}");
     assert!(!format!("{bad:?}{m:?}").contains("wrong"));
+    let bad_reader = RemoteTier::open(&layout(), RemoteConfig::new(&bad_url).with_model_id("m")).unwrap();
+    assert!(read_back(&bad_reader, &hs).iter().all(|&x| !x));
+    assert_eq!(bad_reader.metrics().auth_failures, 1);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, ConnectionLike, IntoConnectionInfo, RedisResult, Value};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128};
 
+use super::reader::{Endpoint, PageConn, ReadError, Reply};
 use super::{HEADER_BYTES, RemoteConfig, RemoteMetrics, VALUE_VERSION};
 use crate::error::{Error, Result};
 use crate::layout::KvLayout;
@@ -32,6 +33,11 @@ pub struct RemoteTier {
     page_bytes: usize,
     key_prefix: String,
     idle: Mutex<Vec<Connection>>,
+    /// Where page reads connect without the crate (plain TCP URLs; `None` for TLS and Unix
+    /// sockets, whose reads go through the crate): see `reader.rs`.
+    endpoint: Option<Endpoint>,
+    /// Idle connections for those reads.
+    page_conns: Mutex<Vec<PageConn>>,
     /// Write buffers kept for reuse (one per concurrent writer).
     buffers: Mutex<Vec<Vec<u8>>>,
     health: Mutex<Health>,
@@ -101,7 +107,7 @@ fn open_client(info: redis::ConnectionInfo, _config: &RemoteConfig) -> RedisResu
 
 /// Appends one RESP command of `args` (each argument the concatenation of its parts) to `out`:
 /// the page goes into the buffer once, and the buffer is reused from call to call.
-fn pack_command(out: &mut Vec<u8>, args: &[&[&[u8]]]) {
+pub(super) fn pack_command(out: &mut Vec<u8>, args: &[&[&[u8]]]) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "*{}\r\n", args.len());
     for parts in args {
@@ -127,6 +133,17 @@ impl RemoteTier {
             .into_connection_info()
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let endpoint = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => Some(Endpoint {
+                host: host.clone(),
+                port: *port,
+                username: info.redis_settings().username().map(str::to_string),
+                password: info.redis_settings().password().map(str::to_string),
+                db: info.redis_settings().db(),
+                timeout: config.timeout,
+            }),
+            _ => None,
+        };
         let client = open_client(info, &config).map_err(bad_url)?;
         let fp = Fingerprint::new(&config.model_id, layout, config.tp_rank, config.tp_size);
         let fingerprint = fingerprint_hash(&fp);
@@ -139,6 +156,8 @@ impl RemoteTier {
             page_bytes: layout.page_bytes(),
             key_prefix,
             idle: Mutex::new(Vec::new()),
+            endpoint,
+            page_conns: Mutex::new(Vec::new()),
             buffers: Mutex::new(Vec::new()),
             health: Mutex::new(Health { retry_at: None, backoff: config.backoff_min }),
             metrics: Mutex::new(RemoteMetrics::default()),
@@ -188,9 +207,20 @@ impl RemoteTier {
     }
 
     /// Reads pages into the given buffers (each exactly one page long); returns, per page,
-    /// whether a verified page was delivered. A buffer whose page is absent, fails
-    /// verification or cannot be read is left as it was.
+    /// whether a verified page was delivered. A buffer whose page is absent or was not read is
+    /// left as it was; one that received a value failing verification, or part of a value
+    /// before the connection failed, is zeroed: no buffer is ever left holding unverified
+    /// bytes. Over plain TCP, values go from the socket straight into the buffers (one copy;
+    /// see `reader.rs`); over TLS and Unix sockets through the `redis` crate's parser.
     pub fn get_pages(&self, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<bool> {
+        match &self.endpoint {
+            Some(endpoint) => self.get_pages_direct(endpoint, reqs),
+            None => self.get_pages_parsed(reqs),
+        }
+    }
+
+    /// `get_pages` over the crate's connections (TLS, Unix sockets).
+    fn get_pages_parsed(&self, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<bool> {
         let mut ok = vec![false; reqs.len()];
         let per_trip = (self.config.max_batch_bytes / (self.page_bytes + HEADER_BYTES)).max(1);
         let mut start = 0;
@@ -238,6 +268,59 @@ impl RemoteTier {
             m.get_bytes += hits * self.page_bytes as u64;
             start = end;
         }
+        ok
+    }
+
+    /// `get_pages` over plain TCP with replies read straight into the buffers (`reader.rs`).
+    /// A value that fails verification was read into its buffer, which is then zeroed.
+    fn get_pages_direct(&self, endpoint: &Endpoint, reqs: &mut [(BlockHash, &mut [u8])]) -> Vec<bool> {
+        let mut ok = vec![false; reqs.len()];
+        let per_trip = (self.config.max_batch_bytes / (self.page_bytes + HEADER_BYTES)).max(1);
+        let mut replies = Vec::with_capacity(per_trip.min(reqs.len()));
+        let mut packed = lock(&self.buffers).pop().unwrap_or_default();
+        for (first, chunk) in reqs.chunks_mut(per_trip).enumerate().map(|(c, chunk)| (c * per_trip, chunk)) {
+            packed.clear();
+            for (h, _) in chunk.iter() {
+                pack_command(&mut packed, &[&[b"GET"], &[self.key(*h).as_bytes()]]);
+            }
+            let hashes: Vec<BlockHash> = chunk.iter().map(|(h, _)| *h).collect();
+            let mut dst: Vec<&mut [u8]> = chunk.iter_mut().map(|(_, d)| &mut **d).collect();
+            let done = self
+                .on_pool(
+                    &self.page_conns,
+                    || PageConn::connect(endpoint),
+                    |c| c.get_pages(&packed, &mut dst, &mut replies),
+                )
+                .is_some();
+            if !done && let Some(partial) = dst.get_mut(replies.len()) {
+                // the reply being read when the connection failed may have filled part of it
+                partial.fill(0);
+            }
+            let (mut hits, mut absent, mut rejected) = (0u64, 0u64, 0u64);
+            for (i, reply) in replies.iter().enumerate() {
+                match reply {
+                    Reply::Page(head) => {
+                        if *head == header(self.fingerprint, self.salt, hashes[i], dst[i]) {
+                            ok[first + i] = true;
+                            hits += 1;
+                        } else {
+                            dst[i].fill(0);
+                            rejected += 1;
+                        }
+                    }
+                    Reply::Absent => absent += 1,
+                    Reply::Other => rejected += 1,
+                }
+            }
+            let mut m = lock(&self.metrics);
+            m.gets += chunk.len() as u64;
+            m.get_hits += hits;
+            // pages a failed round trip did not deliver count as absent, as in the crate path
+            m.get_absent += absent + (chunk.len() - replies.len()) as u64;
+            m.get_rejected += rejected;
+            m.get_bytes += hits * self.page_bytes as u64;
+        }
+        lock(&self.buffers).push(packed);
         ok
     }
 
@@ -309,6 +392,17 @@ impl RemoteTier {
     /// (down, in backoff, timeout, auth, protocol error); the failure is counted and starts or
     /// extends the backoff.
     fn round_trip<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Option<T> {
+        self.on_pool(&self.idle, || self.connect(), f)
+    }
+
+    /// Runs `f` on a connection of `pool` (or a new one from `connect`), counting and backing
+    /// off on failure like [`RemoteTier::round_trip`].
+    fn on_pool<C, T, E: Failure>(
+        &self,
+        pool: &Mutex<Vec<C>>,
+        connect: impl FnOnce() -> Result<C, E>,
+        f: impl FnOnce(&mut C) -> Result<T, E>,
+    ) -> Option<T> {
         {
             let health = lock(&self.health);
             if health.retry_at.is_some_and(|t| Instant::now() < t) {
@@ -316,21 +410,24 @@ impl RemoteTier {
                 return None;
             }
         }
-        let pooled = lock(&self.idle).pop();
+        let pooled = lock(pool).pop();
         let mut con = match pooled {
             Some(c) => c,
-            None => match self.connect() {
-                Ok(c) => c,
-                Err(e) => {
-                    self.failed(&e);
-                    return None;
+            None => {
+                lock(&self.metrics).connects += 1;
+                match connect() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.failed(&e);
+                        return None;
+                    }
                 }
-            },
+            }
         };
         match f(&mut con) {
             Ok(v) => {
                 {
-                    let mut idle = lock(&self.idle);
+                    let mut idle = lock(pool);
                     if idle.len() < self.config.connections {
                         idle.push(con);
                     }
@@ -354,7 +451,6 @@ impl RemoteTier {
     }
 
     fn connect(&self) -> RedisResult<Connection> {
-        lock(&self.metrics).connects += 1;
         let con = self.client.get_connection_with_timeout(self.config.timeout)?;
         con.set_read_timeout(Some(self.config.timeout))?;
         con.set_write_timeout(Some(self.config.timeout))?;
@@ -363,8 +459,9 @@ impl RemoteTier {
 
     /// Counts a failure and backs off; the pooled connections are dropped too (a server that
     /// went away took them with it).
-    fn failed(&self, e: &redis::RedisError) {
+    fn failed(&self, e: &impl Failure) {
         lock(&self.idle).clear();
+        lock(&self.page_conns).clear();
         {
             let mut health = lock(&self.health);
             health.retry_at = Some(Instant::now() + health.backoff);
@@ -373,12 +470,36 @@ impl RemoteTier {
         let mut m = lock(&self.metrics);
         m.errors += 1;
         m.up = false;
-        if e.is_timeout() {
+        if e.timed_out() {
             m.timeouts += 1;
         }
-        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        if e.refused_credentials() {
             m.auth_failures += 1;
         }
+    }
+}
+
+/// What the metrics tell apart about a failed round trip.
+trait Failure {
+    fn timed_out(&self) -> bool;
+    fn refused_credentials(&self) -> bool;
+}
+
+impl Failure for redis::RedisError {
+    fn timed_out(&self) -> bool {
+        self.is_timeout()
+    }
+    fn refused_credentials(&self) -> bool {
+        self.kind() == redis::ErrorKind::AuthenticationFailed
+    }
+}
+
+impl Failure for ReadError {
+    fn timed_out(&self) -> bool {
+        self.is_timeout()
+    }
+    fn refused_credentials(&self) -> bool {
+        matches!(self, ReadError::Auth)
     }
 }
 

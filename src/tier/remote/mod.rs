@@ -6,8 +6,8 @@
 //! hashes the model id and KV layout ([`Fingerprint`](crate::tier::format::Fingerprint)) and the salt the tenant's salt. Each value
 //! starts with a [`HEADER_BYTES`] header (magic, version, payload length, fingerprint, salt,
 //! block hash, and an XXH3 check of the header and the page); a value whose header or check does
-//! not match what was asked for is a miss, counted in [`RemoteMetrics::get_rejected`], and never
-//! reaches a caller's buffer.
+//! not match what was asked for is a miss, counted in [`RemoteMetrics::get_rejected`], and is
+//! never delivered (a buffer it was read into is zeroed).
 //!
 //! The server owns eviction (`maxmemory-policy allkeys-lru`, or [`RemoteConfig::ttl`]): G4 is
 //! lossy, a page found by a lookup may be gone when it is read, and kvtier never assumes it is
@@ -35,6 +35,8 @@ mod client;
 pub use client::RemoteTier;
 #[cfg(not(feature = "g4"))]
 mod absent;
+#[cfg(feature = "g4")]
+mod reader;
 #[cfg(not(feature = "g4"))]
 pub use absent::RemoteTier;
 

@@ -16,6 +16,7 @@ from vllm.v1.kv_offload.base import LookupResult, ReqContext, ScheduleEndContext
 from vllm.v1.kv_offload.cpu.shared_offload_region import SharedOffloadRegion  # noqa: E402
 
 from kvtier.vllm import KvtierTier  # noqa: E402
+from test_vllm_g4 import server  # noqa: E402,F401  (the redis-server fixture)
 
 BLOCK = 64 * 1024
 CHUNKS = 8
@@ -88,3 +89,51 @@ def test_vllm_tiering_manager_with_kvtier(tmp_path):
         settle(mgr)
     finally:
         mgr.shutdown()
+
+
+def instance(tmp_path, name, url):
+    region = SharedOffloadRegion(
+        engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
+        kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
+    )
+    primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
+    view = primary.get_kv_memoryview()
+    spec = type("Spec", (), {"config": None, "kv_events_config": None})()
+    tier = KvtierTier(
+        spec, view, "KvtierTier", directory=str(tmp_path / name), capacity_gb=64 * BLOCK / 2**30, g4_url=url
+    )
+    return manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0), view, tier
+
+
+def test_two_vllm_instances_share_a_prefix_through_g4(tmp_path, server):
+    url = f"redis://127.0.0.1:{server}"
+    mgr_a, view_a, tier_a = instance(tmp_path, "a", url)
+    mgr_b, view_b, tier_b = instance(tmp_path, "b", url)
+    try:
+        ctx = ReqContext(req_id="r1")
+        mgr_a.on_new_request(ctx)
+        keys = [make_offload_key(os.urandom(32), 0) for _ in range(4)]
+        data = put(mgr_a, view_a, keys, ctx, seed=1)
+        settle(mgr_a)
+        assert tier_a.metrics()["keys_stored_g4"] == 4
+        # instance B never saw these keys: the G4 lookup is RETRY for a step, then a promotion
+        ctx_b = ReqContext(req_id="r2")
+        mgr_b.on_new_request(ctx_b)
+        results = [mgr_b.lookup(keys[0], ctx_b)]
+        deadline = time.monotonic() + 30
+        while results[-1] is not LookupResult.HIT:
+            assert time.monotonic() < deadline, results
+            settle(mgr_b)
+            results.append(mgr_b.lookup(keys[0], ctx_b))
+        assert results[0] is LookupResult.RETRY and LookupResult.HIT_PENDING in results, results
+        spec_out = mgr_b.prepare_load([keys[0]], ctx_b)
+        chunk = int(spec_out.block_ids[0])
+        got = np.frombuffer(view_b, dtype=np.uint8).reshape(-1, BLOCK)[chunk].tobytes()
+        assert got == data[keys[0]]
+        mgr_b.complete_load([keys[0]], ctx_b)
+        assert tier_b.metrics()["keys_loaded_g4"] == 1
+        mgr_b.on_request_finished(ctx_b)
+        settle(mgr_b)
+    finally:
+        mgr_a.shutdown()
+        mgr_b.shutdown()

@@ -109,13 +109,25 @@ pub enum Error {
         /// Every name accepted.
         known: &'static [&'static str],
     },
-    /// Not enough free or evictable blocks to satisfy the request; nothing was changed.
+    /// Not enough free or evictable blocks now; nothing was changed. Waiting helps: blocks held
+    /// by running sequences, or pinned while the engine copies them to a lower tier, come back
+    /// when those finish. A request that could never fit is [`Error::NeverFits`] instead.
     #[error("out of blocks: requested {requested}, available {available}")]
     OutOfBlocks {
         /// Blocks the operation needed.
         requested: usize,
         /// Blocks that could have been handed out (free + evictable, minus reserve).
         available: usize,
+    },
+    /// More blocks than the tier could hand out even with nothing else in it (its capacity,
+    /// less the reserve kept for running sequences where one applies); nothing was changed.
+    /// Waiting does not help: the request must be refused or split.
+    #[error("never fits: requested {requested} blocks, the most this tier can ever hand out is {capacity}")]
+    NeverFits {
+        /// Blocks the operation needed.
+        requested: usize,
+        /// The most it could ever be given.
+        capacity: usize,
     },
     /// The sequence was already freed (ids are never reused).
     #[error("unknown or freed sequence {0:?}")]

@@ -288,18 +288,24 @@ fn watermark_reserves_blocks_for_running_sequences() {
 
 #[test]
 fn reviving_a_prefix_counts_against_the_free_space() {
-    // 4 blocks, A commits 2 full blocks and frees them: 2 evictable + 2 free.
-    let c = cache(4, 4);
+    // 5 blocks, A commits 2 full blocks and frees them, C holds one: 2 evictable + 2 free.
+    let c = cache(4, 5);
     let p = toks(0..8);
     let a = c.add_sequence(&p, &no_keys()).unwrap();
     c.commit(a.seq).unwrap();
     c.free(a.seq).unwrap();
+    let _held = c.add_sequence(&toks(500..504), &no_keys()).unwrap();
     // a prompt reviving both blocks needs 3 more: 2 free remain once the hits are revived
+    // (5 blocks in all: it would fit an otherwise empty pool, so it is "not now", not "never")
     let mut q = p.clone();
     q.extend(100..110);
     let err = c.add_sequence(&q, &no_keys()).unwrap_err();
     assert!(matches!(err, Error::OutOfBlocks { requested: 3, available: 2 }), "{err:?}");
     assert_eq!(c.longest_prefix(&hashes(&c, &p, &no_keys())), 2, "failed add must not evict the prefix");
+    // three tokens more need 6 blocks: never
+    q.extend([7, 7, 7]);
+    let err = c.add_sequence(&q, &no_keys()).unwrap_err();
+    assert!(matches!(err, Error::NeverFits { requested: 6, capacity: 5 }), "{err:?}");
     q.truncate(16);
     let b = c.add_sequence(&q, &no_keys()).unwrap();
     assert_eq!((b.cached_tokens, b.new_blocks), (8, 2));

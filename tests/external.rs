@@ -159,7 +159,7 @@ fn full_tier_evicts_lru_but_never_a_pinned_page() {
     // more new keys than the capacity can never fit
     let many: Vec<BlockHash> = (0..5).map(|i| store.key_hash(format!("many{i}").as_bytes())).collect();
     let err = store.submit_store(3, &many, &[10, 11, 12, 13, 14]).unwrap_err();
-    assert!(matches!(err, Error::OutOfBlocks { requested: 5, available: 4 }), "{err}");
+    assert!(matches!(err, Error::NeverFits { requested: 5, capacity: 4 }), "{err}");
     drop(lease);
     store.disk().check_invariants(true).unwrap();
 }

@@ -274,9 +274,11 @@ impl Harness {
                 }
                 let need = p.len().div_ceil(bs) - hits;
                 let avail = (before.0.free + before.0.evictable - reviving).saturating_sub(self.watermark_blocks);
+                let most = g.pool().capacity().saturating_sub(self.watermark_blocks);
+                let never = p.len().div_ceil(bs) > most;
                 match g.add_sequence(&p, &k) {
                     Ok(a) => {
-                        prop_assert!(p.len() <= self.max_seq_len);
+                        prop_assert!(p.len() <= self.max_seq_len && !never);
                         prop_assert!(need <= avail, "admitted {} blocks with {} available", need, avail);
                         prop_assert_eq!(a.cached_tokens, hits * bs);
                         prop_assert_eq!(a.new_blocks, need);
@@ -303,9 +305,13 @@ impl Harness {
                                 prop_assert!(p.len() > self.max_seq_len);
                                 prop_assert_eq!((requested, max), (p.len(), self.max_seq_len));
                             }
+                            Error::NeverFits { requested, capacity } => {
+                                prop_assert!(p.len() <= self.max_seq_len && never);
+                                prop_assert_eq!((requested, capacity), (p.len().div_ceil(bs), most));
+                            }
                             Error::OutOfBlocks { requested, available } => {
                                 self.stats.oob += 1;
-                                prop_assert!(p.len() <= self.max_seq_len);
+                                prop_assert!(p.len() <= self.max_seq_len && !never);
                                 prop_assert!(need > avail, "refused {} blocks with {} available", need, avail);
                                 prop_assert_eq!((requested, available), (need, avail));
                             }
@@ -340,9 +346,10 @@ impl Harness {
                         };
                         let want = need + shared as usize;
                         let avail = before.0.free + before.0.evictable;
+                        let never = old_table.len() + want > g.pool().capacity();
                         match res {
                             Ok(out) => {
-                                prop_assert!(new_len <= self.max_seq_len);
+                                prop_assert!(new_len <= self.max_seq_len && !never);
                                 prop_assert!(want <= avail);
                                 prop_assert_eq!(out.new_blocks, need);
                                 prop_assert_eq!(out.copy.is_some(), shared, "copy-on-write expected: {}", shared);
@@ -367,9 +374,13 @@ impl Harness {
                             Err(e) => {
                                 match e {
                                     Error::SequenceTooLong { .. } => prop_assert!(new_len > self.max_seq_len),
+                                    Error::NeverFits { requested, .. } => {
+                                        prop_assert!(new_len <= self.max_seq_len && never);
+                                        prop_assert_eq!(requested, old_table.len() + want);
+                                    }
                                     Error::OutOfBlocks { requested, .. } => {
                                         self.stats.oob += 1;
-                                        prop_assert!(new_len <= self.max_seq_len);
+                                        prop_assert!(new_len <= self.max_seq_len && !never);
                                         prop_assert!(want > avail, "refused {} blocks with {} available", want, avail);
                                         prop_assert_eq!(requested, want);
                                     }

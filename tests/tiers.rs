@@ -591,3 +591,27 @@ fn every_policy_in_every_tier_serves_exact_bytes() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn onboarding_more_than_g1_can_ever_hold_never_fits_while_a_busy_g1_is_out_of_blocks() {
+    let cache = CacheConfig::new(layout(), 4).with_watermark(0.0);
+    let t = TieredCache::new(cache, OffloadConfig::default().with_workers(0)).unwrap();
+    let hs: Vec<BlockHash> = (1..=5).map(|i| BlockHash(i * 7919)).collect();
+    for &h in &hs {
+        assert!(t.store(h, |page| Ok(page.fill(h.0 as u8))).unwrap());
+    }
+    // five pages into a G1 of four: never
+    match t.onboard(&hs) {
+        Err(kvtier::Error::NeverFits { requested: 5, capacity: 4 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // three pages while a sequence holds most of the four blocks: not now
+    let held = t.g1().add_sequence(&prompt(9, 2), &Default::default()).unwrap();
+    match t.onboard(&hs[..3]) {
+        Err(kvtier::Error::OutOfBlocks { requested: 3, available }) if available < 3 => {}
+        other => panic!("{other:?}"),
+    }
+    t.g1().free(held.seq).unwrap();
+    let ticket = t.onboard(&hs[..3]).unwrap();
+    assert_eq!(ticket.wait().from_g2, 3);
+}

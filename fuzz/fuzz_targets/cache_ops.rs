@@ -551,9 +551,12 @@ impl Harness {
         }
         let need = p.len().div_ceil(bs) - hits;
         let avail = (g.pool().available() - reviving).saturating_sub(self.config.watermark_blocks);
+        let most = g.pool().capacity().saturating_sub(self.config.watermark_blocks);
+        let never = p.len().div_ceil(bs) > most;
         match g.add_sequence(p, &keys(salt)) {
             Ok(a) => {
                 assert!(p.len() <= self.max_seq_len);
+                assert!(!never, "admitted {} blocks where at most {most} ever fit", p.len().div_ceil(bs));
                 assert!(need <= avail, "admitted {need} blocks with {avail} available");
                 assert_eq!((a.cached_tokens, a.new_blocks), (hits * bs, need));
                 self.stats.prefix_hits += (hits > 0) as usize;
@@ -573,9 +576,14 @@ impl Harness {
                     Error::SequenceTooLong { requested, max } => {
                         assert_eq!((requested, max), (p.len(), self.max_seq_len))
                     }
+                    Error::NeverFits { requested, capacity } => {
+                        assert!(p.len() <= self.max_seq_len);
+                        assert_eq!((requested, capacity), (p.len().div_ceil(bs), most));
+                        assert!(never);
+                    }
                     Error::OutOfBlocks { requested, available } => {
                         self.stats.out_of_blocks += 1;
-                        assert!(p.len() <= self.max_seq_len);
+                        assert!(p.len() <= self.max_seq_len && !never);
                         assert_eq!((requested, available), (need, avail));
                         assert!(need > avail, "refused {need} blocks with {avail} available");
                     }
@@ -612,9 +620,10 @@ impl Harness {
         };
         let want = need + shared as usize;
         let avail = g.pool().available();
+        let never = old_table.len() + want > g.pool().capacity();
         match g.append_tokens(s, &tokens) {
             Ok(out) => {
-                assert!(new_len <= self.max_seq_len);
+                assert!(new_len <= self.max_seq_len && !never);
                 assert!(want <= avail, "appended with {want} blocks needed, {avail} available");
                 assert_eq!(out.new_blocks, need);
                 assert_eq!(out.copy.is_some(), shared, "copy-on-write expected: {shared}");
@@ -636,8 +645,12 @@ impl Harness {
             Err(e) => {
                 match e {
                     Error::SequenceTooLong { .. } => assert!(new_len > self.max_seq_len),
+                    Error::NeverFits { requested, .. } => {
+                        assert!(new_len <= self.max_seq_len && never);
+                        assert_eq!(requested, old_table.len() + want);
+                    }
                     Error::OutOfBlocks { requested, .. } => {
-                        assert!(new_len <= self.max_seq_len);
+                        assert!(new_len <= self.max_seq_len && !never);
                         assert!(want > avail, "refused {want} blocks with {avail} available");
                         assert_eq!(requested, want);
                     }

@@ -332,14 +332,20 @@ impl CacheCore {
     }
 
     /// Admits a request: shares its longest cached prefix and allocates blocks for the rest of
-    /// the prompt. Fails with [`Error::OutOfBlocks`] (changing nothing) if the blocks needed
-    /// plus the watermark reserve are not available.
+    /// the prompt. Fails (changing nothing) with [`Error::NeverFits`] if the whole sequence
+    /// needs more blocks than the pool less the watermark reserve (it never will fit), and with
+    /// [`Error::OutOfBlocks`] if the blocks it needs now plus the reserve are not available
+    /// (retry when sequences finish).
     pub fn add_sequence(&mut self, tokens: &[u32], keys: &ExtraKeys) -> Result<AddOutcome> {
         if tokens.len() > self.max_seq_len {
             return Err(Error::SequenceTooLong { requested: tokens.len(), max: self.max_seq_len });
         }
         let bs = self.block_size;
         let total_blocks = self.blocks_for(tokens.len());
+        let most = self.pool.capacity().saturating_sub(self.watermark);
+        if total_blocks > most {
+            return Err(Error::NeverFits { requested: total_blocks, capacity: most });
+        }
         let (seq, st) = self.seqs.insert()?;
         st.tokens.extend_from_slice(tokens);
         st.keys.clone_from(keys);
@@ -407,6 +413,10 @@ impl CacheCore {
             _ => false,
         };
         let want = need + shared_tail as usize;
+        if st.blocks.len() + want > self.pool.capacity() {
+            // the sequence alone (and the copy of a shared last block) outgrows the pool
+            return Err(Error::NeverFits { requested: st.blocks.len() + want, capacity: self.pool.capacity() });
+        }
         if want > self.pool.available() {
             return Err(Error::OutOfBlocks { requested: want, available: self.pool.available() });
         }
@@ -680,8 +690,13 @@ mod tests {
         let a = c.add_sequence(&[1, 2, 3, 4, 5], &ExtraKeys::default()).unwrap();
         c.commit(a.seq).unwrap();
         let before = c.metrics();
+        // 3 blocks in a pool of 2: never
         let err = c.add_sequence(&[7; 9], &ExtraKeys::default()).unwrap_err();
-        assert!(matches!(err, Error::OutOfBlocks { requested: 3, available: 0 }));
+        assert!(matches!(err, Error::NeverFits { requested: 3, capacity: 2 }), "{err:?}");
+        assert_eq!(c.metrics(), before);
+        // 2 blocks while the first sequence holds both: not now
+        let err = c.add_sequence(&[7; 5], &ExtraKeys::default()).unwrap_err();
+        assert!(matches!(err, Error::OutOfBlocks { requested: 2, available: 0 }), "{err:?}");
         assert_eq!(c.metrics(), before);
         c.check_invariants().unwrap();
     }

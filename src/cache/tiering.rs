@@ -71,6 +71,10 @@ impl CacheCore {
     /// Allocates `n` blocks to be filled by an onboarding worker, all or nothing, with the
     /// watermark reserve respected (onboarding serves requests not yet admitted).
     pub(crate) fn begin_onboard(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
+        let most = self.pool.capacity().saturating_sub(self.watermark);
+        if n > most {
+            return Err(Error::NeverFits { requested: n, capacity: most });
+        }
         let available = self.pool.available().saturating_sub(self.watermark);
         if n > available {
             return Err(Error::OutOfBlocks { requested: n, available });

@@ -381,9 +381,8 @@ impl SlotStore {
     /// The slots must not be written until then. Errors, with nothing queued: the store is
     /// shut down ([`Error::Closed`]), slots do not match the keys or are out of range
     /// ([`Error::OutOfRange`]), or the new keys outnumber the tier's capacity
-    /// ([`Error::OutOfBlocks`] with `available` = capacity: it can never fit, whereas a key
-    /// refused because every slot is pinned is reported in [`JobResult::refused`] and may fit
-    /// later).
+    /// ([`Error::NeverFits`], whereas a key refused because every slot is pinned is reported
+    /// in [`JobResult::refused`] and may fit later).
     pub fn submit_store(&self, job_id: u64, keys: &[BlockHash], slots: &[usize]) -> Result<usize> {
         self.check_slots(keys.len(), slots, false)?;
         let mut st = lock(&self.shared.state);
@@ -408,7 +407,7 @@ impl SlotStore {
             }
         }
         if fresh.len() > self.capacity() {
-            return Err(Error::OutOfBlocks { requested: fresh.len(), available: self.capacity() });
+            return Err(Error::NeverFits { requested: fresh.len(), capacity: self.capacity() });
         }
         let skipped = keys.len() - fresh.len();
         let page_bytes = self.page_bytes() as u64;

@@ -371,7 +371,8 @@ impl TieredCache {
     /// Starts bringing the part of `hashes` that lives only in G2/G3 into G1. The leading G1
     /// hits and the onboarded blocks are held by the returned [`Ticket`] until it is dropped;
     /// admit the request (`g1().add_sequence`) once it is ready, then drop it. Fails with
-    /// [`Error::OutOfBlocks`] (nothing changed) if G1 cannot take the blocks now.
+    /// [`Error::OutOfBlocks`] (nothing changed) if G1 cannot take the blocks now, and with
+    /// [`Error::NeverFits`] if they are more than G1 less its reserve could ever take.
     pub fn onboard(&self, hashes: &[BlockHash]) -> Result<Ticket> {
         let (ticket, job) = ticket::start(&self.shared, hashes)?;
         if let Some(job) = job {

@@ -295,9 +295,13 @@ impl<P: EvictionPolicy> BlockPool<P> {
         Ok(b)
     }
 
-    /// Allocates `n` blocks into `out`, all or nothing.
+    /// Allocates `n` blocks into `out`, all or nothing: [`Error::NeverFits`] if `n` is more
+    /// than the pool holds, [`Error::OutOfBlocks`] if that many are not free or evictable now.
     #[inline]
     pub fn allocate(&mut self, n: usize, out: &mut Vec<BlockId>) -> Result<()> {
+        if n > self.capacity() {
+            return Err(Error::NeverFits { requested: n, capacity: self.capacity() });
+        }
         let available = self.available();
         if n > available {
             return Err(Error::OutOfBlocks { requested: n, available });

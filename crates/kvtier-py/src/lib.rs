@@ -70,7 +70,7 @@ fn to_py(e: Error) -> PyErr {
         | Error::LayoutMismatch { .. }
         | Error::BatchMismatch { .. } => ConfigError::new_err(msg),
         Error::Fingerprint { .. } | Error::BadHeader { .. } => FingerprintError::new_err(msg),
-        Error::OutOfBlocks { .. } => OutOfBlocksError::new_err(msg),
+        Error::OutOfBlocks { .. } | Error::NeverFits { .. } => OutOfBlocksError::new_err(msg),
         Error::Closed => ClosedError::new_err(msg),
         _ => StorageError::new_err(msg),
     }

@@ -132,7 +132,7 @@ pub struct EngineConfig {
     pub admission: Admission,
     /// An offline bound instead of the admission filter: G3 takes a page leaving G2 exactly
     /// when a request not admitted yet asks for it again within this many simulated seconds
-    /// (`f64::INFINITY`: any later request) ([`oracle`](mod@oracle)). Default: none.
+    /// (`f64::INFINITY`: any later request) (`replay/engine/oracle.rs`). Default: none.
     pub admission_oracle_s: Option<f64>,
     /// Blocks G1's live capacity curve tracks ([`kvtier::CacheConfig::curve_keys`]; 0: off,
     /// the default). Experimental: see the README for its measured error.

@@ -333,11 +333,11 @@ impl<'a> Replay<'a> {
             }
             let ticket = match self.tiers.onboard(&req.hashes[..end]) {
                 Ok(t) => t,
-                Err(Error::OutOfBlocks { .. }) if round == 0 => {
+                Err(Error::OutOfBlocks { .. } | Error::NeverFits { .. }) if round == 0 => {
                     req.probed = idle; // with nothing else in G1, try a plain admission instead
                     return Ok(None);
                 }
-                Err(Error::OutOfBlocks { .. }) => break,
+                Err(Error::OutOfBlocks { .. } | Error::NeverFits { .. }) => break,
                 Err(e) => return Err(e),
             };
             let outcome = ticket.wait(); // no background workers: already done
@@ -461,7 +461,8 @@ impl<'a> Replay<'a> {
         self.add_latency.record(t0.elapsed());
         let added = match added {
             Ok(a) => a,
-            Err(Error::OutOfBlocks { .. }) => return Ok(None),
+            // (a request that never fits is rejected once G1 is idle, as before NeverFits existed)
+            Err(Error::OutOfBlocks { .. } | Error::NeverFits { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         // What the request is served is checked; what its prefill computes is stamped, before

@@ -598,7 +598,11 @@ fn onboarding_more_than_g1_can_ever_hold_never_fits_while_a_busy_g1_is_out_of_bl
     let t = TieredCache::new(cache, OffloadConfig::default().with_workers(0)).unwrap();
     let hs: Vec<BlockHash> = (1..=5).map(|i| BlockHash(i * 7919)).collect();
     for &h in &hs {
-        assert!(t.store(h, |page| Ok(page.fill(h.0 as u8))).unwrap());
+        let stored = t.store(h, |page| {
+            page.fill(h.0 as u8);
+            Ok(())
+        });
+        assert!(stored.unwrap());
     }
     // five pages into a G1 of four: never
     match t.onboard(&hs) {

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use crate::error::Tier;
 use crate::ids::BlockId;
 use crate::prefix::BlockHash;
 
@@ -96,4 +97,32 @@ impl EventLog {
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
+}
+
+/// Whether pages arrived in or left a tier below G1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierEventKind {
+    /// Stored: loadable from now on.
+    Stored,
+    /// Removed: evicted for room, or dropped after failing verification.
+    Removed,
+}
+
+/// Pages stored in or removed from a tier below G1 ([`Tier::G2`] host memory, [`Tier::G3`]
+/// SSD), from [`TieredCache::take_tier_events`](crate::offload::TieredCache::take_tier_events)
+/// or [`SlotStore::take_events`](crate::external::SlotStore::take_events): a KV-aware router
+/// learns where prefixes live beyond HBM (vLLM's KV events carry the same "medium").
+///
+/// Apply them as set updates (a Stored of a page already known, or a Removed of one not
+/// known, changes nothing): then a snapshot of a tier's pages taken after draining the events
+/// ([`TieredCache::tier_hashes`](crate::offload::TieredCache::tier_hashes)), followed by the
+/// events drained after it, gives the tier's content even across a dropped event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierEvent {
+    /// Stored or removed.
+    pub kind: TierEventKind,
+    /// The medium.
+    pub tier: Tier,
+    /// The pages' hashes.
+    pub hashes: Vec<BlockHash>,
 }

@@ -66,7 +66,7 @@ pub mod tier;
 
 pub use cache::{AddOutcome, AppendOutcome, BlockCopy, CacheConfig, CacheCore, CacheGuard, KvCache};
 pub use error::{BlockCondition, Error, Result, Tier};
-pub use events::{CacheSnapshot, KvEvent, KvEventKind};
+pub use events::{CacheSnapshot, KvEvent, KvEventKind, TierEvent, TierEventKind};
 pub use layout::{Dtype, KvLayout, MAX_PAGE_BYTES};
 pub use metrics::CacheMetrics;
 pub use pool::{Arena, BlockId, BlockPool, BlockState, PageRead, PageWrite};

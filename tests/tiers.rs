@@ -1,6 +1,7 @@
 //! Behaviour of the tiered engine through the public API: pages move G1 -> G2 -> G3 and back
 //! with identical bytes, under both IO backends.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -618,4 +619,92 @@ fn onboarding_more_than_g1_can_ever_hold_never_fits_while_a_busy_g1_is_out_of_bl
     t.g1().free(held.seq).unwrap();
     let ticket = t.onboard(&hs[..3]).unwrap();
     assert_eq!(ticket.wait().from_g2, 3);
+}
+
+/// Applies tier events to per-tier sets, as a router would.
+fn apply(events: Vec<kvtier::TierEvent>, g2: &mut HashSet<BlockHash>, g3: &mut HashSet<BlockHash>) -> [usize; 4] {
+    let mut counts = [0; 4];
+    for e in events {
+        let (set, base) = match e.tier {
+            kvtier::Tier::G2 => (&mut *g2, 0),
+            kvtier::Tier::G3 => (&mut *g3, 2),
+            other => panic!("an event for {other:?}"),
+        };
+        match e.kind {
+            kvtier::TierEventKind::Stored => {
+                counts[base] += e.hashes.len();
+                set.extend(e.hashes);
+            }
+            kvtier::TierEventKind::Removed => {
+                counts[base + 1] += e.hashes.len();
+                e.hashes.iter().for_each(|h| {
+                    set.remove(h);
+                });
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn tier_events_track_what_g2_and_g3_hold() {
+    let (t, d) = engine("tier-events", BackendKind::Psync, 8, 8);
+    let (mut g2, mut g3) = (HashSet::new(), HashSet::new());
+    let mut totals = [0; 4];
+    for i in 0..40u32 {
+        // new prompts push older ones down through G2 into G3 and out of G3 (64 slots)
+        let tokens = prompt(i % 30, 3);
+        serve(&t, &tokens);
+        while t.run_maintenance().unwrap() {}
+        if i % 7 == 3 {
+            // bring an old prompt back: promotion leaves its lower copies where they are
+            let hashes = hashes_of(&prompt(i / 2, 3));
+            if let Ok(ticket) = t.onboard(&hashes) {
+                ticket.wait();
+            }
+        }
+        let counts = apply(t.take_tier_events(), &mut g2, &mut g3);
+        totals.iter_mut().zip(counts).for_each(|(t, c)| *t += c);
+        let want_g2: HashSet<BlockHash> = t.tier_hashes(kvtier::Tier::G2).into_iter().collect();
+        let want_g3: HashSet<BlockHash> = t.tier_hashes(kvtier::Tier::G3).into_iter().collect();
+        assert_eq!(g2, want_g2, "G2 after request {i}");
+        assert_eq!(g3, want_g3, "G3 after request {i}");
+    }
+    assert!(totals.iter().all(|&n| n > 0), "stored/removed in G2, stored/removed in G3: {totals:?}");
+    assert_eq!(t.metrics().engine.tier_events_dropped, 0);
+    assert!(t.tier_hashes(kvtier::Tier::G1).is_empty());
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn dropped_tier_events_are_counted_and_a_snapshot_recovers() {
+    let d = dir("tier-events-small");
+    let disk = DiskConfig::new(&d).with_model_id("tiers").with_capacity_slots(64);
+    let config = OffloadConfig::default()
+        .with_host(HostConfig::default().with_capacity_pages(8))
+        .with_disk(disk)
+        .with_admission(Admission::All)
+        .with_g1_low_watermark(0.5)
+        .with_g2_low_watermark(0.5)
+        .with_tier_event_capacity(4)
+        .with_workers(0);
+    let t = TieredCache::new(CacheConfig::new(layout(), 8).with_watermark(0.0), config).unwrap();
+    for i in 0..10 {
+        serve(&t, &prompt(i, 3));
+        while t.run_maintenance().unwrap() {}
+    }
+    let kept: usize = t.take_tier_events().iter().map(|e| e.hashes.len()).sum();
+    assert!(kept <= 2 * 4, "{kept} (at most 4 per tier)");
+    assert!(t.metrics().engine.tier_events_dropped > 0);
+    // a router that missed events starts again from the snapshot, then follows the events
+    let mut g2: HashSet<BlockHash> = t.tier_hashes(kvtier::Tier::G2).into_iter().collect();
+    let mut g3: HashSet<BlockHash> = t.tier_hashes(kvtier::Tier::G3).into_iter().collect();
+    serve(&t, &prompt(20, 1));
+    while t.run_maintenance().unwrap() {}
+    apply(t.take_tier_events(), &mut g2, &mut g3);
+    assert_eq!(g2, t.tier_hashes(kvtier::Tier::G2).into_iter().collect());
+    assert_eq!(g3, t.tier_hashes(kvtier::Tier::G3).into_iter().collect());
+    drop(t);
+    let _ = std::fs::remove_dir_all(d);
 }

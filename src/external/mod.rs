@@ -70,6 +70,7 @@ mod types;
 mod worker;
 
 use crate::error::{Error, Result, Tier};
+pub use crate::events::{TierEvent, TierEventKind as EventKind};
 use crate::layout::{Dtype, KvLayout};
 use crate::prefix::BlockHash;
 use crate::sync::{Condvar, Mutex, lock, wait};
@@ -79,7 +80,7 @@ pub use admit::StoreAdmission;
 use admit::{Gate, Verdict};
 use memory::slot_out_of_range;
 pub use memory::{HeapSlots, SlotMemory};
-pub use types::{EventKind, JobKind, JobResult, Lookup, SlotStoreConfig, StoreMetrics, TierEvent};
+pub use types::{JobKind, JobResult, Lookup, SlotStoreConfig, StoreMetrics};
 
 /// Seed of the tenant-salt hash that seeds [`SlotStore::key_hash`] ("kvtslots").
 const KEY_SEED: u64 = 0x6b76_7473_6c6f_7473;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::StoreAdmission;
-use crate::error::{Error, Result, Tier};
+use crate::error::{Error, Result};
 use crate::layout::KvLayout;
 use crate::prefix::BlockHash;
 use crate::tier::remote::RemoteConfig;
@@ -187,27 +187,6 @@ impl JobResult {
             bytes: 0,
         }
     }
-}
-
-/// Whether pages arrived in or left a tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// Stored: loadable from now on.
-    Stored,
-    /// Removed: evicted for room, or dropped after failing verification.
-    Removed,
-}
-
-/// Pages stored in or removed from a tier, from
-/// [`SlotStore::take_events`](super::SlotStore::take_events).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TierEvent {
-    /// Stored or removed.
-    pub kind: EventKind,
-    /// The medium: [`Tier::G3`] (SSD) for a [`SlotStore`](super::SlotStore).
-    pub tier: Tier,
-    /// The pages' keys.
-    pub hashes: Vec<BlockHash>,
 }
 
 /// Counters (since open) and gauges of a [`SlotStore`](super::SlotStore).

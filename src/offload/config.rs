@@ -75,6 +75,12 @@ pub struct OffloadConfig {
     /// [`EngineMetrics::prefetch_dropped`](super::EngineMetrics::prefetch_dropped). Bounds the
     /// memory a caller can make the engine hold behind a slow disk. Default: 64.
     pub max_queued_prefetches: usize,
+    /// Undrained page events kept per tier, G2 and G3
+    /// ([`TieredCache::take_tier_events`](super::TieredCache::take_tier_events)); beyond it the
+    /// oldest are dropped and counted in
+    /// [`EngineMetrics::tier_events_dropped`](super::EngineMetrics::tier_events_dropped). 0
+    /// turns the events off. Default: 65,536 (a few MiB per tier at most).
+    pub tier_event_capacity: usize,
 }
 
 impl Default for OffloadConfig {
@@ -98,6 +104,7 @@ impl Default for OffloadConfig {
             batch_bytes: 64 << 20,
             tick: Duration::from_millis(1),
             max_queued_prefetches: 64,
+            tier_event_capacity: 1 << 16,
         }
     }
 }
@@ -196,6 +203,11 @@ impl OffloadConfig {
     /// prefetch while workers run).
     pub fn with_max_queued_prefetches(mut self, n: usize) -> Self {
         self.max_queued_prefetches = n;
+        self
+    }
+    /// Sets how many undrained page events each of G2 and G3 keeps (default 65,536; 0: off).
+    pub fn with_tier_event_capacity(mut self, pages: usize) -> Self {
+        self.tier_event_capacity = pages;
         self
     }
     /// Sets the most pages per batch (default 1024).

@@ -164,6 +164,11 @@ pub struct EngineMetrics {
     /// Prefetches dropped because [`OffloadConfig::max_queued_prefetches`](super::OffloadConfig::max_queued_prefetches)
     /// jobs were already queued or running.
     pub prefetch_dropped: u64,
+    /// Pages whose G2/G3 events were dropped undrained
+    /// ([`OffloadConfig::tier_event_capacity`](super::OffloadConfig::tier_event_capacity)):
+    /// a router that sees this grow takes a snapshot
+    /// ([`TieredCache::tier_hashes`](super::TieredCache::tier_hashes)).
+    pub tier_events_dropped: u64,
     /// G1 -> G2 copy latency per page.
     pub offload_latency: LatencySummary,
     /// G2 -> G3 write latency per batch.

@@ -81,6 +81,7 @@ use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 use crate::cache::{CacheConfig, KvCache};
 use crate::error::{Error, Result, Tier};
+use crate::events::{KvEvent, KvEventKind, TierEvent, TierEventKind};
 use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
 use crate::tier::disk::{DiskMetrics, DiskTier};
@@ -260,8 +261,10 @@ impl TieredCache {
         };
         let g2 = HostTier::new(page_bytes, config.host.clone())?;
         g2.log_evictions(true);
+        g2.log_events(config.tier_event_capacity);
         if let Some(d) = &g3 {
             d.log_evictions(true);
+            d.log_events(config.tier_event_capacity);
         }
         let g1_pages = cache.num_blocks;
         let g1_target = (cache.num_blocks as f64 * config.g1_low_watermark).ceil() as usize;
@@ -304,6 +307,7 @@ impl TieredCache {
             next_retention: AtomicU64::new(1),
             queue: WorkQueue::new(),
             queued_prefetches: Arc::new(AtomicU64::new(0)),
+
             config,
         });
         let mut me = Self { shared, workers: Vec::new() };
@@ -361,6 +365,39 @@ impl TieredCache {
             self.shared.record_use(h);
         }
         Ok(stored)
+    }
+
+    /// G2 and G3 stored / removed events since the last call, oldest first (at most
+    /// [`OffloadConfig::tier_event_capacity`] pages; more are dropped and counted in
+    /// [`EngineMetrics::tier_events_dropped`]). Stored: a page is loadable from that tier
+    /// from now on (a G1 copy reached G2, a spill reached G3, a prefetch brought a page up to
+    /// G2); removed: the tier evicted it. A page promoted to G1 keeps its lower copies, so
+    /// promotion is no event. Apply them as set updates ([`crate::TierEvent`]).
+    pub fn take_tier_events(&self) -> Vec<TierEvent> {
+        let mut raw = Vec::new();
+        let mut out = Vec::new();
+        self.shared.g2.drain_events(&mut raw);
+        tier_events(Tier::G2, &raw, &mut out);
+        if let Some(disk) = &self.shared.g3 {
+            raw.clear();
+            disk.drain_events(&mut raw);
+            tier_events(Tier::G3, &raw, &mut out);
+        }
+        out
+    }
+
+    /// Every page `tier` holds now (G2 or G3; empty for a tier this engine does not have):
+    /// the snapshot a router starts from, or rebuilds from after dropped events. Take it
+    /// after draining [`TieredCache::take_tier_events`] and apply the events drained later
+    /// on top of it.
+    pub fn tier_hashes(&self, tier: Tier) -> Vec<BlockHash> {
+        let mut out = Vec::new();
+        match (tier, &self.shared.g3) {
+            (Tier::G2, _) => self.shared.g2.stored_hashes(&mut out),
+            (Tier::G3, Some(disk)) => disk.stored_hashes(&mut out),
+            _ => {}
+        }
+        out
     }
 
     /// How many leading `hashes` are cached, and in which tier each was found first.
@@ -523,6 +560,8 @@ impl TieredCache {
         let choice = lock(&self.shared.reuse).choice();
         engine.admission_min_uses = choice.min_uses;
         engine.admission_reuse_per_mille = choice.reuse.map(|r| r.map(|f| (f * 1000.0).round() as u16));
+        engine.tier_events_dropped =
+            self.shared.g2.events_dropped() + self.shared.g3.as_ref().map_or(0, DiskTier::events_dropped);
         TierMetrics {
             g1: self.shared.g1.metrics(),
             g2: self.shared.g2.metrics(),
@@ -661,5 +700,23 @@ impl Shared {
         s.m.g4_hit_blocks += hit.g4 as u64;
         s.m.miss_blocks += (hashes.len() - hit.total) as u64;
         hit
+    }
+}
+
+/// A lower tier's pool events as tier events: runs of stores or removals, in order.
+fn tier_events(tier: Tier, raw: &[KvEvent], out: &mut Vec<TierEvent>) {
+    let start = out.len();
+    for e in raw {
+        let (kind, hash) = match e.kind {
+            KvEventKind::Stored { hash, .. } => (TierEventKind::Stored, hash),
+            KvEventKind::Removed { hash } => (TierEventKind::Removed, hash),
+            // a lower tier is never reset while the engine runs
+            KvEventKind::AllCleared => continue,
+        };
+        let len = out.len();
+        match out.last_mut() {
+            Some(last) if len > start && last.kind == kind => last.hashes.push(hash),
+            _ => out.push(TierEvent { kind, tier, hashes: vec![hash] }),
+        }
     }
 }

@@ -508,6 +508,12 @@ impl<P: EvictionPolicy> BlockPool<P> {
         self.events.drain_into(out);
     }
 
+    /// Starts (or, with 0, stops) keeping up to `cap` undrained events, dropping those kept
+    /// so far (for a tier that turns its events on after opening).
+    pub(crate) fn set_event_capacity(&mut self, cap: usize) {
+        self.events = EventLog::new(cap);
+    }
+
     /// Every cached hash, consistent with the event stream up to `last_seq_no`.
     pub fn snapshot(&self) -> CacheSnapshot {
         let hashes = self.meta.iter().filter(|m| m.flags & HASHED != 0).map(|m| m.hash()).collect();

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result, Tier};
+use crate::events::KvEvent;
 use crate::policy::PolicyKind;
 use crate::pool::{Arena, BlockId, BlockPool, CopyOutcome, StageOwner, StagedCopies};
 use crate::prefix::BlockHash;
@@ -343,6 +344,27 @@ impl HostTier {
     }
 
     /// Moves the hashes evicted since the last call into `out`.
+    /// Appends the hash of every page held (in slot order).
+    pub(crate) fn stored_hashes(&self, out: &mut Vec<BlockHash>) {
+        out.extend(lock(&self.state).slots.snapshot().hashes);
+    }
+
+    /// Keeps up to `cap` undrained stored / removed events of this tier, in the order the
+    /// pages arrived and left (0: none).
+    pub(crate) fn log_events(&self, cap: usize) {
+        lock(&self.state).slots.set_event_capacity(cap);
+    }
+
+    /// Moves the undrained events into `out`.
+    pub(crate) fn drain_events(&self, out: &mut Vec<KvEvent>) {
+        lock(&self.state).slots.drain_events(out);
+    }
+
+    /// Events dropped undrained.
+    pub(crate) fn events_dropped(&self) -> u64 {
+        lock(&self.state).slots.events_dropped()
+    }
+
     pub(crate) fn drain_evicted(&self, out: &mut Vec<BlockHash>) {
         lock(&self.state).slots.drain_evicted(out);
     }

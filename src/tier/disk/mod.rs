@@ -424,6 +424,21 @@ impl DiskTier {
         lock(&self.inner).pool.drain_evicted(out);
     }
 
+    /// Keeps up to `cap` undrained stored / removed events of this tier, in order (0: none).
+    pub(crate) fn log_events(&self, cap: usize) {
+        lock(&self.inner).pool.set_event_capacity(cap);
+    }
+
+    /// Moves the undrained events into `out`.
+    pub(crate) fn drain_events(&self, out: &mut Vec<crate::KvEvent>) {
+        lock(&self.inner).pool.drain_events(out);
+    }
+
+    /// Events dropped undrained.
+    pub(crate) fn events_dropped(&self) -> u64 {
+        lock(&self.inner).pool.events_dropped()
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> DiskMetrics {
         let inner = lock(&self.inner);

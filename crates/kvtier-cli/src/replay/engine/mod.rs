@@ -527,6 +527,7 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
         .with_admission_hits_per_write(config.admission_hits_per_write)
         .with_write_through_g2(config.write_through_g2)
         .with_exclusive_g3(config.exclusive_g3)
+        .with_tier_event_capacity(0)
         .with_workers(0);
     if shape == Shape::Flat {
         offload = offload.with_g1_low_watermark(0.0);

@@ -137,3 +137,35 @@ def test_two_vllm_instances_share_a_prefix_through_g4(tmp_path, server):
     finally:
         mgr_a.shutdown()
         mgr_b.shutdown()
+
+
+def test_prometheus_metrics_through_vllm_stats(tmp_path):
+    region = SharedOffloadRegion(
+        engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
+        kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
+    )
+    primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
+    view = primary.get_kv_memoryview()
+    spec = type("Spec", (), {"config": None, "kv_events_config": None})()
+    tier = KvtierTier(spec, view, "KvtierTier", directory=str(tmp_path / "m"), capacity_gb=64 * BLOCK / 2**30)
+    mgr = manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0)
+    try:
+        defs = KvtierTier.build_metric_definitions({})
+        ctx = ReqContext(req_id="r1")
+        mgr.on_new_request(ctx)
+        put(mgr, view, [make_offload_key(os.urandom(32), 0) for _ in range(4)], ctx, seed=3)
+        settle(mgr)
+        stats = mgr.get_stats()  # vLLM's manager merges the tier's stats into its own
+        types, values = stats.metric_sections()
+        assert values["vllm:kv_offload_kvtier_keys_stored"][()] == 4
+        assert values["vllm:kv_offload_kvtier_bytes_stored"][()] == 4 * BLOCK
+        assert values["vllm:kv_offload_kvtier_used_blocks"][()] == 4
+        assert {k for k in values if "kvtier" in k} <= set(defs)
+        assert types["vllm:kv_offload_kvtier_keys_stored"] == "counter"
+        # counters go as increases: nothing new stored, no increase reported
+        again = tier.get_stats().metric_sections()[1]
+        assert "vllm:kv_offload_kvtier_keys_stored" not in again
+        assert again["vllm:kv_offload_kvtier_used_blocks"][()] == 4
+        mgr.on_request_finished(ctx)
+    finally:
+        mgr.shutdown()

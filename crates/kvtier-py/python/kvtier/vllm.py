@@ -131,6 +131,35 @@ except Exception:  # noqa: BLE001 - vLLM absent, or present without torch
             return {}
 
 
+# Prometheus metrics through vLLM's offloading stats: name -> (SlotStore.metrics() key, help).
+_COUNTERS = {
+    "vllm:kv_offload_kvtier_lookups": ("lookups", "Lookups asked of the kvtier tier."),
+    "vllm:kv_offload_kvtier_lookup_hits": ("lookup_hits", "Lookups the kvtier SSD tier answered HIT."),
+    "vllm:kv_offload_kvtier_keys_stored": ("keys_stored", "Blocks written to the kvtier SSD tier."),
+    "vllm:kv_offload_kvtier_keys_loaded": ("keys_loaded", "Blocks loaded and verified by the kvtier tier."),
+    "vllm:kv_offload_kvtier_keys_load_failed": (
+        "keys_load_failed",
+        "Blocks whose load failed (absent, corrupt or an IO error); never wrong bytes.",
+    ),
+    "vllm:kv_offload_kvtier_keys_not_admitted": ("keys_not_admitted", "Blocks the admission filter declined."),
+    "vllm:kv_offload_kvtier_keys_over_budget": ("keys_over_budget", "Blocks dropped by the SSD write budget."),
+    "vllm:kv_offload_kvtier_keys_store_failed": ("keys_store_failed", "Blocks whose store failed."),
+    "vllm:kv_offload_kvtier_bytes_stored": ("bytes_stored", "Bytes written to the kvtier SSD tier."),
+    "vllm:kv_offload_kvtier_bytes_loaded": ("bytes_loaded", "Bytes loaded from the kvtier tier."),
+    "vllm:kv_offload_kvtier_corrupt_blocks": ("disk_corrupt", "Blocks that failed their checksum on the SSD."),
+    "vllm:kv_offload_kvtier_evictions": ("disk_evictions", "Blocks the kvtier SSD tier evicted for room."),
+    "vllm:kv_offload_kvtier_g4_keys_stored": ("keys_stored_g4", "Blocks stored in the shared G4 server."),
+    "vllm:kv_offload_kvtier_g4_keys_loaded": ("keys_loaded_g4", "Blocks loaded, verified, from the G4 server."),
+    "vllm:kv_offload_kvtier_g4_errors": ("g4_errors", "Failed round trips to the G4 server (each a miss)."),
+}
+_GAUGES = {
+    "vllm:kv_offload_kvtier_used_blocks": ("disk_used_blocks", "Blocks the kvtier SSD tier holds."),
+    "vllm:kv_offload_kvtier_capacity_blocks": ("disk_capacity_blocks", "Blocks the kvtier SSD tier can hold."),
+    "vllm:kv_offload_kvtier_queued_jobs": ("queued_jobs", "kvtier jobs waiting for an IO worker."),
+    "vllm:kv_offload_kvtier_g4_up": ("g4_up", "1 if the last G4 round trip reached the server."),
+}
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -354,6 +383,8 @@ class KvtierTier(SecondaryTierManager):
         # hash -> key for blocks this process stored or found (events name vLLM keys).
         self._key_of: dict[int, bytes] = {}
         self._key_of_limit = 4 * capacity + 1024
+        # metrics() values already reported by get_stats (counters go to vLLM as increases)
+        self._reported: dict[str, int] = {}
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -504,6 +535,36 @@ class KvtierTier(SecondaryTierManager):
         self.store.shutdown()
 
     # -- metrics ---------------------------------------------------------------------------
+
+    @classmethod
+    def build_metric_definitions(cls, extra_config: dict[str, Any]) -> dict[str, Any]:
+        """The Prometheus metrics ``get_stats`` reports (counters and gauges of ``metrics()``),
+        as vLLM's offloading metric metadata; none without vLLM."""
+        if not HAVE_VLLM:
+            return {}
+        from vllm.v1.kv_offload.base import OffloadingCounterMetadata, OffloadingGaugeMetadata
+
+        defs: dict[str, Any] = {name: OffloadingCounterMetadata(documentation=doc) for name, (_, doc) in _COUNTERS.items()}
+        defs.update({name: OffloadingGaugeMetadata(documentation=doc) for name, (_, doc) in _GAUGES.items()})
+        return defs
+
+    def get_stats(self) -> Any:
+        """Counter increases since the last call and current gauges, as vLLM's
+        ``OffloadingConnectorStats`` (None without vLLM)."""
+        if not HAVE_VLLM:
+            return None
+        from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import OffloadingConnectorStats
+
+        m = self.store.metrics()
+        stats = OffloadingConnectorStats()
+        for name, (key, _) in _COUNTERS.items():
+            if key in m and (delta := int(m[key]) - self._reported.get(key, 0)) > 0:
+                stats.increase_counter(name, delta)
+                self._reported[key] = int(m[key])
+        for name, (key, _) in _GAUGES.items():
+            if key in m:
+                stats.set_gauge(name, int(m[key]))
+        return stats
 
     def metrics(self) -> dict[str, Any]:
         """kvtier's counters and gauges (lookups, keys stored/loaded, SSD hits, corrupt pages,

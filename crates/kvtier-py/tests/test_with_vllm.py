@@ -49,7 +49,8 @@ def put(mgr, view, keys, ctx, seed):
     return data
 
 
-def test_vllm_tiering_manager_with_kvtier(tmp_path):
+def instance(tmp_path, name, url=None):
+    """vLLM's tiering manager over its CPU primary tier, with kvtier (and G4 at `url`) below."""
     region = SharedOffloadRegion(
         engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
         kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
@@ -57,8 +58,13 @@ def test_vllm_tiering_manager_with_kvtier(tmp_path):
     primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
     view = primary.get_kv_memoryview()
     spec = type("Spec", (), {"config": None, "kv_events_config": None})()
-    tier = KvtierTier(spec, view, "KvtierTier", directory=str(tmp_path / "kvtier"), capacity_gb=64 * BLOCK / 2**30)
-    mgr = manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0)
+    g4 = {} if url is None else {"g4_url": url}
+    tier = KvtierTier(spec, view, "KvtierTier", directory=str(tmp_path / name), capacity_gb=64 * BLOCK / 2**30, **g4)
+    return manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0), view, tier, primary
+
+
+def test_vllm_tiering_manager_with_kvtier(tmp_path):
+    mgr, view, tier, primary = instance(tmp_path, "kvtier")
     try:
         ctx = ReqContext(req_id="r1")
         mgr.on_new_request(ctx)
@@ -91,24 +97,10 @@ def test_vllm_tiering_manager_with_kvtier(tmp_path):
         mgr.shutdown()
 
 
-def instance(tmp_path, name, url):
-    region = SharedOffloadRegion(
-        engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
-        kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
-    )
-    primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
-    view = primary.get_kv_memoryview()
-    spec = type("Spec", (), {"config": None, "kv_events_config": None})()
-    tier = KvtierTier(
-        spec, view, "KvtierTier", directory=str(tmp_path / name), capacity_gb=64 * BLOCK / 2**30, g4_url=url
-    )
-    return manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0), view, tier
-
-
 def test_two_vllm_instances_share_a_prefix_through_g4(tmp_path, server):
     url = f"redis://127.0.0.1:{server}"
-    mgr_a, view_a, tier_a = instance(tmp_path, "a", url)
-    mgr_b, view_b, tier_b = instance(tmp_path, "b", url)
+    mgr_a, view_a, tier_a, _ = instance(tmp_path, "a", url)
+    mgr_b, view_b, tier_b, _ = instance(tmp_path, "b", url)
     try:
         ctx = ReqContext(req_id="r1")
         mgr_a.on_new_request(ctx)
@@ -140,15 +132,7 @@ def test_two_vllm_instances_share_a_prefix_through_g4(tmp_path, server):
 
 
 def test_prometheus_metrics_through_vllm_stats(tmp_path):
-    region = SharedOffloadRegion(
-        engine_id=f"kvtier-{uuid.uuid4().hex[:8]}", num_chunks=CHUNKS, rank=None,
-        kv_bytes_per_chunk=BLOCK, cpu_page_size=BLOCK,
-    )
-    primary = manager_mod.CPUPrimaryTierOffloadingManager(num_chunks=CHUNKS, mmap_region=region)
-    view = primary.get_kv_memoryview()
-    spec = type("Spec", (), {"config": None, "kv_events_config": None})()
-    tier = KvtierTier(spec, view, "KvtierTier", directory=str(tmp_path / "m"), capacity_gb=64 * BLOCK / 2**30)
-    mgr = manager_mod.TieringOffloadingManager(primary, [tier], tier_poll_interval_s=0)
+    mgr, view, tier, _ = instance(tmp_path, "m")
     try:
         defs = KvtierTier.build_metric_definitions({})
         ctx = ReqContext(req_id="r1")

@@ -812,9 +812,15 @@ impl Harness {
         let before = self.t().longest_prefix(&hs);
         let reachable = self.reachable(&hs);
         assert!(before.total <= reachable, "{before:?} but only {reachable} leading blocks are anywhere");
+        let most = self.t().g1().lock().pool().capacity().saturating_sub(self.config.watermark_blocks);
         let ticket = match self.t().onboard(&hs) {
             Ok(ticket) => ticket,
             Err(Error::OutOfBlocks { .. }) => return,
+            // it onboards at most the whole prefix
+            Err(Error::NeverFits { requested, capacity }) => {
+                assert!(requested <= hs.len() && requested > most && capacity == most, "{requested} {capacity} {most}");
+                return;
+            }
             Err(e) => panic!("onboard: unexpected {e:?}"),
         };
         let outcome = ticket.wait_timeout(Duration::from_secs(10)).expect("workers(0) onboards on the caller's thread");
@@ -843,6 +849,9 @@ impl Harness {
                     self.order.push(a.seq);
                 }
                 Err(Error::OutOfBlocks { .. } | Error::SequenceTooLong { .. }) => {}
+                Err(Error::NeverFits { requested, capacity }) => {
+                    assert_eq!((requested, capacity), (p.len().div_ceil(bs), most));
+                }
                 Err(e) => panic!("admission after onboarding: {e:?}"),
             }
         }

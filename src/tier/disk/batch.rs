@@ -226,29 +226,25 @@ impl DiskTier {
                 }
                 op_of.push(k);
             }
-            // The batch goes to the disk in chunks, each submitted as soon as the one before it
-            // is complete; the pages of that one are verified while the next one's IO runs.
+            // The batch goes to the disk in submissions of at most `read_chunk_bytes`; each page
+            // is verified as its read completes, while the reads queued behind it run (the
+            // backend refills the queue before it reports a completion), so only the last
+            // page's checksum follows the IO.
             let expected: Vec<u64> = op_of.iter().map(|&k| planned[k].3).collect();
             let mut checked: Vec<Option<ReadFailure>> = vec![Some(ReadFailure::Io); ops.len()];
             let chunk_ops = (self.read_chunk_bytes / self.slot_bytes).max(1);
             let mut rest = ops.into_iter();
-            let mut prev: Option<Chunk<'_>> = None;
+            let mut results = Vec::with_capacity(chunk_ops.min(op_of.len()));
             let mut base = 0;
             loop {
                 let mut ops: Vec<IoOp<'_>> = rest.by_ref().take(chunk_ops).collect();
                 if ops.is_empty() {
                     break;
                 }
-                let mut results = Vec::with_capacity(ops.len());
-                let mut verifier = Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked);
+                let mut verifier = Verifier { base, page_bytes: self.page_bytes, expected: &expected, checked: &mut checked };
                 self.backend.submit_overlapped(&mut ops, &mut results, &mut verifier);
-                verifier.finish();
-                let len = ops.len();
-                prev = Some(Chunk { base, ops, results });
-                base += len;
+                base += ops.len();
             }
-            Verifier::new(prev.as_ref(), self.page_bytes, &expected, &mut checked).finish();
-            drop(prev);
             for (k, check) in op_of.into_iter().zip(checked) {
                 failed[k] = check;
             }
@@ -324,49 +320,20 @@ impl Overlap for Checksummer<'_> {
     }
 }
 
-/// A submitted chunk of a read batch: its operations (holding the buffers read into) and their
-/// results; `base` is the batch index of its first operation.
-struct Chunk<'a> {
+/// Verifies each page of a read submission as its read completes; the outcome goes to
+/// `checked` (None: verified), at the page's index in the whole batch.
+struct Verifier<'c> {
+    /// Batch index of the submission's first operation.
     base: usize,
-    ops: Vec<IoOp<'a>>,
-    results: Vec<Result<usize>>,
-}
-
-/// Verifies the pages of the previous chunk of a read batch, one per [`Overlap::idle`] call,
-/// while the next chunk's IO runs; the outcome of each goes to `checked` (None: verified).
-struct Verifier<'c, 'a> {
-    chunk: Option<&'c Chunk<'a>>,
-    next: usize,
     page_bytes: usize,
     /// Checksum recorded for the page of each operation of the batch.
     expected: &'c [u64],
     checked: &'c mut [Option<ReadFailure>],
 }
 
-impl<'c, 'a> Verifier<'c, 'a> {
-    fn new(
-        chunk: Option<&'c Chunk<'a>>,
-        page_bytes: usize,
-        expected: &'c [u64],
-        checked: &'c mut [Option<ReadFailure>],
-    ) -> Self {
-        Self { chunk, next: 0, page_bytes, expected, checked }
-    }
-
-    /// Verifies the pages not verified during the IO.
-    fn finish(mut self) {
-        while self.idle() {}
-    }
-}
-
-impl Overlap for Verifier<'_, '_> {
-    fn idle(&mut self) -> bool {
-        let Some(chunk) = self.chunk else { return false };
-        let (Some(op), Some(result)) = (chunk.ops.get(self.next), chunk.results.get(self.next)) else {
-            return false;
-        };
-        let index = chunk.base + self.next;
-        self.next += 1;
+impl Overlap for Verifier<'_> {
+    fn completed(&mut self, index: usize, op: &IoOp<'_>, result: &Result<usize>) {
+        let index = self.base + index;
         let check = match result {
             Err(_) => Some(ReadFailure::Io),
             Ok(_) => {
@@ -378,7 +345,6 @@ impl Overlap for Verifier<'_, '_> {
         if let Some(slot) = self.checked.get_mut(index) {
             *slot = check;
         }
-        self.next < chunk.ops.len()
     }
 }
 

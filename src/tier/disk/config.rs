@@ -12,10 +12,13 @@ use crate::io::IoConfig;
 /// Largest number of slots of one directory.
 pub const MAX_SLOTS: usize = i32::MAX as usize;
 
-/// Default of [`DiskConfig::read_chunk_bytes`]: 8 MiB (4 pages of 2 MiB, 128 of 64 KiB). On
-/// a virtio disk with 2 MiB pages it keeps reads within a few percent of a raw read loop;
-/// whole 64 MiB batches spent about 15 % more on checksums after the IO.
-pub const DEFAULT_READ_CHUNK_BYTES: usize = 8 << 20;
+/// Default of [`DiskConfig::read_chunk_bytes`]: 64 MiB (a whole batch of 32 pages of 2 MiB,
+/// 1,024 of 64 KiB). Each page is verified as its read completes, so a submission's only
+/// checksum after the IO is its last page's, and fewer, larger submissions keep the queue
+/// full: on this VM's virtio disk, loads of 2 MiB pages through the vLLM tier ran at 0.82 and
+/// 0.87 of fio's random reads with 64 MiB against 0.71 and 0.68 with 8 MiB (two runs, three
+/// interleaved rounds each; 64 KiB pages: 0.82 either way).
+pub const DEFAULT_READ_CHUNK_BYTES: usize = 64 << 20;
 
 /// Configuration of the SSD tier.
 ///
@@ -47,10 +50,10 @@ pub struct DiskConfig {
     pub wipe_on_mismatch: bool,
     /// How long writes are refused after the device reported `ENOSPC`.
     pub enospc_backoff: Duration,
-    /// Bytes per chunk of a read batch: the chunks go to the disk one after the other and the
-    /// pages of one are verified while the next one's IO runs, so only the last chunk's
-    /// checksums add to the batch's time. Smaller chunks shorten that tail but keep fewer
-    /// operations in flight.
+    /// Most bytes of a read batch per submission to the IO engine. Each page is verified as
+    /// its read completes, while the reads queued behind it run; a submission ends by waiting
+    /// for its last reads, so larger submissions keep the queue full longer.
+    /// Default: [`DEFAULT_READ_CHUNK_BYTES`] (64 MiB).
     pub read_chunk_bytes: usize,
     /// Which slot to evict first (slots whose copy was dropped always go before the policy's
     /// victims). Default: [`crate::policy::PolicyKind::Lru`] (LHD lost hit rate here in the
@@ -129,7 +132,7 @@ impl DiskConfig {
         self
     }
 
-    /// Sets the bytes per chunk of a read batch. Default: 8 MiB.
+    /// Sets the most bytes of a read batch per submission. Default: 64 MiB.
     pub fn with_read_chunk_bytes(mut self, bytes: usize) -> Self {
         self.read_chunk_bytes = bytes;
         self

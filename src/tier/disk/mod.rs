@@ -10,8 +10,8 @@
 //! - `slab-00000.kvt`, ...: `slots_per_file` slots of `slot_bytes` each, read and written with
 //!   O_DIRECT through an [`IoBackend`] (io_uring or psync): a write batch in one submission,
 //!   whose pages are checksummed on the same thread while their IO runs; a read batch in
-//!   chunks of [`DiskConfig::read_chunk_bytes`], each chunk's pages verified while the next
-//!   chunk's IO runs.
+//!   submissions of at most [`DiskConfig::read_chunk_bytes`], each page verified as its read
+//!   completes while the reads behind it run.
 //!
 //! Lifecycle of a page write (survives SIGKILL at any instant):
 //! 1. Under the lock: the hash gets a slot (a free one, or the least recently used unpinned one

@@ -101,7 +101,7 @@ class SlotStore:
         tp_rank: int = 0,
         tp_size: int = 1,
         queue_depth: int = 32,
-        read_chunk_bytes: int = 8 << 20,
+        read_chunk_bytes: int = 64 << 20,
         max_batch_bytes: int = 64 << 20,
         remote_url: str | None = None,
         remote_ttl_s: float | None = None,

@@ -241,7 +241,8 @@ impl DiskTier {
                 if ops.is_empty() {
                     break;
                 }
-                let mut verifier = Verifier { base, page_bytes: self.page_bytes, expected: &expected, checked: &mut checked };
+                let mut verifier =
+                    Verifier { base, page_bytes: self.page_bytes, expected: &expected, checked: &mut checked };
                 self.backend.submit_overlapped(&mut ops, &mut results, &mut verifier);
                 base += ops.len();
             }

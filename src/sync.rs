@@ -34,26 +34,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// The lock if no one holds it now.
-#[cfg(not(loom))]
-#[inline]
-#[allow(dead_code)]
-pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    m.try_lock()
-}
-
-/// The lock if no one holds it now.
-#[cfg(loom)]
-#[inline]
-#[allow(dead_code)]
-pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    match m.try_lock() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
-}
-
 #[cfg(loom)]
 #[allow(unused_imports)]
 pub(crate) use loom::sync::Condvar;

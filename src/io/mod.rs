@@ -68,12 +68,8 @@ pub enum BackendKind {
 pub struct IoConfig {
     /// Engine choice.
     pub backend: BackendKind,
-    /// Operations kept in flight at once per batch (io_uring ring size).
+    /// Operations kept in flight at once (io_uring ring size).
     pub queue_depth: usize,
-    /// io_uring rings: this many batches (from as many threads: the tiers' workers) have IO in
-    /// flight at once, each up to `queue_depth`. With one, a second batch waited for the
-    /// first, and the device idled while each batch's last operations drained.
-    pub rings: usize,
     /// Worker threads of the psync engine.
     pub psync_threads: usize,
     /// Open slab files with O_DIRECT (bypass the page cache), falling back to buffered IO where
@@ -84,14 +80,12 @@ pub struct IoConfig {
 
 impl Default for IoConfig {
     fn default() -> Self {
-        Self { backend: BackendKind::Auto, queue_depth: 32, rings: 2, psync_threads: 4, direct: true }
+        Self { backend: BackendKind::Auto, queue_depth: 32, psync_threads: 4, direct: true }
     }
 }
 
 /// Largest accepted queue depth (io_uring's limit on ring entries).
 pub const MAX_QUEUE_DEPTH: usize = 4096;
-/// Largest accepted number of io_uring rings.
-pub const MAX_RINGS: usize = 64;
 /// Largest accepted number of psync worker threads.
 pub const MAX_PSYNC_THREADS: usize = 256;
 
@@ -105,11 +99,6 @@ impl IoConfig {
     /// Sets how many operations are kept in flight. Default: 32.
     pub fn with_queue_depth(mut self, queue_depth: usize) -> Self {
         self.queue_depth = queue_depth;
-        self
-    }
-    /// Sets the number of io_uring rings (batches in flight at once). Default: 2.
-    pub fn with_rings(mut self, rings: usize) -> Self {
-        self.rings = rings;
         self
     }
 
@@ -134,9 +123,6 @@ impl IoConfig {
     pub fn validate(&self) -> Result<()> {
         if self.queue_depth == 0 || self.queue_depth > MAX_QUEUE_DEPTH {
             return Err(Error::InvalidConfig { field: "queue_depth", reason: "must be between 1 and 4096" });
-        }
-        if self.rings == 0 || self.rings > MAX_RINGS {
-            return Err(Error::InvalidConfig { field: "rings", reason: "must be between 1 and 64" });
         }
         if self.psync_threads == 0 || self.psync_threads > MAX_PSYNC_THREADS {
             return Err(Error::InvalidConfig { field: "psync_threads", reason: "must be between 1 and 256" });

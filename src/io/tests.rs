@@ -282,13 +282,7 @@ fn batches_larger_than_the_queue_depth_and_empty_ops() {
 #[test]
 fn one_backend_shared_by_threads() {
     let dir = TestDir::new("threads");
-    let mut backends = all_backends(8);
-    // one ring (threads take turns) and more rings than threads (each batch on its own)
-    for rings in [1, 5] {
-        let config = IoConfig::default().with_backend(BackendKind::Uring).with_queue_depth(8).with_rings(rings);
-        backends.extend(open_backend(&config).ok());
-    }
-    for (i, backend) in backends.iter().enumerate() {
+    for (i, backend) in all_backends(8).iter().enumerate() {
         let slab = slab_in(&dir, &format!("slab{i}"), 16 << 20, true);
         std::thread::scope(|scope| {
             for t in 0..4u64 {
@@ -341,15 +335,12 @@ fn config_defaults_and_validation() {
     assert_eq!(config.backend, BackendKind::Auto);
     assert_eq!(config.queue_depth, 32);
     assert_eq!(config.psync_threads, 4);
-    assert_eq!(config.rings, 2);
     assert!(config.direct);
     assert!(config.validate().is_ok());
     for bad in [
         IoConfig::default().with_queue_depth(0),
         IoConfig::default().with_queue_depth(MAX_QUEUE_DEPTH + 1),
         IoConfig::default().with_psync_threads(0),
-        IoConfig::default().with_rings(0),
-        IoConfig::default().with_rings(MAX_RINGS + 1),
     ] {
         assert!(matches!(bad.validate(), Err(Error::InvalidConfig { .. })));
         assert!(open_backend(&bad).is_err());

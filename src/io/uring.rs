@@ -1,5 +1,4 @@
-//! The io_uring engine (Linux): [`IoConfig::rings`] rings, one batch at a time on each, up to
-//! `queue_depth` operations in flight per batch.
+//! The io_uring engine (Linux): one ring, up to `queue_depth` operations in flight per batch.
 //!
 //! This is the only module of the IO layer with unsafe code. The contract that makes it sound:
 //! a buffer belongs to its operation from the moment its submission entry is pushed until its
@@ -29,7 +28,7 @@ use io_uring::{IoUring, Probe, opcode, types};
 
 use super::{IoBackend, IoBuf, IoConfig, IoOp, NoOverlap, Overlap};
 use crate::error::Result;
-use crate::sync::{Mutex, lock, try_lock};
+use crate::sync::{Mutex, lock};
 
 /// io_uring transfers at most `u32::MAX` bytes per entry; larger operations go in 1 GiB steps.
 const MAX_ENTRY_BYTES: usize = 1 << 30;
@@ -38,11 +37,10 @@ const MAX_RETRIES: u32 = 16;
 /// How often a failing `io_uring_enter` is retried while operations are in flight.
 const MAX_ENTER_FAILURES: u32 = 1000;
 
-/// io_uring engine. Each ring sits behind a mutex: a batch takes a free ring, or waits for
-/// the first one when every ring is busy.
+/// io_uring engine. The ring sits behind a mutex: concurrent batches take turns.
 #[derive(Debug)]
 pub(crate) struct UringBackend {
-    rings: Vec<Mutex<RingState>>,
+    state: Mutex<RingState>,
     queue_depth: usize,
 }
 
@@ -72,19 +70,17 @@ impl UringBackend {
     pub(crate) fn new(config: &IoConfig) -> io::Result<Self> {
         let entries =
             u32::try_from(config.queue_depth.max(1)).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let mut rings = Vec::with_capacity(config.rings.max(1));
-        let mut sq_entries = usize::MAX;
-        for _ in 0..config.rings.max(1) {
-            let ring = IoUring::new(entries)?;
-            let mut probe = Probe::new();
-            ring.submitter().register_probe(&mut probe)?;
-            if !probe.is_supported(opcode::Read::CODE) || !probe.is_supported(opcode::Write::CODE) {
-                return Err(io::Error::from(io::ErrorKind::Unsupported));
-            }
-            sq_entries = sq_entries.min(ring.params().sq_entries() as usize);
-            rings.push(Mutex::new(RingState { ring, progress: Vec::new(), ready: VecDeque::new() }));
+        let ring = IoUring::new(entries)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Read::CODE) || !probe.is_supported(opcode::Write::CODE) {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        Ok(Self { rings, queue_depth: config.queue_depth.min(sq_entries).max(1) })
+        let sq_entries = ring.params().sq_entries() as usize;
+        Ok(Self {
+            state: Mutex::new(RingState { ring, progress: Vec::new(), ready: VecDeque::new() }),
+            queue_depth: config.queue_depth.min(sq_entries).max(1),
+        })
     }
 }
 
@@ -107,10 +103,7 @@ impl IoBackend for UringBackend {
         // Operations complete (the empty ones from the start) but not reported yet.
         let mut unreported: VecDeque<usize> = (0..ops.len()).filter(|&i| ops[i].is_empty()).collect();
         {
-            let mut guard = match self.rings.iter().find_map(try_lock) {
-                Some(free) => free,
-                None => lock(&self.rings[0]),
-            };
+            let mut guard = lock(&self.state);
             let state = &mut *guard;
             state.progress.clear();
             state.progress.resize(ops.len(), Progress::default());

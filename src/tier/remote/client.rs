@@ -253,19 +253,12 @@ impl RemoteTier {
                 None => {
                     // a failed round trip: every page of the chunk is a miss; the rest are not
                     // tried until the backoff ends
-                    let mut m = lock(&self.metrics);
-                    m.gets += chunk.len() as u64;
-                    m.get_absent += chunk.len() as u64;
+                    self.count_gets(chunk.len(), 0, chunk.len() as u64, 0);
                     start = end;
                     continue;
                 }
             }
-            let mut m = lock(&self.metrics);
-            m.gets += chunk.len() as u64;
-            m.get_hits += hits;
-            m.get_absent += absent;
-            m.get_rejected += rejected;
-            m.get_bytes += hits * self.page_bytes as u64;
+            self.count_gets(chunk.len(), hits, absent, rejected);
             start = end;
         }
         ok
@@ -312,16 +305,21 @@ impl RemoteTier {
                     Reply::Other => rejected += 1,
                 }
             }
-            let mut m = lock(&self.metrics);
-            m.gets += chunk.len() as u64;
-            m.get_hits += hits;
             // pages a failed round trip did not deliver count as absent, as in the crate path
-            m.get_absent += absent + (chunk.len() - replies.len()) as u64;
-            m.get_rejected += rejected;
-            m.get_bytes += hits * self.page_bytes as u64;
+            self.count_gets(chunk.len(), hits, absent + (chunk.len() - replies.len()) as u64, rejected);
         }
         lock(&self.buffers).push(packed);
         ok
+    }
+
+    /// Counts one round trip's worth of page reads in the metrics.
+    fn count_gets(&self, pages: usize, hits: u64, absent: u64, rejected: u64) {
+        let mut m = lock(&self.metrics);
+        m.gets += pages as u64;
+        m.get_hits += hits;
+        m.get_absent += absent;
+        m.get_rejected += rejected;
+        m.get_bytes += hits * self.page_bytes as u64;
     }
 
     /// Stores pages (each exactly one page long, else refused); returns, per page, whether the

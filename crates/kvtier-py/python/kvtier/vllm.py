@@ -185,6 +185,8 @@ class _RemoteLookups:
         self._max_keys = max_keys
         # key -> [answer or None, ids of the requests that asked]
         self._state: dict[bytes, list[Any]] = {}
+        # request id -> the keys it asked for (so a finished request costs its own keys only)
+        self._keys_of: dict[str, list[bytes]] = {}
         self._batch: list[bytes] = []
         self._in_flight = 0  # keys sent to the thread, not answered yet
         self._todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
@@ -224,7 +226,9 @@ class _RemoteLookups:
                 return False  # too many keys in flight: a miss rather than unbounded state
             st = self._state[key] = [None, set()]
             self._batch.append(key)
-        st[1].add(req_id)
+        if req_id not in st[1]:
+            st[1].add(req_id)
+            self._keys_of.setdefault(req_id, []).append(key)
         return st[0]
 
     def flush(self) -> None:
@@ -242,8 +246,10 @@ class _RemoteLookups:
                 st[0] = False
 
     def forget(self, req_id: str) -> None:
-        for key in [k for k, st in self._state.items() if req_id in st[1]]:
-            st = self._state[key]
+        for key in self._keys_of.pop(req_id, ()):
+            st = self._state.get(key)
+            if st is None:
+                continue
             st[1].discard(req_id)
             if not st[1] and st[0] is not None:
                 del self._state[key]

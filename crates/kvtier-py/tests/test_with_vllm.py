@@ -49,6 +49,22 @@ def put(mgr, view, keys, ctx, seed):
     return data
 
 
+def promote_and_read(mgr, view, key, ctx):
+    """Looks `key` up step by step until the manager's promotion makes it a primary HIT, then
+    reads its chunk as the connector would; returns the lookup answers and the bytes."""
+    results = [mgr.lookup(key, ctx)]
+    deadline = time.monotonic() + 30
+    while results[-1] is not LookupResult.HIT:
+        assert time.monotonic() < deadline, results
+        settle(mgr)
+        results.append(mgr.lookup(key, ctx))
+    spec_out = mgr.prepare_load([key], ctx)
+    chunk = int(spec_out.block_ids[0])
+    got = np.frombuffer(view, dtype=np.uint8).reshape(-1, BLOCK)[chunk].tobytes()
+    mgr.complete_load([key], ctx)
+    return results, got
+
+
 def instance(tmp_path, name, url=None):
     """vLLM's tiering manager over its CPU primary tier, with kvtier (and G4 at `url`) below."""
     region = SharedOffloadRegion(
@@ -78,18 +94,9 @@ def test_vllm_tiering_manager_with_kvtier(tmp_path):
         settle(mgr)
         assert primary.lookup(keys[0], ctx) == LookupResult.MISS
         # a lookup finds it in kvtier and starts a promotion; it becomes a primary HIT
-        results = [mgr.lookup(keys[0], ctx)]
-        deadline = time.monotonic() + 30
-        while results[-1] is not LookupResult.HIT:
-            assert time.monotonic() < deadline, results
-            settle(mgr)
-            results.append(mgr.lookup(keys[0], ctx))
+        results, got = promote_and_read(mgr, view, keys[0], ctx)
         assert results[0] is LookupResult.HIT_PENDING
-        spec_out = mgr.prepare_load([keys[0]], ctx)
-        chunk = int(spec_out.block_ids[0])
-        got = np.frombuffer(view, dtype=np.uint8).reshape(-1, BLOCK)[chunk].tobytes()
         assert got == data[keys[0]]
-        mgr.complete_load([keys[0]], ctx)
         assert tier.metrics()["keys_loaded"] == 1
         mgr.on_request_finished(ctx)
         settle(mgr)
@@ -111,18 +118,9 @@ def test_two_vllm_instances_share_a_prefix_through_g4(tmp_path, server):
         # instance B never saw these keys: the G4 lookup is RETRY for a step, then a promotion
         ctx_b = ReqContext(req_id="r2")
         mgr_b.on_new_request(ctx_b)
-        results = [mgr_b.lookup(keys[0], ctx_b)]
-        deadline = time.monotonic() + 30
-        while results[-1] is not LookupResult.HIT:
-            assert time.monotonic() < deadline, results
-            settle(mgr_b)
-            results.append(mgr_b.lookup(keys[0], ctx_b))
+        results, got = promote_and_read(mgr_b, view_b, keys[0], ctx_b)
         assert results[0] is LookupResult.RETRY and LookupResult.HIT_PENDING in results, results
-        spec_out = mgr_b.prepare_load([keys[0]], ctx_b)
-        chunk = int(spec_out.block_ids[0])
-        got = np.frombuffer(view_b, dtype=np.uint8).reshape(-1, BLOCK)[chunk].tobytes()
         assert got == data[keys[0]]
-        mgr_b.complete_load([keys[0]], ctx_b)
         assert tier_b.metrics()["keys_loaded_g4"] == 1
         mgr_b.on_request_finished(ctx_b)
         settle(mgr_b)

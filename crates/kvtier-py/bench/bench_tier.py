@@ -15,21 +15,30 @@ What is measured:
    after; submitted 2 ms after the last job finished, as between scheduler steps, so the IO
    workers are parked: its cost includes waking one); ``get_finished_jobs`` with nothing
    finished and with one job finished.
-2. Throughput, for 2 MiB and 64 KiB blocks: store (primary -> SSD) and load (SSD -> primary,
-   every page verified) of ``--gib`` GiB in jobs of 16 blocks, all submitted at once, timed
-   from the first submission until every job is reported finished. Loads go into a 512 MiB
-   primary buffer: a load takes 16 free slots and gives them back when reported finished
-   (polling as vLLM's get_finished_jobs does, once per 1 ms "step" while it waits for slots),
-   so the loads in flight never share a slot.
-   - kvtier: ``SlotStore`` (io_uring, O_DIRECT, batched jobs, xxh3 checksums).
+2. Throughput, for 2 MiB and 64 KiB blocks, of ``--gib`` GiB in jobs of 16 blocks, timed from
+   the first submission until every job is reported finished:
+   - store into the empty tier (every job submitted at once), the tier's first fill;
+   - load it all back (SSD -> primary, every page verified; every 16th job byte-checked) into
+     a 512 MiB primary buffer: a load takes 16 free slots and gives them back when reported
+     finished (polling as vLLM's get_finished_jobs does, once per 1 ms "step" while it waits
+     for slots), so the loads in flight never share a slot;
+   - store as many new blocks into the now full tier: each evicts a stored block and its write
+     lands on a slot written before, which is how a serving tier runs nearly all its life.
+   Against:
    - vLLM-fs-like: one file per block under hashed subdirectories, written to a temp file with
      O_DIRECT and renamed into place, read back with O_DIRECT ``readv``; one task per job on a
      pool of 16 threads (vLLM's file-system tier defaults). Written from its documented
-     behaviour, not its code.
-   - fio: io_uring, O_DIRECT, same block size, queue depth 32, on a file in the same
-     directory (sequential write, random read), as ``/work/shared/tools/limits.sh`` runs it.
-   The primary buffer is page-aligned anonymous memory (vLLM's is an mmap), so both Python
-   paths may use O_DIRECT from it.
+     behaviour, not its code. It has no capacity bound, so no "full" store.
+   - fio: io_uring, O_DIRECT, same block size, queue depth 32, on a new file in the same
+     directory: one sequential pass writing it (fio preallocates the file, so these are first
+     writes into reserved extents, as the empty tier's are: compare with the empty store), then
+     sequential writes over it for 6 s (compare with the full store), then random reads for
+     6 s (compare with the load). Its buffers are the same kind of memory as the primary
+     buffer (on this VM, O_DIRECT from 4 KiB pages runs at 0.55-0.65 of what it does from huge
+     pages, in fio as in kvtier); a second fio row uses huge pages, as
+     ``/work/shared/tools/limits.sh`` runs it: the machine's ceiling.
+   The primary buffer (``--buffer``) is by default a /dev/shm file mapped shared, as vLLM's
+   CPU tier is; it is page-aligned, so both Python paths may use O_DIRECT from it.
 """
 
 from __future__ import annotations
@@ -57,18 +66,28 @@ JOB_BLOCKS = 16
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-# Huge pages for the primary buffer (and for fio's buffers), unless --small-pages: on this
-# project's VM, O_DIRECT from 4 KiB pages runs at a third of what it does from huge pages (the
-# hypervisor maps every page of an IO), so the two sides of a ratio must use the same kind.
-HUGE_PAGES = True
+# The primary buffer: "shm" (default) is a file in /dev/shm mapped shared, as vLLM 0.33's
+# SharedOffloadRegion allocates its CPU tier (so scheduler and workers see it); "huge" and
+# "small" are private anonymous memory with and without transparent huge pages. fio runs from
+# the same kind of memory (FIO_MEMORY), and once more from huge pages, its fastest here.
+BUFFER = "shm"
 
 
 def aligned_buffer(nbytes: int) -> tuple[mmap.mmap, np.ndarray]:
-    """Page-aligned private anonymous memory as a flat uint8 array (kept alive by the mmap),
-    advised into transparent huge pages unless --small-pages. Private: Python's default
-    MAP_SHARED mapping is shmem, which madvise cannot give huge pages."""
+    """Page-aligned memory of the kind chosen by --buffer, as a flat uint8 array (kept alive
+    by the mmap)."""
+    if BUFFER == "shm" and os.path.isdir("/dev/shm"):
+        path = f"/dev/shm/kvtier_bench_{os.getpid()}_{time.monotonic_ns()}"
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, nbytes)
+            m = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+            os.unlink(path)  # the mapping keeps the memory until it is closed
+        return m, np.frombuffer(m, dtype=np.uint8)
     m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
+    if BUFFER == "huge" and hasattr(mmap, "MADV_HUGEPAGE"):
         m.madvise(mmap.MADV_HUGEPAGE)
     return m, np.frombuffer(m, dtype=np.uint8)
 
@@ -296,17 +315,21 @@ def run_fs(root: str, primary: np.ndarray, jobs: list, n_blocks: int, threads: i
     return total / t_store / 1e9, total / t_load / 1e9
 
 
-def fio_gbs(path: str, block: int, mib: int, rw: str, seconds: int | None) -> float | None:
+# fio's IO memory for each --buffer kind: the same kind of pages as the primary buffer.
+FIO_MEMORY = {"shm": "mmapshared", "small": "mmap", "huge": "malloc"}
+
+
+def fio_gbs(path: str, block: int, mib: int, rw: str, seconds: int | None, memory: str) -> float | None:
     cmd = [
         "fio", "--name=kvtier-bench", f"--filename={path}", f"--size={mib}M", f"--bs={block}",
         "--iodepth=32", "--ioengine=io_uring", "--direct=1", f"--rw={rw}", "--iomem_align=2097152",
-        "--output-format=json",
+        f"--iomem={FIO_MEMORY[memory]}", "--output-format=json",
     ]
     if seconds:
         cmd += [f"--runtime={seconds}", "--time_based"]
     env = dict(os.environ)
-    if HUGE_PAGES:
-        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"  # THP-advised buffers, as limits.sh runs it
+    if memory == "huge":
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"  # THP-advised malloc, as limits.sh runs it
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if r.returncode != 0:
         return None
@@ -314,7 +337,7 @@ def fio_gbs(path: str, block: int, mib: int, rw: str, seconds: int | None) -> fl
     return job["write" if "write" in rw else "read"]["bw_bytes"] / 1e9
 
 
-def run_fio(root: str, block: int, gib: float) -> tuple[float, float, float] | None:
+def run_fio(root: str, block: int, gib: float, memory: str) -> tuple[float, float, float] | None:
     """fio on a new file in the same directory: one sequential pass writing it (preallocated
     extents written for the first time, as the empty tier's are), then sequential writes over
     it for 6 s (blocks written before, as the full tier's are), then random reads for 6 s."""
@@ -324,9 +347,9 @@ def run_fio(root: str, block: int, gib: float) -> tuple[float, float, float] | N
     mib = max(1, int(gib * 1024))
     try:
         out = (
-            fio_gbs(path, block, mib, "write", None),
-            fio_gbs(path, block, mib, "write", 6),
-            fio_gbs(path, block, mib, "randread", 6),
+            fio_gbs(path, block, mib, "write", None, memory),
+            fio_gbs(path, block, mib, "write", 6, memory),
+            fio_gbs(path, block, mib, "randread", 6, memory),
         )
     finally:
         if os.path.exists(path):
@@ -355,11 +378,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="64 MiB and 20 repeats (a smoke run)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument(
-        "--small-pages", action="store_true", help="4 KiB pages for the primary buffer and fio's (default: huge pages)"
+        "--buffer",
+        choices=("shm", "huge", "small"),
+        default="shm",
+        help="primary buffer: /dev/shm shared mapping as vLLM's (default), or private memory with huge or 4 KiB pages",
     )
     args = ap.parse_args()
-    global HUGE_PAGES
-    HUGE_PAGES = not args.small_pages
+    global BUFFER
+    BUFFER = args.buffer
     if args.quick:
         args.gib, args.repeats = 1 / 16, 20
     root = tempfile.mkdtemp(prefix="kvtier-bench-", dir=args.dir)
@@ -370,9 +396,8 @@ def main() -> int:
         for name, us in overhead(root, args.repeats).items():
             results["overhead_us"][name] = round(us, 2)
             print(f"  {name:<36} {us:9.1f}")
-        pages = "huge-page" if HUGE_PAGES else "4 KiB-page"
-        print(f"\nthroughput (GB/s; {pages} buffers on every side)")
-        print("                        store    store     load  |  ratio to fio (same buffers)")
+        print(f"\nthroughput (GB/s; primary buffer: {BUFFER}; fio: the same kind of memory, and huge pages)")
+        print("                        store    store     load  |  ratio to fio (same memory)")
         print("                        (empty)  (full)          |  empty   full   load")
         for block in (2 << 20, 64 << 10):
             n_blocks = max(JOB_BLOCKS, int(args.gib * (1 << 30)) // block)
@@ -385,14 +410,19 @@ def main() -> int:
             kv = run_kvtier(root, primary, jobs, n_blocks, args.backend)
             drop_caches()
             fs = run_fs(root, primary, jobs, n_blocks, args.threads)
-            fio = run_fio(root, block, args.gib)
+            fio = run_fio(root, block, args.gib, BUFFER)
+            # the machine's ceiling: huge-page buffers (on this VM, 1.6-1.8x the 4 KiB-page figures)
+            fio_huge = fio if BUFFER == "huge" else run_fio(root, block, args.gib, "huge")
             for sub in ("kvtier", "fs"):
                 shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
             label = f"{block >> 20} MiB" if block >= 1 << 20 else f"{block >> 10} KiB"
-            results["throughput_gbs"][label] = {"kvtier": kv, "fs_like": fs, "fio": fio}
+            results["throughput_gbs"][label] = {"kvtier": kv, "fs_like": fs, "fio": fio, "fio_huge_pages": fio_huge}
             # the fs-like reference has no capacity bound (vLLM's tier evicts nothing): no "full"
             fs_row = (fs[0], None, fs[1])
-            for name, row in (("kvtier", kv), ("vLLM-fs-like", fs_row)) + ((("fio", fio),) if fio else ()):
+            rows = [("kvtier", kv), ("vLLM-fs-like", fs_row)]
+            rows += [("fio", fio)] if fio else []
+            rows += [("fio huge pg", fio_huge)] if fio_huge and BUFFER != "huge" else []
+            for name, row in rows:
                 cells = " ".join("     n/a" if v is None else f"{v:8.2f}" for v in row)
                 ratios = "  ".join(
                     "  n/a " if v is None or not fio else f"{v / f:5.2f} " for v, f in zip(row, fio or row)

@@ -29,14 +29,16 @@ What is measured:
      O_DIRECT and renamed into place, read back with O_DIRECT ``readv``; one task per job on a
      pool of 16 threads (vLLM's file-system tier defaults). Written from its documented
      behaviour, not its code. It has no capacity bound, so no "full" store.
-   - fio: io_uring, O_DIRECT, same block size, queue depth 32, on a new file in the same
-     directory: one sequential pass writing it (fio preallocates the file, so these are first
-     writes into reserved extents, as the empty tier's are: compare with the empty store), then
-     sequential writes over it for 6 s (compare with the full store), then random reads for
-     6 s (compare with the load). Its buffers are the same kind of memory as the primary
+   - fio: io_uring, O_DIRECT, same block size, queue depth 32, the same bytes on a new file in
+     the same directory: one sequential pass writing it (fio preallocates the file, so these
+     are first writes into reserved extents, as the empty tier's are: compare with the empty
+     store), a second pass over it (compare with the full store), then one pass of random
+     reads (compare with the load). Its buffers are the same kind of memory as the primary
      buffer (on this VM, O_DIRECT from 4 KiB pages runs at 0.55-0.65 of what it does from huge
      pages, in fio as in kvtier); a second fio row uses huge pages, as
      ``/work/shared/tools/limits.sh`` runs it: the machine's ceiling.
+   Each size runs ``--rounds`` interleaved rounds (kvtier, fs-like, fio); the table shows
+   medians, and each ratio is the median of the ratios taken within a round.
    The primary buffer (``--buffer``) is by default a /dev/shm file mapped shared, as vLLM's
    CPU tier is; it is page-aligned, so both Python paths may use O_DIRECT from it.
 """
@@ -319,14 +321,12 @@ def run_fs(root: str, primary: np.ndarray, jobs: list, n_blocks: int, threads: i
 FIO_MEMORY = {"shm": "mmapshared", "small": "mmap", "huge": "malloc"}
 
 
-def fio_gbs(path: str, block: int, mib: int, rw: str, seconds: int | None, memory: str) -> float | None:
+def fio_gbs(path: str, block: int, mib: int, rw: str, memory: str) -> float | None:
     cmd = [
         "fio", "--name=kvtier-bench", f"--filename={path}", f"--size={mib}M", f"--bs={block}",
         "--iodepth=32", "--ioengine=io_uring", "--direct=1", f"--rw={rw}", "--iomem_align=2097152",
         f"--iomem={FIO_MEMORY[memory]}", "--output-format=json",
     ]
-    if seconds:
-        cmd += [f"--runtime={seconds}", "--time_based"]
     env = dict(os.environ)
     if memory == "huge":
         env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"  # THP-advised malloc, as limits.sh runs it
@@ -338,19 +338,16 @@ def fio_gbs(path: str, block: int, mib: int, rw: str, seconds: int | None, memor
 
 
 def run_fio(root: str, block: int, gib: float, memory: str) -> tuple[float, float, float] | None:
-    """fio on a new file in the same directory: one sequential pass writing it (preallocated
-    extents written for the first time, as the empty tier's are), then sequential writes over
-    it for 6 s (blocks written before, as the full tier's are), then random reads for 6 s."""
+    """fio moving the same bytes as kvtier, on a new file in the same directory: one sequential
+    pass writing it (fio preallocates the file, so these are first writes into reserved
+    extents, as the empty tier's are), a second pass over it (blocks written before, as the
+    full tier's are), then one pass of random reads over it."""
     if shutil.which("fio") is None:
         return None
     path = os.path.join(root, "fio.dat")
     mib = max(1, int(gib * 1024))
     try:
-        out = (
-            fio_gbs(path, block, mib, "write", None, memory),
-            fio_gbs(path, block, mib, "write", 6, memory),
-            fio_gbs(path, block, mib, "randread", 6, memory),
-        )
+        out = tuple(fio_gbs(path, block, mib, rw, memory) for rw in ("write", "write", "randread"))
     finally:
         if os.path.exists(path):
             os.remove(path)
@@ -375,7 +372,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=16, help="thread pool of the fs reference (vLLM: 16)")
     ap.add_argument("--backend", default="auto", help="kvtier IO backend: auto, uring, psync")
     ap.add_argument("--repeats", type=int, default=200, help="repeats of each overhead measurement")
-    ap.add_argument("--quick", action="store_true", help="64 MiB and 20 repeats (a smoke run)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each throughput run (median shown)")
+    ap.add_argument("--quick", action="store_true", help="64 MiB, 1 round and 20 repeats (a smoke run)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument(
         "--buffer",
@@ -387,7 +385,7 @@ def main() -> int:
     global BUFFER
     BUFFER = args.buffer
     if args.quick:
-        args.gib, args.repeats = 1 / 16, 20
+        args.gib, args.repeats, args.rounds = 1 / 16, 20, 1
     root = tempfile.mkdtemp(prefix="kvtier-bench-", dir=args.dir)
     results: dict = {"overhead_us": {}, "throughput_gbs": {}}
     try:
@@ -397,6 +395,7 @@ def main() -> int:
             results["overhead_us"][name] = round(us, 2)
             print(f"  {name:<36} {us:9.1f}")
         print(f"\nthroughput (GB/s; primary buffer: {BUFFER}; fio: the same kind of memory, and huge pages)")
+        print(f"(median of {args.rounds} interleaved rounds; each ratio is taken within its round)")
         print("                        store    store     load  |  ratio to fio (same memory)")
         print("                        (empty)  (full)          |  empty   full   load")
         for block in (2 << 20, 64 << 10):
@@ -406,29 +405,42 @@ def main() -> int:
             primary = flat.reshape(slots, block)
             primary[:] = np.random.default_rng(1).integers(0, 256, size=primary.shape, dtype=np.uint8)
             jobs = jobs_for(n_blocks, slots)
-            drop_caches()
-            kv = run_kvtier(root, primary, jobs, n_blocks, args.backend)
-            drop_caches()
-            fs = run_fs(root, primary, jobs, n_blocks, args.threads)
-            fio = run_fio(root, block, args.gib, BUFFER)
-            # the machine's ceiling: huge-page buffers (on this VM, 1.6-1.8x the 4 KiB-page figures)
-            fio_huge = fio if BUFFER == "huge" else run_fio(root, block, args.gib, "huge")
-            for sub in ("kvtier", "fs"):
-                shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
             label = f"{block >> 20} MiB" if block >= 1 << 20 else f"{block >> 10} KiB"
-            results["throughput_gbs"][label] = {"kvtier": kv, "fs_like": fs, "fio": fio, "fio_huge_pages": fio_huge}
-            # the fs-like reference has no capacity bound (vLLM's tier evicts nothing): no "full"
-            fs_row = (fs[0], None, fs[1])
-            rows = [("kvtier", kv), ("vLLM-fs-like", fs_row)]
-            rows += [("fio", fio)] if fio else []
-            rows += [("fio huge pg", fio_huge)] if fio_huge and BUFFER != "huge" else []
-            for name, row in rows:
+            # Interleaved rounds: on a shared VM the disk's speed moves by 2x from one minute to
+            # the next, so each ratio is taken within a round and the median over rounds is shown.
+            runs: dict[str, list] = {"kvtier": [], "vLLM-fs-like": [], "fio": [], "fio huge pg": []}
+            for _ in range(args.rounds):
+                drop_caches()
+                runs["kvtier"].append(run_kvtier(root, primary, jobs, n_blocks, args.backend))
+                drop_caches()
+                fs = run_fs(root, primary, jobs, n_blocks, args.threads)
+                # the fs-like reference has no capacity bound (vLLM's tier evicts nothing): no "full"
+                runs["vLLM-fs-like"].append((fs[0], None, fs[1]))
+                for sub in ("kvtier", "fs"):
+                    shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+                fio = run_fio(root, block, args.gib, BUFFER)
+                if fio:
+                    runs["fio"].append(fio)
+                    # the machine's ceiling: huge-page buffers
+                    runs["fio huge pg"].append(fio if BUFFER == "huge" else run_fio(root, block, args.gib, "huge"))
+            results["throughput_gbs"][label] = runs
+            have_fio = len(runs["fio"]) == args.rounds and None not in runs["fio huge pg"]
+            for name, per_round in runs.items():
+                if not per_round or (name == "fio huge pg" and BUFFER == "huge"):
+                    continue
+                row = [None if None in col else statistics.median(col) for col in zip(*per_round)]
                 cells = " ".join("     n/a" if v is None else f"{v:8.2f}" for v in row)
-                ratios = "  ".join(
-                    "  n/a " if v is None or not fio else f"{v / f:5.2f} " for v, f in zip(row, fio or row)
-                )
-                print(f"  {label:<7} {name:<13}{cells}  |  {ratios}")
-            print(f"  {label:<7} kvtier / vLLM-fs-like: store {kv[0] / fs[0]:.2f}x, load {kv[2] / fs[1]:.2f}x")
+                ratios = []
+                for c, col in enumerate(zip(*per_round)):
+                    if None in col or not have_fio:
+                        ratios.append("  n/a ")
+                    else:
+                        ratios.append(f"{statistics.median(v / f[c] for v, f in zip(col, runs['fio'])):5.2f} ")
+                print(f"  {label:<7} {name:<13}{cells}  |  {'  '.join(ratios)}")
+            kv_fs = [(k[0] / f[0], k[2] / f[2]) for k, f in zip(runs["kvtier"], runs["vLLM-fs-like"])]
+            store_x = statistics.median(x[0] for x in kv_fs)
+            load_x = statistics.median(x[1] for x in kv_fs)
+            print(f"  {label:<7} kvtier / vLLM-fs-like: store {store_x:.2f}x, load {load_x:.2f}x")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)

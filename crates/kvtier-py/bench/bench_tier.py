@@ -437,6 +437,12 @@ def main() -> int:
                     else:
                         ratios.append(f"{statistics.median(v / f[c] for v, f in zip(col, runs['fio'])):5.2f} ")
                 print(f"  {label:<7} {name:<13}{cells}  |  {'  '.join(ratios)}")
+            if have_fio and BUFFER != "huge":
+                ceiling = [
+                    f"{statistics.median(k[c] / f[c] for k, f in zip(runs['kvtier'], runs['fio huge pg'])):.2f}"
+                    for c in range(3)
+                ]
+                print(f"  {label:<7} kvtier / fio huge pg (empty, full, load): {', '.join(ceiling)}")
             kv_fs = [(k[0] / f[0], k[2] / f[2]) for k, f in zip(runs["kvtier"], runs["vLLM-fs-like"])]
             store_x = statistics.median(x[0] for x in kv_fs)
             load_x = statistics.median(x[1] for x in kv_fs)

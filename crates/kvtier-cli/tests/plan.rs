@@ -259,3 +259,84 @@ fn the_command_splits_over_gpus_and_writes_the_report_and_chart() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no-profile.json"));
 }
+
+#[test]
+fn a_coarse_sweep_holds_the_same_bytes_and_confirms_the_deciding_points_at_the_layout_blocks() {
+    let trace = sample(300);
+    let dir = tempfile::tempdir().unwrap();
+    let base = EngineConfig::default().with_capacities(2000, 1, 0).with_ssd_dir(dir.path());
+    let mut config = PlanConfig::new(base.clone(), vec![1000, 4000], vec![0, 8000]).with_sweep_block_tokens(128);
+    config.threads = 2;
+    assert_eq!(config.replays(), 4 + 2);
+    let report = sweep(&trace, &config, |_| {}).unwrap();
+    assert_eq!((report.block_tokens, report.sweep_block_tokens), (16, 128));
+    // every point is a replay with 8x larger blocks, 1/8 as many: the same bytes per tier
+    let coarse_layout = kvtier::KvLayout::llama_3_1_8b(128).unwrap();
+    for (p, (g2, g3)) in report.points.iter().zip([(1000, 0), (1000, 8000), (4000, 0), (4000, 8000)]) {
+        assert_eq!([p.g1_blocks, p.g2_blocks, p.g3_blocks], [2000, g2, g3], "capacities stay in layout blocks");
+        assert_eq!(p.g2_gib, (g2 * base.layout.page_bytes()) as f64 / (1u64 << 30) as f64);
+        let engine = base.clone().with_layout(coarse_layout).with_capacities(250, g2 / 8, g3 / 8).with_reference(false);
+        let direct = engine::run(&trace, &engine, |_| {}).unwrap();
+        assert_eq!(p.hit_rate, direct.report.hit_rate.second_half);
+        assert_eq!(p.mean_wait_ms, direct.report.admission_wait.mean_ms);
+    }
+    // the best point and the cheapest at target, replayed at the layout's 16-token blocks
+    let (best, cheapest) = (report.best().unwrap(), report.cheapest.unwrap());
+    let mut expected = vec![best, cheapest];
+    expected.dedup();
+    assert_eq!(report.confirmed.iter().map(|c| c.index).collect::<Vec<_>>(), expected);
+    for c in &report.confirmed {
+        let p = &report.points[c.index];
+        let engine = base.clone().with_capacities(p.g1_blocks, p.g2_blocks, p.g3_blocks).with_reference(false);
+        let direct = engine::run(&trace, &engine, |_| {}).unwrap();
+        assert_eq!(c.point.hit_rate, direct.report.hit_rate.second_half);
+        assert_eq!(c.point.g2_blocks, p.g2_blocks);
+    }
+    let fine = |i: usize| report.confirmed.iter().find(|c| c.index == i).unwrap().point.hit_rate;
+    assert_eq!(report.confirmation_holds(), Some(fine(cheapest) >= 0.95 * fine(best)));
+
+    // no confirmation when asked for none, or when the sweep already uses the layout's blocks
+    config.confirm = false;
+    assert!(sweep(&trace, &config, |_| {}).unwrap().confirmed.is_empty());
+    let same = PlanConfig::new(base.clone(), vec![1000], vec![0]);
+    assert_eq!(same.sweep_block_tokens, 16);
+    let report = sweep(&trace, &same, |_| {}).unwrap();
+    assert!(report.confirmed.is_empty());
+    assert_eq!(report.confirmation_holds(), None);
+}
+
+#[test]
+fn a_sweep_block_must_be_a_multiple_of_the_layout_block_dividing_the_trace_block() {
+    let base = EngineConfig::default();
+    for tokens in [0, 8, 24, 1024] {
+        let config = PlanConfig::new(base.clone(), vec![100], vec![0]).with_sweep_block_tokens(tokens);
+        assert!(
+            matches!(config.validate(), Err(Error::InvalidConfig { setting: "sweep block tokens", .. })),
+            "{tokens}"
+        );
+    }
+    for tokens in [16, 32, 128, 512] {
+        assert!(PlanConfig::new(base.clone(), vec![100], vec![0]).with_sweep_block_tokens(tokens).validate().is_ok());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let bad = kvtier(&[
+        "plan",
+        "--requests",
+        "50",
+        "--g2-sizes",
+        "200",
+        "--g3-sizes",
+        "0",
+        "--sweep-block-tokens",
+        "24",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--sweep-block-tokens 24"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

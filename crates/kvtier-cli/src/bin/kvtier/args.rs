@@ -74,6 +74,16 @@ pub(crate) struct PlanArgs {
     /// The cheapest point marked must reach this share of the best hit rate.
     #[arg(long, default_value_t = 0.95)]
     pub(crate) target: f64,
+    /// Tokens per block of the sweep's replays, holding the same bytes per tier: a multiple of
+    /// --block-size dividing 512 (--block-size itself: no coarsening). Default: 128, or
+    /// --block-size if larger (a replay of 16-token blocks moves 8x fewer blocks). After a
+    /// coarser sweep the best point and the cheapest at target are replayed again at
+    /// --block-size and both results are shown.
+    #[arg(long, value_name = "TOKENS")]
+    pub(crate) sweep_block_tokens: Option<u32>,
+    /// After a coarser sweep, do not replay the deciding points at --block-size.
+    #[arg(long)]
+    pub(crate) no_confirm: bool,
     /// Price of HBM per GB per hour (default: 20 per GB over three years).
     #[arg(long)]
     pub(crate) price_hbm: Option<f64>,

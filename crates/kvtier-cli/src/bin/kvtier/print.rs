@@ -337,6 +337,12 @@ pub(crate) fn plan(
         "layout       {layout}: {} per block on each GPU; sizes and cost below are per GPU",
         format_bytes(r.per_gpu_page_bytes as u64)
     );
+    if r.sweep_block_tokens != r.block_tokens {
+        println!(
+            "blocks       swept with {}-token blocks (same bytes per tier), the deciding points confirmed at {} tokens",
+            r.sweep_block_tokens, r.block_tokens
+        );
+    }
     let idle = r.instance_requests.iter().filter(|&&n| n == 0).count();
     if idle > 0 {
         println!(
@@ -404,11 +410,52 @@ pub(crate) fn plan(
         r.prices.dram_per_gb_hour,
         r.prices.ssd_per_gb_hour
     );
+    for c in &r.confirmed {
+        let Some(swept) = r.points.get(c.index) else { continue };
+        let role = match (Some(c.index) == r.best(), Some(c.index) == r.cheapest) {
+            (true, true) => "best, cheapest at target",
+            (true, false) => "best",
+            _ => "cheapest at target",
+        };
+        let f = &c.point;
+        println!(
+            "confirmed    G1 {:.0} G2 {:.0} G3 {:.0} GiB ({role}) at {} tokens: hit {:.4} (G1 {:.4} G2 {:.4} G3 {:.4}), \
+             wait {:.0} ms; swept {:.4} ({:+.1} %)",
+            f.g1_gib,
+            f.g2_gib,
+            f.g3_gib,
+            r.block_tokens,
+            f.hit_rate,
+            f.hit_rate_g1,
+            f.hit_rate_g2,
+            f.hit_rate_g3,
+            f.mean_wait_ms,
+            swept.hit_rate,
+            if f.hit_rate > 0.0 { (swept.hit_rate / f.hit_rate - 1.0) * 100.0 } else { 0.0 }
+        );
+    }
+    match r.confirmation_holds() {
+        Some(true) => println!(
+            "confirmed    at {} tokens the cheapest point still reaches {:.0} % of the best",
+            r.block_tokens,
+            r.target * 100.0
+        ),
+        Some(false) => println!(
+            "warning      at {} tokens the cheapest point falls below {:.0} % of the best: rerun with --sweep-block-tokens {}",
+            r.block_tokens,
+            r.target * 100.0,
+            r.block_tokens
+        ),
+        None => {}
+    }
     let replays: usize = r.points.iter().map(|p| p.instances.iter().filter(|i| i.requests > 0).count()).sum();
+    let confirmations: usize =
+        r.confirmed.iter().map(|c| c.point.instances.iter().filter(|i| i.requests > 0).count()).sum();
     println!(
-        "elapsed      {:.1} s for {} points ({replays} replays) on {} threads",
+        "elapsed      {:.1} s for {} points ({replays} replays{}) on {} threads",
         r.elapsed_seconds,
         r.points.len(),
+        if confirmations > 0 { format!(" + {confirmations} confirming") } else { String::new() },
         r.threads
     );
 }

@@ -27,6 +27,8 @@ use crate::prefix::BlockHash;
 const SUB: u64 = 8;
 /// Powers of two of distance the histogram covers (2^48 blocks).
 const OCTAVES: u64 = 48;
+/// The frequency sketch halves its counts every this many times its width in accesses.
+const AGE_EVERY: u64 = 8;
 
 /// A live hit-rate-vs-capacity curve (see the module docs).
 #[derive(Debug, Clone)]
@@ -36,10 +38,21 @@ pub struct CapacityCurve {
     threshold: u64,
     /// Tracked blocks: hash -> time of last access (1-based).
     last: HashMap<u128, u32>,
-    /// Tracked blocks by value, highest first (the next to leave when over `max_keys`).
+    /// Tracked blocks by value, highest first (the next to leave when over `max_keys`); may
+    /// hold blocks that left for `hot` (skipped when popped).
     by_value: BinaryHeap<(u64, u128)>,
-    /// Fenwick tree over access times: 1 at the last access of each tracked block.
+    /// Fenwick tree over access times: 1 at the last access of each sampled block.
     tree: Vec<i32>,
+    /// Heavy hitters, tracked exactly whatever their hash: hash -> time of last access.
+    hot: HashMap<u128, u32>,
+    max_hot: usize,
+    /// Fenwick tree over the same access times: 1 at the last access of each hot block.
+    hot_tree: Vec<i32>,
+    /// Count-min sketch of recent accesses (4 rows), halved every `AGE_EVERY x` its width
+    /// accesses: how a block is found to be hot.
+    sketch: Vec<u16>,
+    sketch_mask: usize,
+    sketch_ops: u64,
     now: u32,
     /// Weighted accesses per distance bucket, first accesses, and all accesses.
     hist: Vec<f64>,
@@ -55,12 +68,20 @@ impl CapacityCurve {
     /// estimate (SHARDS's weak spot). Unsampled (more keys than distinct blocks) it is exact LRU.
     pub fn new(max_keys: usize) -> Self {
         let max_keys = max_keys.max(64);
+        let max_hot = (max_keys / 8).max(16);
+        let width = (4 * max_keys).next_power_of_two();
         Self {
             max_keys,
             threshold: u64::MAX,
             last: HashMap::new(),
             by_value: BinaryHeap::new(),
-            tree: vec![0; 4 * max_keys + 1],
+            tree: vec![0; 4 * (max_keys + max_hot) + 1],
+            hot: HashMap::new(),
+            max_hot,
+            hot_tree: vec![0; 4 * (max_keys + max_hot) + 1],
+            sketch: vec![0; 4 * width],
+            sketch_mask: width - 1,
+            sketch_ops: 0,
             now: 0,
             hist: vec![0.0; (OCTAVES * SUB) as usize],
             cold: 0.0,
@@ -83,75 +104,168 @@ impl CapacityCurve {
         (self.sampled_accesses, self.last.len())
     }
 
+    /// Blocks tracked exactly as heavy hitters now (at most `max_keys / 8`, at least 16).
+    pub fn hot_blocks(&self) -> usize {
+        self.hot.len()
+    }
+
     /// Records one access to each of `hashes`, in order.
+    ///
+    /// Heavy hitters: once sampling has begun, a block whose recent accesses (a count-min
+    /// sketch with aging) reach the number of blocks each sampled block stands for (1 / rate)
+    /// is tracked exactly, with weight 1, and leaves the sample. A block of a shared system
+    /// prompt, used by most requests, would otherwise move the whole estimate by its share
+    /// depending on whether its hash happens to be sampled. Distances count both sets: the
+    /// sampled blocks in between scaled by 1 / rate, the hot ones as they are.
     pub fn observe(&mut self, hashes: &[BlockHash]) {
         for &h in hashes {
+            if self.hot.contains_key(&h.0) {
+                self.access(h.0, true);
+                continue;
+            }
             let v = Self::value(h);
+            if self.threshold < u64::MAX {
+                let seen = self.count(h.0);
+                // once, as the count reaches the mark (not on every later access)
+                if f64::from(seen) == (1.0 / self.sample_rate()).ceil().clamp(2.0, f64::from(u16::MAX)) {
+                    self.promote(h.0);
+                    continue;
+                }
+            }
             if v <= self.threshold {
-                self.access(h.0, v);
+                self.access(h.0, false);
             }
         }
     }
 
-    fn access(&mut self, key: u128, value: u64) {
-        let weight = 1.0 / self.sample_rate();
-        self.total += weight;
-        self.sampled_accesses += 1;
+    /// Counts an access in the sketch; the block's estimated recent accesses.
+    fn count(&mut self, key: u128) -> u16 {
+        self.sketch_ops += 1;
+        let width = self.sketch_mask + 1;
+        if self.sketch_ops >= AGE_EVERY * width as u64 {
+            self.sketch_ops = 0;
+            self.sketch.iter_mut().for_each(|c| *c >>= 1);
+        }
+        let mut least = u16::MAX;
+        for row in 0..4 {
+            let i = row * width + ((key >> (32 * row)) as usize & self.sketch_mask);
+            if let Some(c) = self.sketch.get_mut(i) {
+                *c = c.saturating_add(1);
+                least = least.min(*c);
+            }
+        }
+        least
+    }
+
+    /// Makes `key` a heavy hitter at this access (which is not counted: it was represented by
+    /// the sample until now). When the hot set is full, the one used longest ago goes back
+    /// to being an ordinary block (to the sample, keeping its last access, if its hash is
+    /// sampled).
+    fn promote(&mut self, key: u128) {
+        if self.hot.len() >= self.max_hot {
+            let Some((&old, &t)) = self.hot.iter().min_by_key(|(_, t)| **t) else { return };
+            self.hot.remove(&old);
+            Self::add(&mut self.hot_tree, t, -1);
+            let v = Self::value(BlockHash(old));
+            if v <= self.threshold {
+                self.last.insert(old, t);
+                Self::add(&mut self.tree, t, 1);
+                self.by_value.push((v, old));
+                self.shrink();
+            }
+        }
+        if let Some(t) = self.last.remove(&key) {
+            Self::add(&mut self.tree, t, -1);
+        }
+        self.tick();
+        self.hot.insert(key, self.now);
+        Self::add(&mut self.hot_tree, self.now, 1);
+    }
+
+    /// Advances the clock, renumbering first if the trees are full.
+    fn tick(&mut self) {
         if self.now as usize + 1 >= self.tree.len() {
             self.compact();
         }
-        match self.last.get(&key).copied() {
+        self.now += 1;
+    }
+
+    fn access(&mut self, key: u128, hot: bool) {
+        let rate_weight = 1.0 / self.sample_rate();
+        let weight = if hot { 1.0 } else { rate_weight };
+        self.total += weight;
+        self.sampled_accesses += 1;
+        let previous = if hot { self.hot.get(&key) } else { self.last.get(&key) }.copied();
+        match previous {
             Some(t) => {
-                let distance = self.prefix(self.now) - self.prefix(t);
-                self.add(t, -1);
+                // blocks used after time t (the block itself, at t, is not counted)
+                let sampled = Self::prefix(&self.tree, self.now) - Self::prefix(&self.tree, t);
+                let heavy = Self::prefix(&self.hot_tree, self.now) - Self::prefix(&self.hot_tree, t);
+                let mine = if hot { &mut self.hot_tree } else { &mut self.tree };
+                Self::add(mine, t, -1);
                 // the smallest LRU cache this access hits in: one block more than the distance
-                let fits = distance as f64 * weight + 1.0;
+                let fits = sampled as f64 * rate_weight + heavy as f64 + 1.0;
                 self.hist[bucket(fits)] += weight;
             }
             None => {
                 self.cold += weight;
-                self.by_value.push((value, key));
+                if !hot {
+                    self.by_value.push((Self::value(BlockHash(key)), key));
+                }
             }
         }
-        self.now += 1;
-        self.last.insert(key, self.now);
-        self.add(self.now, 1);
+        self.tick();
+        if hot {
+            self.hot.insert(key, self.now);
+            Self::add(&mut self.hot_tree, self.now, 1);
+        } else {
+            self.last.insert(key, self.now);
+            Self::add(&mut self.tree, self.now, 1);
+            self.shrink();
+        }
+    }
+
+    /// Fixed-size SHARDS: while more than `max_keys` blocks are sampled, the one with the
+    /// highest hash value leaves and the threshold drops below it.
+    fn shrink(&mut self) {
         while self.last.len() > self.max_keys {
             let Some((v, k)) = self.by_value.pop() else { break };
-            if let Some(t) = self.last.remove(&k) {
-                self.add(t, -1);
-            }
+            let Some(t) = self.last.remove(&k) else { continue }; // it became hot
+            Self::add(&mut self.tree, t, -1);
             // from now on only blocks below the one that left are sampled
             self.threshold = v.saturating_sub(1);
         }
     }
 
-    /// Renumbers the tracked blocks' last accesses 1..=n in their order, so the tree stays
-    /// `4 x max_keys` long: O(n log n) once every 3n or more accesses.
+    /// Renumbers the tracked blocks' last accesses (sampled and hot) 1..=n in their order, so
+    /// the trees stay `4 x` the tracked blocks long: O(n log n) once every 3n or more accesses.
     fn compact(&mut self) {
-        let mut order: Vec<(u32, u128)> = self.last.iter().map(|(&k, &t)| (t, k)).collect();
+        let mut order: Vec<(u32, u128, bool)> = self.last.iter().map(|(&k, &t)| (t, k, false)).collect();
+        order.extend(self.hot.iter().map(|(&k, &t)| (t, k, true)));
         order.sort_unstable();
         self.tree.iter_mut().for_each(|x| *x = 0);
+        self.hot_tree.iter_mut().for_each(|x| *x = 0);
         self.now = 0;
-        for (_, k) in order {
+        for (_, k, hot) in order {
             self.now += 1;
-            self.last.insert(k, self.now);
-            self.add(self.now, 1);
+            let (map, tree) = if hot { (&mut self.hot, &mut self.hot_tree) } else { (&mut self.last, &mut self.tree) };
+            map.insert(k, self.now);
+            Self::add(tree, self.now, 1);
         }
     }
 
-    fn add(&mut self, t: u32, d: i32) {
+    fn add(tree: &mut [i32], t: u32, d: i32) {
         let mut i = t as usize;
-        while i < self.tree.len() {
-            self.tree[i] += d;
+        while let Some(x) = tree.get_mut(i) {
+            *x += d;
             i += i & i.wrapping_neg();
         }
     }
 
-    fn prefix(&self, t: u32) -> i64 {
+    fn prefix(tree: &[i32], t: u32) -> i64 {
         let (mut i, mut s) = (t as usize, 0i64);
         while i > 0 {
-            s += i64::from(self.tree[i]);
+            s += tree.get(i).map_or(0, |&x| i64::from(x));
             i &= i - 1;
         }
         s
@@ -281,6 +395,53 @@ mod tests {
         for cap in [1_000, 10_000, 30_000, 100_000, 250_000] {
             let (e, x) = (sampled.hit_ratio(cap), exact.hit_ratio(cap));
             assert!((e - x).abs() < 0.03, "capacity {cap}: sampled {e} vs exact {x}");
+        }
+    }
+
+    /// Prefix-cache traffic: every request walks a shared 4-block system prompt, then a few
+    /// blocks of one of many conversations, then blocks of its own.
+    fn prefix_traffic(requests: u64, seed: u64) -> Vec<u64> {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let mut trace = Vec::new();
+        let mut fresh = 1_000_000u64;
+        for _ in 0..requests {
+            trace.extend(0..4); // the system prompt: a large share of every access
+            let conversation = next() % 3_000;
+            trace.extend((0..8).map(|b| 10_000 + conversation * 100 + b));
+            for _ in 0..4 {
+                fresh += 1;
+                trace.push(fresh);
+            }
+        }
+        trace
+    }
+
+    #[test]
+    fn a_few_blocks_carrying_a_large_share_of_accesses_do_not_skew_the_estimate() {
+        // SHARDS's weak spot: sampled, each system-prompt block's accesses would count 1/rate
+        // times; unsampled, not at all (errors of up to 0.24 here before heavy hitters were
+        // tracked). They are tracked exactly instead, for several seeds (the hash-based sample
+        // differs with the keys). Capacities start well above 1/rate blocks (the sample's
+        // resolution).
+        for seed in [1, 2, 3, 4] {
+            let trace = prefix_traffic(40_000, seed);
+            let hashes: Vec<BlockHash> = trace.iter().map(|&k| key(k ^ (seed << 40))).collect();
+            let mut sampled = CapacityCurve::new(1024);
+            let mut exact = CapacityCurve::new(1 << 20);
+            sampled.observe(&hashes);
+            exact.observe(&hashes);
+            assert!(sampled.sample_rate() < 0.01, "{}", sampled.sample_rate());
+            assert!((4..=128).contains(&sampled.hot_blocks()), "{} hot", sampled.hot_blocks());
+            assert_eq!(exact.sample_rate(), 1.0);
+            assert_eq!(exact.hot_blocks(), 0, "nothing is hot while every block is sampled");
+            for cap in [1_000, 3_000, 10_000, 30_000, 100_000] {
+                let (e, x) = (sampled.hit_ratio(cap), exact.hit_ratio(cap));
+                assert!((e - x).abs() < 0.02, "seed {seed}, capacity {cap}: sampled {e} vs exact {x}");
+            }
         }
     }
 

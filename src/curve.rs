@@ -30,6 +30,29 @@ const OCTAVES: u64 = 48;
 /// The frequency sketch halves its counts every this many times its width in accesses.
 const AGE_EVERY: u64 = 8;
 
+/// A [`CapacityCurve`] read at chosen capacities ([`CapacityCurve::read`]), for metrics and
+/// reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveReading {
+    /// `(capacity in blocks, estimated LRU hit rate)`, in the order asked.
+    pub points: Vec<(u64, f64)>,
+    /// Fraction of blocks sampled now.
+    pub sample_rate: f64,
+    /// Accesses counted since the last [`CapacityCurve::reset_counts`] (sampled or hot).
+    pub sampled_accesses: u64,
+    /// Distinct sampled blocks tracked now.
+    pub tracked_blocks: usize,
+    /// Heavy hitters tracked exactly now.
+    pub hot_blocks: usize,
+}
+
+impl CurveReading {
+    /// The estimate at `blocks` if it was read there.
+    pub fn at(&self, blocks: u64) -> Option<f64> {
+        self.points.iter().find(|(c, _)| *c == blocks).map(|&(_, h)| h)
+    }
+}
+
 /// A live hit-rate-vs-capacity curve (see the module docs).
 #[derive(Debug, Clone)]
 pub struct CapacityCurve {
@@ -280,6 +303,10 @@ impl CapacityCurve {
         let c = blocks as f64;
         let mut hits = 0.0;
         for (i, &w) in self.hist.iter().enumerate() {
+            if w == 0.0 {
+                // (buckets SUB..3 x SUB are never filled: their bounds would end the walk early)
+                continue;
+            }
             // the bucket holds accesses needing lo..hi blocks (integers, hi excluded)
             let (lo, hi) = bounds(i);
             if c >= hi - 1.0 {
@@ -291,6 +318,30 @@ impl CapacityCurve {
             }
         }
         hits / self.total
+    }
+
+    /// The estimates at each of `capacities` (blocks), with the sample's state.
+    ///
+    /// ```
+    /// use kvtier::BlockHash;
+    /// use kvtier::curve::CapacityCurve;
+    /// let mut c = CapacityCurve::new(1024);
+    /// let loop_of_8: Vec<BlockHash> = (0..8u128).map(|k| BlockHash(k << 70 | k)).collect();
+    /// for _ in 0..4 {
+    ///     c.observe(&loop_of_8);
+    /// }
+    /// let r = c.read(&[4, 8]);
+    /// assert_eq!(r.at(4), Some(0.0)); // a loop of 8 misses every time in LRU of 4
+    /// assert_eq!(r.at(8), Some(0.75)); // and hits after the first pass in LRU of 8
+    /// ```
+    pub fn read(&self, capacities: &[u64]) -> CurveReading {
+        CurveReading {
+            points: capacities.iter().map(|&c| (c, self.hit_ratio(c))).collect(),
+            sample_rate: self.sample_rate(),
+            sampled_accesses: self.sampled_accesses,
+            tracked_blocks: self.last.len(),
+            hot_blocks: self.hot.len(),
+        }
     }
 
     /// Forgets the accesses counted so far but keeps the blocks' order, so the next counts
@@ -443,6 +494,20 @@ mod tests {
                 assert!((e - x).abs() < 0.02, "seed {seed}, capacity {cap}: sampled {e} vs exact {x}");
             }
         }
+    }
+
+    #[test]
+    fn capacities_between_8_and_23_blocks_see_longer_distances() {
+        // a loop of 10 blocks needs 10 of them; the histogram's never-filled buckets 8..24 once
+        // ended the walk before it reached the bucket holding those accesses
+        let mut c = CapacityCurve::new(64);
+        for _ in 0..5 {
+            c.observe(&(0..10).map(key).collect::<Vec<_>>());
+        }
+        for cap in [10, 12, 16, 23, 40] {
+            assert!((c.hit_ratio(cap) - 0.8).abs() < 1e-9, "capacity {cap}: {}", c.hit_ratio(cap));
+        }
+        assert_eq!(c.hit_ratio(9), 0.0);
     }
 
     #[test]

@@ -131,3 +131,35 @@ fn an_ssd_tier_needs_a_model_id() {
     drop(TieredCache::new(CacheConfig::new(layout, 8), named).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_live_capacity_curve_is_in_the_metrics_read_at_each_tier_and_around_the_sum() {
+    let layout = KvLayout::new(1, 1, 8, Dtype::F16, BLOCK).unwrap();
+    let host = HostConfig::default().with_capacity_pages(128).with_huge_pages(false);
+    let config = OffloadConfig::default().with_host(host.clone()).with_workers(0);
+    let t = TieredCache::new(CacheConfig::new(layout, 40).with_curve_keys(4096), config).unwrap();
+    // 20 requests: a shared 5-block prefix, 3 blocks of their own, one token more (so all 8
+    // full blocks are looked up); the shared blocks are reused at a distance of 8 blocks
+    let requests = 20u32;
+    for r in 0..requests {
+        let prompt: Vec<u32> = (0..65).chain((0..40).map(|i| 100_000 * (r + 1) + i)).collect();
+        let seq = t.g1().add_sequence(&prompt, &ExtraKeys::default()).unwrap().seq;
+        t.g1().commit(seq).unwrap();
+        t.g1().free(seq).unwrap();
+    }
+    let curve = t.metrics().live_curve.expect("curve_keys > 0 turns the curve on");
+    let capacities: Vec<u64> = curve.points.iter().map(|&(c, _)| c).collect();
+    // G1, G1 + G2, then 1/8 .. 8 x the summed 168 blocks (no G3)
+    assert_eq!(capacities, [40, 168, 21, 42, 84, 336, 672, 1344]);
+    assert_eq!(curve.sample_rate, 1.0, "fewer blocks than tracked: every block is sampled");
+    let reused = f64::from(5 * (requests - 1)) / f64::from(8 * requests);
+    for &(c, h) in &curve.points {
+        assert!((h - reused).abs() < 1e-9, "capacity {c}: {h} vs {reused}");
+    }
+    assert_eq!(curve.at(40), Some(curve.points[0].1));
+    // off by default
+    let plain =
+        TieredCache::new(CacheConfig::new(layout, 40), OffloadConfig::default().with_host(host).with_workers(0))
+            .unwrap();
+    assert!(plain.metrics().live_curve.is_none());
+}

@@ -81,6 +81,7 @@ use crate::sync::atomic::AtomicU64;
 use crate::sync::{Arc, Mutex, MutexGuard, lock};
 
 use crate::cache::{CacheConfig, KvCache};
+use crate::curve::CurveReading;
 use crate::error::{Error, Result, Tier};
 use crate::metrics::CacheMetrics;
 use crate::prefix::BlockHash;
@@ -126,6 +127,11 @@ pub struct TierMetrics {
     pub g4: Option<RemoteMetrics>,
     /// Movement between tiers.
     pub engine: EngineMetrics,
+    /// G1's live hit-rate-vs-capacity estimate ([`crate::CacheConfig::curve_keys`], None when
+    /// off), read at G1's capacity, G1 + G2's, G1 + G2 + G3's (with a G3), then 1/8, 1/4,
+    /// 1/2, 2, 4 and 8 times the summed capacity (blocks): an LRU cache of each size would
+    /// have hit that share of the blocks looked up since it was last reset.
+    pub live_curve: Option<CurveReading>,
 }
 
 /// Handle of a retained prefix ([`TieredCache::retain`]).
@@ -529,13 +535,17 @@ impl TieredCache {
         engine.admission_reuse_per_mille = choice.reuse.map(|r| r.map(|f| (f * 1000.0).round() as u16));
         engine.tier_events_dropped =
             self.shared.g2.events_dropped() + self.shared.g3.as_ref().map_or(0, DiskTier::events_dropped);
-        TierMetrics {
-            g1: self.shared.g1.metrics(),
-            g2: self.shared.g2.metrics(),
-            g3: self.shared.g3.as_ref().map(|d| d.metrics()),
-            g4: self.shared.g4.as_ref().map(|r| r.metrics()),
-            engine,
+        let g1 = self.shared.g1.metrics();
+        let g2 = self.shared.g2.metrics();
+        let g3 = self.shared.g3.as_ref().map(|d| d.metrics());
+        let mut tiers = vec![g1.capacity as u64, (g1.capacity + g2.capacity) as u64];
+        if let Some(d) = &self.shared.g3 {
+            tiers.push((g1.capacity + g2.capacity + d.capacity()) as u64);
         }
+        let summed = tiers.last().copied().unwrap_or(0);
+        tiers.extend([8, 4, 2].map(|d| summed / d).into_iter().chain([2, 4, 8].map(|m| summed * m)));
+        let live_curve = self.shared.g1.lock().capacity_curve().map(|c| c.read(&tiers));
+        TierMetrics { g1, g2, g3, g4: self.shared.g4.as_ref().map(|r| r.metrics()), engine, live_curve }
     }
 
     /// Checks the invariants of every tier: each tier's free + used + evictable equals its

@@ -103,8 +103,8 @@ pub(crate) fn print_engine(run: &EngineRun, source: &str, layout: &str) {
             format!(" (exact sim LRU there {:.4}: error {:+.4})", x.sim.lru, c.at_summed - x.sim.lru)
         });
         println!(
-            "live curve   the engine's own LRU estimate, second half ({} sampled accesses, {} blocks tracked, rate {:.2e}): at G1 {:.4}, G1+G2 {:.4}, summed {:.4}{}",
-            c.sampled_accesses, c.tracked_blocks, c.sample_rate, c.at_g1, c.at_g1_g2, c.at_summed, exact
+            "live curve   the engine's own LRU estimate, second half ({} accesses counted, {} blocks sampled at rate {:.2e}, {} hot blocks exact): at G1 {:.4}, G1+G2 {:.4}, summed {:.4}{}",
+            c.sampled_accesses, c.tracked_blocks, c.sample_rate, c.hot_blocks, c.at_g1, c.at_g1_g2, c.at_summed, exact
         );
         let points: Vec<String> = c.points.iter().map(|(b, h)| format!("{b}: {h:.4}")).collect();
         println!("             blocks: estimated hit rate  {}", points.join(", "));

@@ -107,6 +107,8 @@ pub struct LiveCurve {
     pub sampled_accesses: u64,
     /// Distinct blocks tracked at the end.
     pub tracked_blocks: usize,
+    /// Heavy hitters tracked exactly at the end (blocks whose accesses would skew the sample).
+    pub hot_blocks: usize,
     /// Estimated LRU hit rate with G1's capacity.
     pub at_g1: f64,
     /// With G1 + G2's.

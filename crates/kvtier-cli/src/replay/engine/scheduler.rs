@@ -676,24 +676,21 @@ impl<'a> Replay<'a> {
             errors: g.errors,
             skipped_down: g.skipped_down,
         });
-        r.live_curve = self.tiers.g1().lock().capacity_curve().map(|c| {
-            let (g1, g2, g3) =
-                (self.config.g1_blocks as u64, self.config.g2_blocks as u64, self.config.g3_blocks as u64);
-            let summed = g1 + g2 + g3;
-            let (sampled_accesses, tracked_blocks) = c.sampled();
+        r.live_curve = self.tiers.metrics().live_curve.map(|c| {
+            // read at G1, G1 + G2, [G1 + G2 + G3,] then 1/8, 1/4, 1/2, 2, 4, 8 x the summed
+            let (tiers, multiples) = c.points.split_at(c.points.len().saturating_sub(6));
+            let at = |i: usize| tiers.get(i).map_or(0.0, |&(_, h)| h);
+            let summed = tiers.last().copied().unwrap_or_default();
+            let (below, above) = multiples.split_at(multiples.len().min(3));
             LiveCurve {
-                sample_rate: c.sample_rate(),
-                sampled_accesses,
-                tracked_blocks,
-                at_g1: c.hit_ratio(g1),
-                at_g1_g2: c.hit_ratio(g1 + g2),
-                at_summed: c.hit_ratio(summed),
-                points: [8, 4, 2, 1]
-                    .map(|d| summed / d)
-                    .into_iter()
-                    .chain([2, 4, 8].map(|m| summed * m))
-                    .map(|b| (b, c.hit_ratio(b)))
-                    .collect(),
+                sample_rate: c.sample_rate,
+                sampled_accesses: c.sampled_accesses,
+                tracked_blocks: c.tracked_blocks,
+                hot_blocks: c.hot_blocks,
+                at_g1: at(0),
+                at_g1_g2: at(1),
+                at_summed: summed.1,
+                points: below.iter().chain([&summed]).chain(above).copied().collect(),
             }
         });
         r.g3_backend = self.tiers.g3().map(|d| d.backend_name().to_string());

@@ -32,6 +32,7 @@ pub mod error;
 pub mod plan;
 pub mod probe;
 pub mod replay;
+pub mod scratch;
 pub mod trace;
 
 pub use error::{Error, Result};

@@ -67,6 +67,9 @@ enum CliError {
     /// Reading, replaying, charting or writing failed.
     #[error(transparent)]
     Replay(#[from] Error),
+    /// The signal handler could not be installed.
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
     /// A progress bar template did not parse (a bug of this program).
     #[error("progress bar: {0}")]
     Progress(#[from] indicatif::style::TemplateError),
@@ -137,6 +140,7 @@ fn probe(args: &ProbeArgs) -> Result<(), CliError> {
         }
         e => CliError::Replay(e),
     })?;
+    remove_stale_scratch(&args.dir)?;
     println!("probing {} (about {:.0} s) ...", args.dir.display(), args.seconds * 9.0);
     let profile = run(&config)?;
     profile.save(&args.out)?;
@@ -153,8 +157,37 @@ fn backend_kind(arg: IoBackend) -> BackendKind {
     }
 }
 
+/// Removes this run's scratch directories (the G3 files, the probe's file) on SIGINT, SIGTERM or
+/// SIGHUP, then exits as the signal would (128 + its number): no destructor runs on a signal,
+/// and an interrupted default replay would leave about 0.5 GB behind.
+fn remove_scratch_on_signal() -> Result<(), CliError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(CliError::Signals)?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let removed = kvtier_cli::scratch::remove_all_before_exit();
+            eprintln!("\ninterrupted: removed {removed} scratch director{}", if removed == 1 { "y" } else { "ies" });
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
+
+/// Removes the scratch that killed runs left in `dir` (see [`kvtier_cli::scratch::remove_stale`])
+/// and says so.
+fn remove_stale_scratch(dir: &Path) -> Result<(), CliError> {
+    for removed in kvtier_cli::scratch::remove_stale(dir)? {
+        eprintln!("removed {} (scratch of a kvtier run that was killed)", removed.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = remove_scratch_on_signal() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Synth(args)) => synth(&args),
@@ -216,6 +249,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         base = s.apply(base);
     }
     let (trace, source) = load_trace(&args.replay)?;
+    remove_stale_scratch(&base.ssd_dir)?;
     let blocks = |sizes: &[Size]| sizes.iter().map(|s| s.blocks(page)).collect::<Vec<_>>();
     let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes)).with_cluster(cluster);
     config.g1_blocks = match args.g1_sizes.as_slice() {
@@ -325,6 +359,9 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
         replay_sim(args, &trace, &source, started, parse_time)?;
     }
     if args.mode != Mode::Sim {
+        if engine_config.g3_blocks > 0 {
+            remove_stale_scratch(&engine_config.ssd_dir)?;
+        }
         if args.mode == Mode::Both {
             println!();
         }

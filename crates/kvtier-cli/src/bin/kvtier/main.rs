@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kvtier::KvLayout;
 use kvtier::io::BackendKind;
@@ -32,7 +31,7 @@ use kvtier_cli::Error;
 use kvtier_cli::plan::PlanConfig;
 use kvtier_cli::replay::synth::SynthPreset;
 use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, engine};
-use kvtier_cli::trace::{Trace, TraceOptions, TraceRecord};
+use kvtier_cli::trace::{TRACE_BLOCK_TOKENS, Trace, TraceOptions, TraceRecord};
 
 use args::{
     AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, RouteArg, Size, SynthArgs,
@@ -67,6 +66,19 @@ enum CliError {
     /// Reading, replaying, charting or writing failed.
     #[error(transparent)]
     Replay(#[from] Error),
+    /// G1 could hold no request of the trace: the replay measured nothing.
+    #[error(
+        "every one of the {requests} requests was rejected as larger than {g1}; the longest prompt needs {longest} \
+         blocks: raise --g1"
+    )]
+    AllRejected {
+        /// Requests replayed.
+        requests: usize,
+        /// G1's size, as given and in blocks.
+        g1: String,
+        /// Blocks of the longest prompt.
+        longest: u64,
+    },
     /// The signal handler could not be installed.
     #[error("cannot handle signals: {0}")]
     Signals(std::io::Error),
@@ -182,9 +194,26 @@ fn remove_stale_scratch(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Refuses flags the chosen command or mode would not read (see [`args::check_unused_flags`]).
+fn check_unused_flags(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), CliError> {
+    let (command, matches, mode) = match (&cli.command, matches.subcommand()) {
+        (Some(Command::Replay(args)), Some((name, sub))) => (name, sub, args.mode),
+        (Some(Command::Plan(args)), Some((name, sub))) => (name, sub, args.replay.mode),
+        (None, _) => ("replay", matches, cli.replay.mode),
+        _ => return Ok(()),
+    };
+    args::check_unused_flags(matches, command, mode).map_err(|(flag, value, reason)| CliError::Flag {
+        flag,
+        value,
+        reason,
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Err(e) = remove_scratch_on_signal() {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = check_unused_flags(&cli, &matches).and_then(|()| remove_scratch_on_signal()) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
@@ -212,7 +241,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         RouteArg::RoundRobin => Route::RoundRobin,
         RouteArg::PrefixAffinity => Route::PrefixAffinity,
     };
-    let cluster = Cluster::new(args.gpus, args.tp, route);
+    let cluster = Cluster::new(args.gpus, args.replay.tp, route);
     // a setting the plan refused, named by the flag it came from
     let cluster_flag = |e: Error| {
         let Error::InvalidConfig { setting, value, reason } = e else { return CliError::Replay(e) };
@@ -238,7 +267,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
             reason: "not for plan: its replays run side by side and would share one G4 keyspace".into(),
         });
     }
-    let mut base = engine_config(&args.replay)?;
+    let mut base = engine_config(&args.replay, false)?;
     let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
     let page = per_gpu.page_bytes();
     let speeds = match &args.profile {
@@ -269,14 +298,14 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     let bar = ProgressBar::new(replays as u64);
     let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print::plan(&report, &source, &args.replay.layout, speeds.as_ref());
-    let json =
-        serde_json::json!({ "trace": source, "layout": args.replay.layout, "tier_speeds": speeds, "plan": report });
+    let layout = layout_name(&args.replay);
+    print::plan(&report, &source, &layout, speeds.as_ref());
+    let json = serde_json::json!({ "trace": source, "layout": layout, "tier_speeds": speeds, "plan": report });
     let path = write_atomic(&args.replay.out, "plan.json", &json)?;
     println!("report       {}", path.display());
     let title = format!(
         "kvtier plan: {}, {} GPU(s) = {} instance(s) x TP {}, {}; {} requests",
-        args.replay.layout,
+        layout,
         cluster.gpus,
         cluster.instances(),
         cluster.tp,
@@ -297,6 +326,18 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
         Some(path) => (Trace::read_path(path, &options)?, path.display().to_string()),
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
+    let named = |e: Error| match &args.trace {
+        Some(path) => e.in_file(path),
+        None => e,
+    };
+    trace.require_requests().map_err(named)?;
+    if let Some((line, reason)) = trace.first_skipped() {
+        eprintln!(
+            "warning: {} bad line(s) of {source} skipped (first: line {line}: {reason}); the replay is of the other {}",
+            trace.skipped_lines(),
+            trace.len()
+        );
+    }
     let (trace, source) = match args.from_request {
         0 => (trace, source),
         k if k >= trace.len() => {
@@ -315,13 +356,15 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
             (Trace::from_records(rest), format!("{source}, from request {k}"))
         }
     };
-    Ok(match args.requests {
+    let (trace, source) = match args.requests {
         // (the count of skipped lines goes with the cut: `--skip-bad-lines` reports it per file)
         Some(n) if n < trace.len() => {
             (Trace::from_records(trace.records()[..n].to_vec()), format!("{source}, first {n} requests"))
         }
         _ => (trace, source),
-    })
+    };
+    trace.require_requests().map_err(named)?;
+    Ok((trace, source))
 }
 
 /// Checks, before any work, that `dir` can be written or created: a replay must not run for
@@ -354,7 +397,7 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     let (trace, source) = load_trace(args)?;
     let parse_time = started.elapsed();
     // Both modes' configurations are checked before either runs or writes anything.
-    let engine_config = engine_config(args)?;
+    let engine_config = engine_config(args, true)?;
     if args.mode != Mode::Engine {
         replay_sim(args, &trace, &source, started, parse_time)?;
     }
@@ -370,8 +413,53 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
-    let config = engine_config_base(args)?;
+/// The model's layout (a preset or `--layout-config`, in `--kv-dtype`, `--block-size` tokens per
+/// block), whole: all its KV heads.
+fn model_layout(args: &ReplayArgs) -> Result<KvLayout, CliError> {
+    use kvtier_cli::model::ModelShape;
+    let shape = match &args.layout_config {
+        Some(path) => ModelShape::read_hf_config(path)?,
+        None => ModelShape::of(KvLayout::preset(&args.layout, 16).map_err(|e| CliError::Flag {
+            flag: "--layout",
+            value: args.layout.clone(),
+            reason: e.to_string(),
+        })?),
+    };
+    shape.layout(args.kv_dtype, args.block_size).map_err(|e| match e {
+        Error::Kvtier(e) => {
+            CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() }
+        }
+        e => CliError::Replay(e),
+    })
+}
+
+/// One GPU's share of [`model_layout`]: `1 / --tp` of its KV heads.
+fn per_gpu_layout(args: &ReplayArgs) -> Result<KvLayout, CliError> {
+    kvtier_cli::model::shard(model_layout(args)?, args.tp).map_err(|e| match e {
+        Error::InvalidConfig { value, reason, .. } => CliError::Flag { flag: "--tp", value, reason },
+        e => CliError::Replay(e),
+    })
+}
+
+/// The layout as the reports name it: `llama-3.1-70b, KV fp8, TP 4 (per GPU)`.
+fn layout_name(args: &ReplayArgs) -> String {
+    let mut name = match &args.layout_config {
+        Some(path) => path.display().to_string(),
+        None => args.layout.clone(),
+    };
+    if let Some(dtype) = args.kv_dtype {
+        name += &format!(", KV {}", format!("{dtype:?}").to_ascii_lowercase());
+    }
+    if args.tp > 1 {
+        name += &format!(", TP {} (sizes per GPU)", args.tp);
+    }
+    name
+}
+
+/// The engine's configuration from the flags; its layout is one GPU's when `per_gpu` (a replay
+/// of one serving instance), the whole model's otherwise (the plan splits it itself).
+fn engine_config(args: &ReplayArgs, per_gpu: bool) -> Result<EngineConfig, CliError> {
+    let config = engine_config_base(args, per_gpu)?;
     Ok(match args.tier_policy {
         None => config,
         Some(TierPolicy::Lru) => config.with_policy(PolicyKind::Lru),
@@ -382,15 +470,11 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
     })
 }
 
-fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
-    let layout = KvLayout::preset(&args.layout, args.block_size).map_err(|e| match e {
-        kvtier::Error::InvalidConfig { field: "layout preset", .. } => CliError::Flag {
-            flag: "--layout",
-            value: args.layout.clone(),
-            reason: format!("unknown preset (expected one of {})", KvLayout::PRESETS.join(", ")),
-        },
-        e => CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() },
-    })?;
+fn engine_config_base(args: &ReplayArgs, per_gpu: bool) -> Result<EngineConfig, CliError> {
+    let layout = match per_gpu {
+        true => per_gpu_layout(args)?,
+        false => model_layout(args)?,
+    };
     if let (Some(h), false) = (args.oracle_horizon, matches!(args.admission, AdmissionArg::Oracle)) {
         return Err(CliError::Flag {
             flag: "--oracle-horizon",
@@ -444,8 +528,24 @@ fn replay_sim(
     let plan_time = plan_started.elapsed();
 
     let policies = sim_policies(&args.policy);
-    let config =
-        SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies).with_pool(args.in_pool);
+    // Bytes of one 512-token trace block on one GPU: sim capacities given in bytes count these.
+    let block_bytes = per_gpu_layout(args)?.bytes_per_token() as u64 * TRACE_BLOCK_TOKENS as u64;
+    let capacities = args
+        .capacity
+        .iter()
+        .map(|size| {
+            let blocks = match *size {
+                Size::Blocks(n) => n,
+                Size::Bytes(n) => n / block_bytes,
+            };
+            u32::try_from(blocks).map_err(|_| CliError::Flag {
+                flag: "--capacity",
+                value: size.to_string(),
+                reason: format!("{blocks} blocks of {TRACE_BLOCK_TOKENS} tokens: at most {}", u32::MAX),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = SimConfig::default().with_capacities(capacities).with_policies(policies).with_pool(args.in_pool);
     config.validate().map_err(|e| CliError::from_setting(args, e))?;
     let points = config.capacities_for(&plan).len() * config.policies().len();
     let bar = ProgressBar::new(points as u64).with_style(
@@ -462,7 +562,7 @@ fn replay_sim(
     bar.finish_and_clear();
     let total_time = started.elapsed();
 
-    print_report(&report, trace, source, &config, [parse_time, plan_time, total_time], &point_times);
+    print_report(&report, trace, source, &config, block_bytes, [parse_time, plan_time, total_time], &point_times);
     let path = write_json(&args.out, &report, trace, source, [parse_time, plan_time, total_time], &point_times)?;
     println!("report       {}", path.display());
     if config.policies().len() > 1 {
@@ -482,7 +582,8 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
     );
     let run = engine::run(trace, config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print_engine(&run, source, &args.layout);
+    check_rejections(args, trace, config, &run.report)?;
+    print_engine(&run, source, &layout_name(args));
     let json = serde_json::json!({
         "kvtier_version": env!("CARGO_PKG_VERSION"),
         "mode": "engine",
@@ -493,7 +594,7 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
                        checked against the stamp written for its hash (report.verification); report.reference is the \
                        same engine with one G1 of the summed capacity, ratio = tiered / reference second-half rates",
         "trace": { "source": source, "skipped_lines": trace.skipped_lines() },
-        "layout": args.layout,
+        "layout": layout_name(args),
         "report": run.report,
         "timing": run.timing,
     });
@@ -504,6 +605,31 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
     std::fs::rename(&svg, &chart).map_err(|source| Error::Io { op: "write", path: chart.clone(), source })?;
     println!("report       {}", path.display());
     println!("chart        {}", chart.display());
+    Ok(())
+}
+
+/// Fails when G1 could hold no request of the trace (the report would be of nothing), and warns
+/// when it could not hold some (their prompts count as misses).
+fn check_rejections(
+    args: &ReplayArgs,
+    trace: &Trace,
+    config: &EngineConfig,
+    report: &engine::report::EngineReport,
+) -> Result<(), CliError> {
+    if report.rejected == 0 {
+        return Ok(());
+    }
+    let block = config.layout.block_size() as u64;
+    let longest = trace.records().iter().map(|r| (r.input_length as u64).div_ceil(block)).max().unwrap_or(0);
+    let g1 = format!("G1 (--g1 {} = {} blocks of {block} tokens)", args.g1, config.g1_blocks);
+    if report.rejected == report.requests {
+        return Err(CliError::AllRejected { requests: report.requests, g1, longest });
+    }
+    eprintln!(
+        "warning: {} of {} requests rejected as larger than {g1}; their prompts count as misses (the longest \
+         needs {longest} blocks)",
+        report.rejected, report.requests
+    );
     Ok(())
 }
 

@@ -422,6 +422,7 @@ pub struct EngineRun {
 /// its hash (in either replay).
 pub fn run(trace: &Trace, config: &EngineConfig, mut progress: impl FnMut(usize)) -> Result<EngineRun> {
     config.validate()?;
+    trace.require_requests()?;
     let mut run = replay(trace, config, Shape::Tiered, &mut progress)?;
     if config.reference {
         let started = Instant::now();

@@ -41,6 +41,14 @@ impl ScratchKind {
     /// Every kind, the ones [`remove_stale`] looks for.
     pub const ALL: [ScratchKind; 2] = [ScratchKind::ReplayG3, ScratchKind::Probe];
 
+    /// The setting an [`Error::InvalidConfig`] about the parent directory names.
+    pub fn setting(self) -> &'static str {
+        match self {
+            ScratchKind::ReplayG3 => "ssd dir",
+            ScratchKind::Probe => "dir",
+        }
+    }
+
     /// The start of the directory's name.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -125,7 +133,7 @@ impl ScratchDir {
             let mode = meta.permissions().mode();
             if mode & 0o002 != 0 && mode & 0o1000 == 0 {
                 return Err(Error::InvalidConfig {
-                    setting: "scratch dir",
+                    setting: kind.setting(),
                     value: parent.display().to_string(),
                     reason: "is writable by everyone without the sticky bit (chmod +t or o-w): another user \
                              could replace the run's directory"

@@ -359,12 +359,14 @@ fn length(field: &'static str, value: i64) -> std::result::Result<u32, TraceReas
     u32::try_from(value).map_err(|_| TraceReason::TooLarge(field))
 }
 
-/// A whole number above `max` (JSON reads integers past 64 bits, and exponents, as floats).
-fn beyond_integers(v: &serde_json::Value, max: f64) -> bool {
-    if v.is_u64() {
-        return v.as_u64().is_some_and(|n| n as f64 > max);
+/// A whole number above `max`, `i64::MAX` or `u64::MAX` (JSON reads integers past 64 bits, and
+/// exponents, as floats).
+fn beyond_integers(v: &serde_json::Value, max: u64) -> bool {
+    match v.as_u64() {
+        Some(n) => n > max,
+        // (`max` is 2^k - 1, which as a float is 2^k: the first whole number past it)
+        None => v.as_f64().is_some_and(|n| n >= max as f64 && n.fract() == 0.0),
     }
-    v.as_f64().is_some_and(|n| n > max && n.fract() == 0.0)
 }
 
 /// Finds which field made typed decoding fail; only runs on a bad line.
@@ -377,7 +379,7 @@ fn classify_data_error(line: &str) -> TraceReason {
     }
     for field in ["input_length", "output_length"] {
         match map.get(field) {
-            Some(v) if beyond_integers(v, i64::MAX as f64) => return TraceReason::TooLarge(field),
+            Some(v) if beyond_integers(v, i64::MAX as u64) => return TraceReason::TooLarge(field),
             Some(v) if !(v.is_null() || v.is_i64()) => return TraceReason::WrongType(field),
             _ => {}
         }
@@ -386,7 +388,7 @@ fn classify_data_error(line: &str) -> TraceReason {
         Some(serde_json::Value::Array(ids)) => {
             if ids.iter().any(|id| id.as_i64().is_some_and(|id| id < 0)) {
                 TraceReason::Negative("hash_ids")
-            } else if ids.iter().any(|id| beyond_integers(id, u64::MAX as f64)) {
+            } else if ids.iter().any(|id| beyond_integers(id, u64::MAX)) {
                 TraceReason::TooLarge("hash_ids")
             } else {
                 TraceReason::WrongType("hash_ids")

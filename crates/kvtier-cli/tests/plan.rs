@@ -220,7 +220,7 @@ fn an_empty_trace_is_refused_and_idle_instances_report_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let base = EngineConfig::default().with_capacities(1000, 1, 0).with_ssd_dir(dir.path());
     let config = PlanConfig::new(base.clone(), vec![500], vec![0]);
-    assert!(matches!(sweep(&Trace::default(), &config, |_| {}), Err(Error::InvalidConfig { setting: "trace", .. })));
+    assert!(matches!(sweep(&Trace::default(), &config, |_| {}), Err(Error::EmptyTrace { skipped_lines: 0, .. })));
     let config = PlanConfig::new(base, vec![500], vec![0]).with_cluster(Cluster::new(8, 1, Route::RoundRobin));
     let report = sweep(&sample(5), &config, |_| {}).unwrap();
     assert_eq!(report.instance_requests, [1, 1, 1, 1, 1, 0, 0, 0]);

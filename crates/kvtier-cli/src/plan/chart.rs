@@ -13,6 +13,7 @@ use plotters::prelude::*;
 
 use super::{PlanPoint, PlanReport};
 use crate::error::{Error, Result};
+use crate::replay::chart::{LegendEntry, legend_column};
 
 /// One line: its label and its points `(x GiB, point)`, sorted by x.
 type Line<'a> = (String, Vec<(f64, &'a PlanPoint)>);
@@ -132,14 +133,12 @@ fn panel(
 /// The legend column: one entry per line, then the cheapest point.
 fn legend(area: &Area<'_>, report: &PlanReport, lines: &[Line]) -> Result<(), Box<dyn std::error::Error>> {
     let font = ("sans-serif", 14).into_font();
-    let mut y = 60;
-    area.draw(&Text::new("lines (points: G2 sizes)", (8, y - 24), font.clone()))?;
-    for (i, (label, _)) in lines.iter().enumerate() {
-        let style = COLORS[i % COLORS.len()].stroke_width(2);
-        area.draw(&PathElement::new(vec![(8, y + 7), (32, y + 7)], style))?;
-        area.draw(&Text::new(label.as_str(), (40, y), font.clone()))?;
-        y += 22;
-    }
+    let entries: Vec<LegendEntry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (label, _))| (label.clone(), COLORS[i % COLORS.len()].stroke_width(2)))
+        .collect();
+    let mut y = legend_column(area, "lines (points: G2 sizes)", &entries, 36)?;
     if let Some(p) = report.cheapest() {
         y += 12;
         area.draw(&Circle::new((20, y + 7), 7, RING.stroke_width(3)))?;

@@ -567,7 +567,8 @@ fn replay_sim(
     println!("report       {}", path.display());
     if config.policies().len() > 1 {
         let svg = args.out.join(SIM_CHART_FILE);
-        chart::write_sim_svg(&report, source, &svg)?;
+        let title = format!("kvtier replay --mode sim: {} requests\n{source}", trace.len());
+        chart::write_sim_svg(&report, &title, &svg)?;
         println!("chart        {}", svg.display());
     }
     Ok(())
@@ -600,7 +601,22 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
     });
     let path = write_atomic(&args.out, ENGINE_REPORT_FILE, &json)?;
     let svg = args.out.join(format!("{ENGINE_CHART_FILE}.tmp"));
-    chart::write_svg(&run.report, &svg)?;
+    let gib = |blocks: usize| {
+        let gib = blocks as f64 * config.layout.page_bytes() as f64 / (1u64 << 30) as f64;
+        if gib >= 10.0 { format!("{gib:.0} GiB") } else { format!("{gib:.2} GiB") }
+    };
+    let g3 = match config.g3_blocks {
+        0 => "no G3".to_string(),
+        n => format!("G3 {}", gib(n)),
+    };
+    let title = format!(
+        "kvtier replay --mode engine: {}; G1 {}, G2 {}, {g3}\n{source}; {} requests",
+        layout_name(args),
+        gib(config.g1_blocks),
+        gib(config.g2_blocks),
+        trace.len()
+    );
+    chart::write_svg(&run.report, &title, &svg)?;
     let chart = args.out.join(ENGINE_CHART_FILE);
     std::fs::rename(&svg, &chart).map_err(|source| Error::Io { op: "write", path: chart.clone(), source })?;
     println!("report       {}", path.display());

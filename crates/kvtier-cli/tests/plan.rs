@@ -202,8 +202,8 @@ fn the_chart_has_a_title_axes_and_the_cheapest_point() {
     for text in [
         "kvtier plan: test title",
         "GiB, log scale",
-        "hit rate",
-        "cost per GPU-hour",
+        "hit rate (share of prompt tokens)",
+        "cost per GPU-hour (price units)",
         "no G3",
         "cheapest at 95 % of the best",
     ] {

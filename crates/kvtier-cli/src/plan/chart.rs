@@ -81,9 +81,11 @@ fn draw(report: &PlanReport, title: &str, path: &Path) -> Result<(), Box<dyn std
     let hit_end = (report.best_hit_rate() * 1.25).clamp(0.05, 1.0);
     let cost_end = report.points.iter().map(|p| p.cost_per_hour).fold(0.0, f64::max).max(1e-6) * 1.2;
     let cheapest = report.cheapest();
-    let hit: Panel = ("prefix hit rate (second half, all instances)", "hit rate", hit_end, |p| p.hit_rate);
+    let hit: Panel =
+        ("prefix hit rate (second half, all instances)", "hit rate (share of prompt tokens)", hit_end, |p| p.hit_rate);
     panel(&top, hit, x_range, &lines, cheapest)?;
-    let cost: Panel = ("cost of one GPU's G1 + G2 + G3", "cost per GPU-hour", cost_end, |p| p.cost_per_hour);
+    let cost: Panel =
+        ("cost of one GPU's G1 + G2 + G3", "cost per GPU-hour (price units)", cost_end, |p| p.cost_per_hour);
     panel(&bottom, cost, x_range, &lines, cheapest)?;
     legend(&legend_area, report, &lines)?;
     root.present()?;

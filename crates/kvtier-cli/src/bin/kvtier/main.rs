@@ -7,6 +7,10 @@
 //! 2. Build the prefix tree once, then replay every capacity x policy point with a progress bar.
 //! 3. Print the report and write the same as JSON into `--out` (default `out/`).
 //!
+//! A flag the chosen mode or command does not read is refused before anything runs. On SIGINT,
+//! SIGTERM or SIGHUP the G3 (and probe) scratch of the run is removed before it exits
+//! (`kvtier_cli::scratch`), and a run removes the scratch a killed run left in its directory.
+//!
 //! `--mode sim` uses the hit-rate definition of the public kvcache-simulator (see
 //! `kvtier_cli::replay`), so its numbers compare with published tables. `--mode engine` replays
 //! the trace through the real G1 + G2 + G3 engine with simulated request lifetimes

@@ -190,7 +190,15 @@ fn lock_owner_file(dir: &Path) -> Result<File> {
 
 /// Removes a registered directory and the parents it created (those only if empty).
 fn remove(live: &Live) {
-    let _ = std::fs::remove_dir_all(&live.dir);
+    // On a signal the run's IO threads may still be making files in it: a pass that lost that
+    // race (the directory not empty at the end) is repeated. Once the directory is gone nothing
+    // can be made in it any more.
+    for _ in 0..1000 {
+        match std::fs::remove_dir_all(&live.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && live.dir.symlink_metadata().is_ok() => continue,
+            _ => break,
+        }
+    }
     for p in live.created_parents.iter().rev() {
         let _ = std::fs::remove_dir(p); // only if empty: whatever else appeared there stays
     }

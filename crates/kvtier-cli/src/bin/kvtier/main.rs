@@ -41,9 +41,13 @@ use args::{
     AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, RouteArg, Size, SynthArgs,
     TierPolicy, sim_policies,
 };
+use guard::{check_dir, check_rejections, check_unused_flags, remove_scratch_on_signal, remove_stale_scratch};
+use layout::{layout_name, model_layout, per_gpu_layout};
 use print::{print_engine, print_probe, print_report};
 
 mod args;
+mod guard;
+mod layout;
 mod print;
 
 /// First 3,000 requests of Mooncake's conversation_trace.jsonl (Apache-2.0, see data/README.md).
@@ -171,46 +175,6 @@ fn backend_kind(arg: IoBackend) -> BackendKind {
         IoBackend::Uring => BackendKind::Uring,
         IoBackend::Psync => BackendKind::Psync,
     }
-}
-
-/// Removes this run's scratch directories (the G3 files, the probe's file) on SIGINT, SIGTERM or
-/// SIGHUP, then exits as the signal would (128 + its number): no destructor runs on a signal,
-/// and an interrupted default replay would leave about 0.5 GB behind.
-fn remove_scratch_on_signal() -> Result<(), CliError> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(CliError::Signals)?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            let removed = kvtier_cli::scratch::remove_all_before_exit();
-            eprintln!("\ninterrupted: removed {removed} scratch director{}", if removed == 1 { "y" } else { "ies" });
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
-}
-
-/// Removes the scratch that killed runs left in `dir` (see [`kvtier_cli::scratch::remove_stale`])
-/// and says so.
-fn remove_stale_scratch(dir: &Path) -> Result<(), CliError> {
-    for removed in kvtier_cli::scratch::remove_stale(dir)? {
-        eprintln!("removed {} (scratch of a kvtier run that was killed)", removed.display());
-    }
-    Ok(())
-}
-
-/// Refuses flags the chosen command or mode would not read (see [`args::check_unused_flags`]).
-fn check_unused_flags(cli: &Cli, matches: &clap::ArgMatches) -> Result<(), CliError> {
-    let (command, matches, mode) = match (&cli.command, matches.subcommand()) {
-        (Some(Command::Replay(args)), Some((name, sub))) => (name, sub, args.mode),
-        (Some(Command::Plan(args)), Some((name, sub))) => (name, sub, args.replay.mode),
-        (None, _) => ("replay", matches, cli.replay.mode),
-        _ => return Ok(()),
-    };
-    args::check_unused_flags(matches, command, mode).map_err(|(flag, value, reason)| CliError::Flag {
-        flag,
-        value,
-        reason,
-    })
 }
 
 fn main() -> ExitCode {
@@ -371,27 +335,6 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
     Ok((trace, source))
 }
 
-/// Checks, before any work, that `dir` can be written or created: a replay must not run for
-/// minutes to fail at its last step (the error names the flag and the path). Leaves nothing
-/// behind: the check writes and removes a file in `dir` or in its nearest existing ancestor.
-fn check_dir(flag: &'static str, dir: &Path) -> Result<(), CliError> {
-    let refuse = |reason: String| CliError::Flag { flag, value: dir.display().to_string(), reason };
-    let mut existing = dir;
-    while !existing.exists() {
-        existing = match existing.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-    }
-    if !existing.is_dir() {
-        return Err(refuse(format!("{} is not a directory", existing.display())));
-    }
-    let probe = existing.join(format!(".kvtier-write-check-{}", std::process::id()));
-    let cannot = |e: std::io::Error| refuse(format!("cannot write in {}: {e}", existing.display()));
-    std::fs::write(&probe, b"").map_err(cannot)?;
-    std::fs::remove_file(&probe).map_err(cannot)
-}
-
 fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     let started = Instant::now();
     check_dir("--out", &args.out)?;
@@ -415,49 +358,6 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
         replay_engine(args, &trace, &source, &engine_config)?;
     }
     Ok(())
-}
-
-/// The model's layout (a preset or `--layout-config`, in `--kv-dtype`, `--block-size` tokens per
-/// block), whole: all its KV heads.
-fn model_layout(args: &ReplayArgs) -> Result<KvLayout, CliError> {
-    use kvtier_cli::model::ModelShape;
-    let shape = match &args.layout_config {
-        Some(path) => ModelShape::read_hf_config(path)?,
-        None => ModelShape::of(KvLayout::preset(&args.layout, 16).map_err(|e| CliError::Flag {
-            flag: "--layout",
-            value: args.layout.clone(),
-            reason: e.to_string(),
-        })?),
-    };
-    shape.layout(args.kv_dtype, args.block_size).map_err(|e| match e {
-        Error::Kvtier(e) => {
-            CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() }
-        }
-        e => CliError::Replay(e),
-    })
-}
-
-/// One GPU's share of [`model_layout`]: `1 / --tp` of its KV heads.
-fn per_gpu_layout(args: &ReplayArgs) -> Result<KvLayout, CliError> {
-    kvtier_cli::model::shard(model_layout(args)?, args.tp).map_err(|e| match e {
-        Error::InvalidConfig { value, reason, .. } => CliError::Flag { flag: "--tp", value, reason },
-        e => CliError::Replay(e),
-    })
-}
-
-/// The layout as the reports name it: `llama-3.1-70b, KV fp8, TP 4 (per GPU)`.
-fn layout_name(args: &ReplayArgs) -> String {
-    let mut name = match &args.layout_config {
-        Some(path) => path.display().to_string(),
-        None => args.layout.clone(),
-    };
-    if let Some(dtype) = args.kv_dtype {
-        name += &format!(", KV {}", format!("{dtype:?}").to_ascii_lowercase());
-    }
-    if args.tp > 1 {
-        name += &format!(", TP {} (sizes per GPU)", args.tp);
-    }
-    name
 }
 
 /// The engine's configuration from the flags; its layout is one GPU's when `per_gpu` (a replay
@@ -625,31 +525,6 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
     std::fs::rename(&svg, &chart).map_err(|source| Error::Io { op: "write", path: chart.clone(), source })?;
     println!("report       {}", path.display());
     println!("chart        {}", chart.display());
-    Ok(())
-}
-
-/// Fails when G1 could hold no request of the trace (the report would be of nothing), and warns
-/// when it could not hold some (their prompts count as misses).
-fn check_rejections(
-    args: &ReplayArgs,
-    trace: &Trace,
-    config: &EngineConfig,
-    report: &engine::report::EngineReport,
-) -> Result<(), CliError> {
-    if report.rejected == 0 {
-        return Ok(());
-    }
-    let block = config.layout.block_size() as u64;
-    let longest = trace.records().iter().map(|r| (r.input_length as u64).div_ceil(block)).max().unwrap_or(0);
-    let g1 = format!("G1 (--g1 {} = {} blocks of {block} tokens)", args.g1, config.g1_blocks);
-    if report.rejected == report.requests {
-        return Err(CliError::AllRejected { requests: report.requests, g1, longest });
-    }
-    eprintln!(
-        "warning: {} of {} requests rejected as larger than {g1}; their prompts count as misses (the longest \
-         needs {longest} blocks)",
-        report.rejected, report.requests
-    );
     Ok(())
 }
 

@@ -27,6 +27,26 @@ pub enum Error {
         /// What is wrong with the line.
         reason: TraceReason,
     },
+    /// A trace holds no request: nothing to replay (see [`crate::trace::Trace::require_requests`]).
+    #[error("{}{}", at(path), empty_because(*skipped_lines, first_skipped))]
+    EmptyTrace {
+        /// The file, when the input was read from one.
+        path: Option<PathBuf>,
+        /// Bad lines skipped (`--skip-bad-lines`): all of the trace's lines when non-zero.
+        skipped_lines: usize,
+        /// Line number and reason of the first of them.
+        first_skipped: Option<(usize, TraceReason)>,
+    },
+    /// A model's `config.json` lacks a field the KV layout needs, or has an invalid one.
+    #[error("{}: {field}: {problem}", path.display())]
+    ModelConfig {
+        /// The file.
+        path: PathBuf,
+        /// The field (`num_hidden_layers`, ...; `config.json` when the file is not JSON).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: crate::model::ConfigProblem,
+    },
     /// Reading or writing a file failed.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -107,6 +127,9 @@ impl Error {
     pub fn in_file(self, path: &Path) -> Self {
         match self {
             Error::Trace { path: None, line, reason } => Error::Trace { path: Some(path.to_path_buf()), line, reason },
+            Error::EmptyTrace { path: None, skipped_lines, first_skipped } => {
+                Error::EmptyTrace { path: Some(path.to_path_buf()), skipped_lines, first_skipped }
+            }
             other => other,
         }
     }
@@ -122,6 +145,16 @@ fn at(path: &Option<PathBuf>) -> String {
     match path {
         Some(path) => format!("{}: ", path.display()),
         None => "trace ".to_string(),
+    }
+}
+
+/// Why a [`Error::EmptyTrace`] is empty.
+fn empty_because(skipped: usize, first: &Option<(usize, TraceReason)>) -> String {
+    match first {
+        Some((line, reason)) if skipped > 0 => {
+            format!("no request: all {skipped} non-blank line(s) are bad (first: line {line}: {reason})")
+        }
+        _ => "no request (the file is empty, or the cut by --requests/--from-request left none)".to_string(),
     }
 }
 
@@ -142,6 +175,11 @@ mod tests {
         let bad = Error::Trace { path: None, line: 3, reason: TraceReason::BadJson };
         assert_eq!(bad.to_string(), "trace line 3: not valid JSON");
         assert_eq!(bad.in_file(Path::new("t.jsonl")).to_string(), "t.jsonl: line 3: not valid JSON");
+        let empty = Error::EmptyTrace { path: None, skipped_lines: 2, first_skipped: Some((1, TraceReason::BadJson)) };
+        assert_eq!(
+            empty.in_file(Path::new("t.jsonl")).to_string(),
+            "t.jsonl: no request: all 2 non-blank line(s) are bad (first: line 1: not valid JSON)"
+        );
         let config = Error::invalid("capacity", 0, "must be at least 1 block");
         assert_eq!(config.to_string(), "invalid capacity 0: must be at least 1 block");
     }

@@ -29,9 +29,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
+pub mod model;
 pub mod plan;
 pub mod probe;
 pub mod replay;
+pub mod scratch;
 pub mod trace;
 
 pub use error::{Error, Result};

@@ -9,8 +9,8 @@
 //! 1. Checks the [`ProbeConfig`] and that the directory exists.
 //! 2. Copies a buffer larger than the last-level cache with `copy_from_slice`, pass after pass
 //!    for the time bound, and keeps the best and the median pass.
-//! 3. Creates a scratch file under an unpredictable name inside the directory (removed when the
-//!    probe ends, also on error), opens it with O_DIRECT where the file system allows it
+//! 3. Creates a scratch file in a new directory under an unpredictable name inside the directory
+//!    ([`crate::scratch`]: removed when the probe ends, also on error or a signal), opens it with O_DIRECT where the file system allows it
 //!    (buffered otherwise, and the profile says so) and fills it once.
 //! 4. For each page size (the layout's page and 64 KiB): sequential writes, then sequential
 //!    reads, each once with a full queue (batches of the engine's queue depth: bandwidth, and
@@ -41,6 +41,7 @@ use kvtier::io::{AlignedBuf, BackendKind, IoBackend, IoConfig, IoOp, Overlap, cr
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::scratch::{ScratchDir, ScratchKind};
 
 /// Version of the [`Profile`] format; [`Profile::load`] refuses any other.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -351,13 +352,10 @@ fn measure_memcpy(bytes: u64, budget: Duration) -> Result<Memcpy> {
 
 fn measure_io(config: &ProbeConfig) -> Result<IoProfile> {
     let backend = open_backend(&config.io)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".kvtier-probe-")
-        .tempfile_in(&config.dir)
-        .map_err(|source| Error::Io { op: "create scratch file in", path: config.dir.clone(), source })?;
-    // The named file is reopened through kvtier's own checks (no symlink, owner, one link);
-    // dropping `scratch` removes it, on every path out of this function.
-    let slab = create_slab_file(scratch.path(), config.scratch_bytes, config.io.direct)?;
+    // A scratch directory (see `crate::scratch`): dropping it removes the file, on every path
+    // out of this function, and a signal handler or the next probe removes it after a kill.
+    let scratch = ScratchDir::new(&config.dir, ScratchKind::Probe)?;
+    let slab = create_slab_file(&scratch.path().join("slab"), config.scratch_bytes, config.io.direct)?;
     let file = slab.file();
     let largest = config.page_sizes.iter().copied().max().unwrap_or(SMALL_PAGE_BYTES);
     let fill = IoRun { backend: backend.as_ref(), file, file_bytes: config.scratch_bytes, page_bytes: largest };

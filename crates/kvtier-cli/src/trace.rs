@@ -12,7 +12,11 @@
 //!    ([`TraceReason::InvalidUtf8`]), like any other.
 //! 2. Each line is decoded into a [`TraceRecord`] and validated: all four fields present, lengths
 //!    and ids non-negative integers, and `len(hash_ids) == ceil(input_length / 512)`.
-//! 3. The first bad line fails the whole read with [`Error::Trace`] (file, line number and a
+//! 3. Timestamps must not go backwards: a line earlier than the line before it is a bad line
+//!    ([`TraceReason::Backwards`]). Sim mode replays in file order and engine mode by arrival
+//!    time, so an unsorted trace would mean two different workloads; sort it first (e.g.
+//!    `jq -c -s 'sort_by(.timestamp)[]' in.jsonl > out.jsonl`). Equal timestamps are fine.
+//! 4. The first bad line fails the whole read with [`Error::Trace`] (file, line number and a
 //!    [`TraceReason`]), so no partial trace is ever replayed as if it were the whole one; with
 //!    [`TraceOptions::with_skip_bad_lines`] bad lines are counted and skipped instead.
 //!
@@ -114,6 +118,13 @@ pub enum TraceReason {
     TooLarge(&'static str),
     /// The line is not UTF-8 text.
     InvalidUtf8,
+    /// The timestamp is earlier than the previous request's (the trace is not in arrival order).
+    Backwards {
+        /// The previous request's timestamp, milliseconds.
+        previous_ms: u64,
+        /// This line's, milliseconds.
+        timestamp_ms: u64,
+    },
     /// `hash_ids` does not hold one id per 512-token block of `input_length`.
     BlockCount {
         /// Ids found.
@@ -133,6 +144,11 @@ impl std::fmt::Display for TraceReason {
             TraceReason::WrongType(field) => write!(f, "field `{field}` has the wrong type"),
             TraceReason::Negative(field) => write!(f, "field `{field}` is negative"),
             TraceReason::TooLarge(field) => write!(f, "field `{field}` is too large"),
+            TraceReason::Backwards { previous_ms, timestamp_ms } => write!(
+                f,
+                "timestamp {timestamp_ms} ms is earlier than the previous request's {previous_ms} ms (sort the trace \
+                 by timestamp)"
+            ),
             TraceReason::BlockCount { hash_ids, expected } => {
                 write!(f, "{hash_ids} hash_ids but input_length needs {expected} ({TRACE_BLOCK_TOKENS}-token blocks)")
             }
@@ -210,6 +226,13 @@ impl Trace {
                 Ok(line) => TraceRecord::parse_line(line),
                 Err(_) => Err(TraceReason::InvalidUtf8),
             };
+            let parsed = parsed.and_then(|record| match trace.records.last() {
+                Some(previous) if record.timestamp_ms < previous.timestamp_ms => Err(TraceReason::Backwards {
+                    previous_ms: previous.timestamp_ms,
+                    timestamp_ms: record.timestamp_ms,
+                }),
+                _ => Ok(record),
+            });
             match parsed {
                 Ok(record) => trace.records.push(record),
                 Err(reason) if options.skip_bad_lines => {
@@ -253,6 +276,26 @@ impl Trace {
     /// True when the trace holds no request.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// The trace itself if it holds at least one request, else [`Error::EmptyTrace`] (which says
+    /// when every line was bad). A replay of no request would report rates of nothing.
+    ///
+    /// ```
+    /// # use kvtier_cli::trace::{Trace, TraceOptions};
+    /// let trace = Trace::parse_str("oops\n", &TraceOptions::default().with_skip_bad_lines(true))?;
+    /// assert!(matches!(trace.require_requests(), Err(kvtier_cli::Error::EmptyTrace { skipped_lines: 1, .. })));
+    /// # Ok::<(), kvtier_cli::Error>(())
+    /// ```
+    pub fn require_requests(&self) -> Result<&Self> {
+        match self.records.is_empty() {
+            false => Ok(self),
+            true => Err(Error::EmptyTrace {
+                path: None,
+                skipped_lines: self.skipped_lines,
+                first_skipped: self.first_skipped,
+            }),
+        }
     }
 
     /// Malformed lines skipped (only with [`TraceOptions::with_skip_bad_lines`]).
@@ -316,6 +359,16 @@ fn length(field: &'static str, value: i64) -> std::result::Result<u32, TraceReas
     u32::try_from(value).map_err(|_| TraceReason::TooLarge(field))
 }
 
+/// A whole number above `max`, `i64::MAX` or `u64::MAX` (JSON reads integers past 64 bits, and
+/// exponents, as floats).
+fn beyond_integers(v: &serde_json::Value, max: u64) -> bool {
+    match v.as_u64() {
+        Some(n) => n > max,
+        // (`max` is 2^k - 1, which as a float is 2^k: the first whole number past it)
+        None => v.as_f64().is_some_and(|n| n >= max as f64 && n.fract() == 0.0),
+    }
+}
+
 /// Finds which field made typed decoding fail; only runs on a bad line.
 fn classify_data_error(line: &str) -> TraceReason {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -326,7 +379,7 @@ fn classify_data_error(line: &str) -> TraceReason {
     }
     for field in ["input_length", "output_length"] {
         match map.get(field) {
-            Some(v) if v.is_u64() && v.as_i64().is_none() => return TraceReason::TooLarge(field),
+            Some(v) if beyond_integers(v, i64::MAX as u64) => return TraceReason::TooLarge(field),
             Some(v) if !(v.is_null() || v.is_i64()) => return TraceReason::WrongType(field),
             _ => {}
         }
@@ -335,6 +388,8 @@ fn classify_data_error(line: &str) -> TraceReason {
         Some(serde_json::Value::Array(ids)) => {
             if ids.iter().any(|id| id.as_i64().is_some_and(|id| id < 0)) {
                 TraceReason::Negative("hash_ids")
+            } else if ids.iter().any(|id| beyond_integers(id, u64::MAX)) {
+                TraceReason::TooLarge("hash_ids")
             } else {
                 TraceReason::WrongType("hash_ids")
             }
@@ -415,6 +470,29 @@ mod tests {
             reason(r#"{"timestamp": 1, "input_length": 5000000000, "output_length": 1, "hash_ids": [1]}"#),
             TraceReason::TooLarge("input_length")
         );
+        for (line, field) in [
+            (
+                r#"{"timestamp": 1, "input_length": 99999999999999999999, "output_length": 1, "hash_ids": [1]}"#,
+                "input_length",
+            ),
+            (r#"{"timestamp": 1, "input_length": 5, "output_length": 1e30, "hash_ids": [1]}"#, "output_length"),
+            (
+                r#"{"timestamp": 1, "input_length": 5, "output_length": 9223372036854775808, "hash_ids": [1]}"#,
+                "output_length",
+            ),
+            (
+                r#"{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": [18446744073709551616]}"#,
+                "hash_ids",
+            ),
+            (r#"{"timestamp": 1e300, "input_length": 5, "output_length": 1, "hash_ids": [1]}"#, "timestamp"),
+        ] {
+            assert_eq!(reason(line), TraceReason::TooLarge(field), "{line}");
+        }
+        assert_eq!(
+            reason(r#"{"timestamp": 1, "input_length": 5.5, "output_length": 1, "hash_ids": [1]}"#),
+            TraceReason::WrongType("input_length"),
+            "a fraction is not too large"
+        );
         assert_eq!(
             reason(r#"{"timestamp": 1, "input_length": 513, "output_length": 1, "hash_ids": [1]}"#),
             TraceReason::BlockCount { hash_ids: 1, expected: 2 }
@@ -435,6 +513,22 @@ mod tests {
         assert_eq!((trace.len(), trace.skipped_lines()), (3, 2));
         assert_eq!(trace.first_skipped(), Some((4, TraceReason::MissingField("input_length"))));
         assert_eq!(trace.prompt_tokens(), 15);
+    }
+
+    #[test]
+    fn a_timestamp_earlier_than_the_previous_line_is_a_bad_line() {
+        let at = |ms: u64| format!(r#"{{"timestamp": {ms}, "input_length": 5, "output_length": 1, "hash_ids": [1]}}"#);
+        let text = [at(5), at(5), at(9), at(7), at(9)].join("\n");
+        match Trace::parse_str(&text, &TraceOptions::default()) {
+            Err(
+                e @ Error::Trace { line: 4, reason: TraceReason::Backwards { previous_ms: 9, timestamp_ms: 7 }, .. },
+            ) => {
+                assert!(e.to_string().starts_with("trace line 4: timestamp 7 ms is earlier than"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let trace = Trace::parse_str(&text, &TraceOptions::default().with_skip_bad_lines(true)).unwrap();
+        assert_eq!((trace.len(), trace.skipped_lines()), (4, 1));
     }
 
     #[test]

@@ -202,8 +202,8 @@ fn the_chart_has_a_title_axes_and_the_cheapest_point() {
     for text in [
         "kvtier plan: test title",
         "GiB, log scale",
-        "hit rate",
-        "cost per GPU-hour",
+        "hit rate (share of prompt tokens)",
+        "cost per GPU-hour (price units)",
         "no G3",
         "cheapest at 95 % of the best",
     ] {
@@ -220,7 +220,7 @@ fn an_empty_trace_is_refused_and_idle_instances_report_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let base = EngineConfig::default().with_capacities(1000, 1, 0).with_ssd_dir(dir.path());
     let config = PlanConfig::new(base.clone(), vec![500], vec![0]);
-    assert!(matches!(sweep(&Trace::default(), &config, |_| {}), Err(Error::InvalidConfig { setting: "trace", .. })));
+    assert!(matches!(sweep(&Trace::default(), &config, |_| {}), Err(Error::EmptyTrace { skipped_lines: 0, .. })));
     let config = PlanConfig::new(base, vec![500], vec![0]).with_cluster(Cluster::new(8, 1, Route::RoundRobin));
     let report = sweep(&sample(5), &config, |_| {}).unwrap();
     assert_eq!(report.instance_requests, [1, 1, 1, 1, 1, 0, 0, 0]);

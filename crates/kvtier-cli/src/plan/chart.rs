@@ -13,6 +13,7 @@ use plotters::prelude::*;
 
 use super::{PlanPoint, PlanReport};
 use crate::error::{Error, Result};
+use crate::replay::chart::{LegendEntry, legend_column};
 
 /// One line: its label and its points `(x GiB, point)`, sorted by x.
 type Line<'a> = (String, Vec<(f64, &'a PlanPoint)>);
@@ -80,9 +81,11 @@ fn draw(report: &PlanReport, title: &str, path: &Path) -> Result<(), Box<dyn std
     let hit_end = (report.best_hit_rate() * 1.25).clamp(0.05, 1.0);
     let cost_end = report.points.iter().map(|p| p.cost_per_hour).fold(0.0, f64::max).max(1e-6) * 1.2;
     let cheapest = report.cheapest();
-    let hit: Panel = ("prefix hit rate (second half, all instances)", "hit rate", hit_end, |p| p.hit_rate);
+    let hit: Panel =
+        ("prefix hit rate (second half, all instances)", "hit rate (share of prompt tokens)", hit_end, |p| p.hit_rate);
     panel(&top, hit, x_range, &lines, cheapest)?;
-    let cost: Panel = ("cost of one GPU's G1 + G2 + G3", "cost per GPU-hour", cost_end, |p| p.cost_per_hour);
+    let cost: Panel =
+        ("cost of one GPU's G1 + G2 + G3", "cost per GPU-hour (price units)", cost_end, |p| p.cost_per_hour);
     panel(&bottom, cost, x_range, &lines, cheapest)?;
     legend(&legend_area, report, &lines)?;
     root.present()?;
@@ -132,14 +135,12 @@ fn panel(
 /// The legend column: one entry per line, then the cheapest point.
 fn legend(area: &Area<'_>, report: &PlanReport, lines: &[Line]) -> Result<(), Box<dyn std::error::Error>> {
     let font = ("sans-serif", 14).into_font();
-    let mut y = 60;
-    area.draw(&Text::new("lines (points: G2 sizes)", (8, y - 24), font.clone()))?;
-    for (i, (label, _)) in lines.iter().enumerate() {
-        let style = COLORS[i % COLORS.len()].stroke_width(2);
-        area.draw(&PathElement::new(vec![(8, y + 7), (32, y + 7)], style))?;
-        area.draw(&Text::new(label.as_str(), (40, y), font.clone()))?;
-        y += 22;
-    }
+    let entries: Vec<LegendEntry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (label, _))| (label.clone(), COLORS[i % COLORS.len()].stroke_width(2)))
+        .collect();
+    let mut y = legend_column(area, "lines (points: G2 sizes)", &entries, 36)?;
     if let Some(p) = report.cheapest() {
         y += 12;
         area.draw(&Circle::new((20, y + 7), 7, RING.stroke_width(3)))?;

@@ -71,23 +71,6 @@ impl Cluster {
     /// # Ok::<(), kvtier_cli::Error>(())
     /// ```
     pub fn per_gpu_layout(&self, layout: KvLayout) -> Result<KvLayout> {
-        let tp = self.tp.max(1) as u32;
-        if tp == 1 {
-            return Ok(layout);
-        }
-        if !layout.kv_heads().is_multiple_of(tp) {
-            return Err(Error::invalid(
-                "tensor parallel",
-                tp,
-                format!("must divide the layout's {} KV heads (replicated heads are not modelled)", layout.kv_heads()),
-            ));
-        }
-        Ok(KvLayout::new(
-            layout.layers(),
-            layout.kv_heads() / tp,
-            layout.head_dim(),
-            layout.dtype(),
-            layout.block_size(),
-        )?)
+        crate::model::shard(layout, self.tp)
     }
 }

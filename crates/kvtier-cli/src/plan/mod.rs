@@ -444,9 +444,7 @@ pub fn cheapest_reaching(points: &[PlanPoint], target: f64) -> Option<usize> {
 /// nothing (more instances than requests) reports zeros.
 pub fn sweep(trace: &Trace, config: &PlanConfig, progress: impl Fn(usize) + Sync) -> Result<PlanReport> {
     config.validate()?;
-    if trace.is_empty() {
-        return Err(Error::invalid("trace", "with no request", "nothing to replay"));
-    }
+    trace.require_requests()?;
     let started = Instant::now();
     let cluster = config.cluster;
     let parts = route::split(trace, cluster.instances(), cluster.route);

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::builder::PossibleValuesParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use kvtier::KvLayout;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use kvtier::{Dtype, KvLayout};
 use kvtier_cli::replay::SimPolicy;
 use kvtier_cli::replay::synth::SynthPreset;
 
@@ -55,10 +56,6 @@ pub(crate) struct PlanArgs {
     /// GPUs serving the trace (the trace is the whole cluster's); every size is per GPU.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) gpus: usize,
-    /// Tensor-parallel degree: GPUs per serving instance (must divide --gpus and the layout's
-    /// KV heads; each GPU holds 1/T of every block).
-    #[arg(long, value_name = "T", default_value_t = 1)]
-    pub(crate) tp: usize,
     /// How requests are dealt out to the --gpus / --tp instances: `round-robin`, or
     /// `prefix-affinity` (to the instance already holding the longest prefix of the request,
     /// within a load bound).
@@ -149,26 +146,41 @@ pub(crate) struct ReplayArgs {
     /// Default: the bundled sample.
     #[arg(long, value_name = "PATH")]
     pub(crate) trace: Option<PathBuf>,
-    /// Cache capacities in 512-token blocks, comma-separated (e.g. 1827,9139).
+    /// Sim mode: cache capacities, comma-separated, in bytes at the model layout per GPU
+    /// (`16GiB,64GiB`) or in 512-token blocks without a unit (`1827,9139`).
     /// Default: 1,5,10,25,50 % of the trace's unique blocks.
-    #[arg(long, value_name = "BLOCKS", value_delimiter = ',')]
-    pub(crate) capacity: Vec<u32>,
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    pub(crate) capacity: Vec<Size>,
     /// Replay mode: `sim` is the kvcache-simulator-compatible hit-rate model, `engine` the real
     /// tiered engine with simulated request lifetimes, `both` runs the two.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     pub(crate) mode: Mode,
-    /// Engine mode: G1 capacity, in blocks (`32768`) or bytes at the model layout (`64GiB`).
-    #[arg(long, value_name = "SIZE", default_value = "32768")]
+    /// Engine mode: G1 capacity per GPU, in bytes at the model layout (`64GiB`) or in blocks
+    /// without a unit (`32768`).
+    #[arg(long, value_name = "SIZE", default_value = "64GiB")]
     pub(crate) g1: Size,
-    /// Engine mode: G2 capacity, in blocks or bytes (`128GiB`).
-    #[arg(long, value_name = "SIZE", default_value = "65536")]
+    /// Engine mode: G2 capacity per GPU, in bytes (`128GiB`) or blocks.
+    #[arg(long, value_name = "SIZE", default_value = "128GiB")]
     pub(crate) g2: Size,
-    /// Engine mode: G3 capacity, in blocks or bytes (`256GiB`); 0 for no SSD tier.
-    #[arg(long, value_name = "SIZE", default_value = "131072")]
+    /// Engine mode: G3 capacity per GPU, in bytes (`256GiB`) or blocks; 0 for no SSD tier.
+    #[arg(long, value_name = "SIZE", default_value = "256GiB")]
     pub(crate) g3: Size,
-    /// Engine mode: model layout preset.
+    /// Model layout preset (the page size that turns GiB into blocks).
     #[arg(long, value_name = "NAME", default_value = "llama-3.1-8b", value_parser = PossibleValuesParser::new(KvLayout::PRESETS))]
     pub(crate) layout: String,
+    /// A model's HuggingFace `config.json` instead of a preset: num_hidden_layers,
+    /// num_key_value_heads (or num_attention_heads), head_dim (or hidden_size /
+    /// num_attention_heads), torch_dtype.
+    #[arg(long, value_name = "PATH", conflicts_with = "layout")]
+    pub(crate) layout_config: Option<PathBuf>,
+    /// Dtype of the KV cache (default: the model's): f32, f16, bf16, fp8.
+    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
+    pub(crate) kv_dtype: Option<Dtype>,
+    /// Tensor-parallel degree: GPUs per serving instance; each holds 1/T of the KV heads of
+    /// every block (T must divide them), and every capacity is per GPU. With `plan`, T must
+    /// also divide --gpus.
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    pub(crate) tp: usize,
     /// Engine mode: tokens per block (must divide 512).
     #[arg(long, value_name = "TOKENS", default_value_t = 16)]
     pub(crate) block_size: u32,
@@ -255,6 +267,71 @@ pub(crate) struct ReplayArgs {
     /// Skip (and count) malformed trace lines instead of failing.
     #[arg(long)]
     pub(crate) skip_bad_lines: bool,
+}
+
+/// Flags of `replay` that only the engine reads, by clap id and as typed.
+const ENGINE_FLAGS: &[(&str, &str)] = &[
+    ("g1", "--g1"),
+    ("g2", "--g2"),
+    ("g3", "--g3"),
+    ("block_size", "--block-size"),
+    ("io_backend", "--io-backend"),
+    ("admission", "--admission"),
+    ("admission_hits_per_write", "--admission-hits-per-write"),
+    ("oracle_horizon", "--oracle-horizon"),
+    ("live_curve", "--live-curve"),
+    ("tier_policy", "--tier-policy"),
+    ("write_through", "--write-through"),
+    ("prefetch_waiting", "--prefetch-waiting"),
+    ("onboard_rule", "--onboard-rule"),
+    ("exclusive_g3", "--exclusive-g3"),
+    ("full_data", "--full-data"),
+    ("no_reference", "--no-reference"),
+    ("g4", "--g4"),
+    ("decode_step_ms", "--decode-step-ms"),
+    ("prefill_tokens_per_sec", "--prefill-tokens-per-sec"),
+    ("ssd_dir", "--ssd-dir"),
+];
+
+/// Flags of `replay` that only sim mode reads.
+const SIM_FLAGS: &[(&str, &str)] = &[("capacity", "--capacity"), ("policy", "--policy"), ("in_pool", "--in-pool")];
+
+/// Flags of `replay` that `plan` takes but does not read (its grid and its own reference-free
+/// engine replace them).
+const NOT_PLAN_FLAGS: &[(&str, &str)] =
+    &[("mode", "--mode"), ("g2", "--g2"), ("g3", "--g3"), ("no_reference", "--no-reference")];
+
+/// A flag typed on the command line that the command will not read: (flag, value, why).
+pub(crate) type Unused = (&'static str, String, String);
+
+/// The first of `flags` typed on the command line, with its value.
+fn typed(matches: &ArgMatches, flags: &[(&str, &'static str)]) -> Option<(&'static str, String)> {
+    flags.iter().find(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine)).map(|&(id, flag)| {
+        let value = matches
+            .get_raw(id)
+            .map(|values| values.map(|v| v.to_string_lossy()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        (flag, value)
+    })
+}
+
+/// Refuses a flag of `replay` (or of the replay part of `plan`) that the chosen mode or command
+/// does not read: silently ignoring it would report a run other than the one asked for.
+pub(crate) fn check_unused_flags(matches: &ArgMatches, command: &str, mode: Mode) -> Result<(), Unused> {
+    let unused = |(flag, value): (&'static str, String), why: &str| (flag, value, why.to_string());
+    if command == "plan" {
+        let refused = typed(matches, NOT_PLAN_FLAGS).or_else(|| typed(matches, SIM_FLAGS));
+        return refused.map_or(Ok(()), |f| {
+            Err(unused(f, "not read by plan (it sweeps --g1-sizes/--g2-sizes/--g3-sizes through the engine)"))
+        });
+    }
+    match mode {
+        Mode::Sim => typed(matches, ENGINE_FLAGS)
+            .map_or(Ok(()), |f| Err(unused(f, "only applies to --mode engine or both (this run is --mode sim)"))),
+        Mode::Engine => typed(matches, SIM_FLAGS)
+            .map_or(Ok(()), |f| Err(unused(f, "only applies to --mode sim or both (this run is --mode engine)"))),
+        Mode::Both => Ok(()),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -360,6 +437,11 @@ impl Size {
             Size::Bytes(n) => (n / page_bytes as u64) as usize,
         }
     }
+}
+
+/// A KV dtype by name (see [`kvtier_cli::model::dtype_named`]).
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    kvtier_cli::model::dtype_named(s).ok_or_else(|| format!("`{s}`: expected f32, f16, bf16 or fp8"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,6 +7,10 @@
 //! 2. Build the prefix tree once, then replay every capacity x policy point with a progress bar.
 //! 3. Print the report and write the same as JSON into `--out` (default `out/`).
 //!
+//! A flag the chosen mode or command does not read is refused before anything runs. On SIGINT,
+//! SIGTERM or SIGHUP the G3 (and probe) scratch of the run is removed before it exits
+//! (`kvtier_cli::scratch`), and a run removes the scratch a killed run left in its directory.
+//!
 //! `--mode sim` uses the hit-rate definition of the public kvcache-simulator (see
 //! `kvtier_cli::replay`), so its numbers compare with published tables. `--mode engine` replays
 //! the trace through the real G1 + G2 + G3 engine with simulated request lifetimes
@@ -22,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kvtier::KvLayout;
 use kvtier::io::BackendKind;
@@ -32,15 +35,19 @@ use kvtier_cli::Error;
 use kvtier_cli::plan::PlanConfig;
 use kvtier_cli::replay::synth::SynthPreset;
 use kvtier_cli::replay::{EngineConfig, PrefixPlan, SimConfig, SimReport, chart, engine};
-use kvtier_cli::trace::{Trace, TraceOptions, TraceRecord};
+use kvtier_cli::trace::{TRACE_BLOCK_TOKENS, Trace, TraceOptions, TraceRecord};
 
 use args::{
     AdmissionArg, Cli, Command, IoBackend, Mode, PlanArgs, ProbeArgs, ReplayArgs, RouteArg, Size, SynthArgs,
     TierPolicy, sim_policies,
 };
+use guard::{check_dir, check_rejections, check_unused_flags, remove_scratch_on_signal, remove_stale_scratch};
+use layout::{layout_name, model_layout, per_gpu_layout};
 use print::{print_engine, print_probe, print_report};
 
 mod args;
+mod guard;
+mod layout;
 mod print;
 
 /// First 3,000 requests of Mooncake's conversation_trace.jsonl (Apache-2.0, see data/README.md).
@@ -67,6 +74,22 @@ enum CliError {
     /// Reading, replaying, charting or writing failed.
     #[error(transparent)]
     Replay(#[from] Error),
+    /// G1 could hold no request of the trace: the replay measured nothing.
+    #[error(
+        "every one of the {requests} requests was rejected as larger than {g1}; the longest prompt needs {longest} \
+         blocks: raise --g1"
+    )]
+    AllRejected {
+        /// Requests replayed.
+        requests: usize,
+        /// G1's size, as given and in blocks.
+        g1: String,
+        /// Blocks of the longest prompt.
+        longest: u64,
+    },
+    /// The signal handler could not be installed.
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
     /// A progress bar template did not parse (a bug of this program).
     #[error("progress bar: {0}")]
     Progress(#[from] indicatif::style::TemplateError),
@@ -137,6 +160,7 @@ fn probe(args: &ProbeArgs) -> Result<(), CliError> {
         }
         e => CliError::Replay(e),
     })?;
+    remove_stale_scratch(&args.dir)?;
     println!("probing {} (about {:.0} s) ...", args.dir.display(), args.seconds * 9.0);
     let profile = run(&config)?;
     profile.save(&args.out)?;
@@ -154,7 +178,13 @@ fn backend_kind(arg: IoBackend) -> BackendKind {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = check_unused_flags(&cli, &matches).and_then(|()| remove_scratch_on_signal()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Synth(args)) => synth(&args),
@@ -184,7 +214,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         RouteArg::RoundRobin => Route::RoundRobin,
         RouteArg::PrefixAffinity => Route::PrefixAffinity,
     };
-    let cluster = Cluster::new(args.gpus, args.tp, route);
+    let cluster = Cluster::new(args.gpus, args.replay.tp, route);
     // a setting the plan refused, named by the flag it came from
     let cluster_flag = |e: Error| {
         let Error::InvalidConfig { setting, value, reason } = e else { return CliError::Replay(e) };
@@ -211,7 +241,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
             reason: "not for plan: its replays run side by side and would share one G4 keyspace".into(),
         });
     }
-    let mut base = engine_config(&args.replay)?;
+    let mut base = engine_config(&args.replay, false)?;
     let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
     let page = per_gpu.page_bytes();
     let speeds = match &args.profile {
@@ -222,6 +252,7 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
         base = s.apply(base);
     }
     let (trace, source) = load_trace(&args.replay)?;
+    remove_stale_scratch(&base.ssd_dir)?;
     let blocks = |sizes: &[Size]| sizes.iter().map(|s| s.blocks(page)).collect::<Vec<_>>();
     let mut config = PlanConfig::new(base, blocks(&args.g2_sizes), blocks(&args.g3_sizes)).with_cluster(cluster);
     config.g1_blocks = match args.g1_sizes.as_slice() {
@@ -243,14 +274,14 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
     let bar = ProgressBar::new(config.replays() as u64);
     let report = kvtier_cli::plan::sweep(&trace, &config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print::plan(&report, &source, &args.replay.layout, speeds.as_ref());
-    let json =
-        serde_json::json!({ "trace": source, "layout": args.replay.layout, "tier_speeds": speeds, "plan": report });
+    let layout = layout_name(&args.replay);
+    print::plan(&report, &source, &layout, speeds.as_ref());
+    let json = serde_json::json!({ "trace": source, "layout": layout, "tier_speeds": speeds, "plan": report });
     let path = write_atomic(&args.replay.out, "plan.json", &json)?;
     println!("report       {}", path.display());
     let title = format!(
         "kvtier plan: {}, {} GPU(s) = {} instance(s) x TP {}, {}; {} requests",
-        args.replay.layout,
+        layout,
         cluster.gpus,
         cluster.instances(),
         cluster.tp,
@@ -271,6 +302,18 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
         Some(path) => (Trace::read_path(path, &options)?, path.display().to_string()),
         None => (Trace::parse_str(SAMPLE, &options)?, SAMPLE_NAME.to_string()),
     };
+    let named = |e: Error| match &args.trace {
+        Some(path) => e.in_file(path),
+        None => e,
+    };
+    trace.require_requests().map_err(named)?;
+    if let Some((line, reason)) = trace.first_skipped() {
+        eprintln!(
+            "warning: {} bad line(s) of {source} skipped (first: line {line}: {reason}); the replay is of the other {}",
+            trace.skipped_lines(),
+            trace.len()
+        );
+    }
     let (trace, source) = match args.from_request {
         0 => (trace, source),
         k if k >= trace.len() => {
@@ -289,34 +332,15 @@ fn load_trace(args: &ReplayArgs) -> Result<(Trace, String), CliError> {
             (Trace::from_records(rest), format!("{source}, from request {k}"))
         }
     };
-    Ok(match args.requests {
+    let (trace, source) = match args.requests {
         // (the count of skipped lines goes with the cut: `--skip-bad-lines` reports it per file)
         Some(n) if n < trace.len() => {
             (Trace::from_records(trace.records()[..n].to_vec()), format!("{source}, first {n} requests"))
         }
         _ => (trace, source),
-    })
-}
-
-/// Checks, before any work, that `dir` can be written or created: a replay must not run for
-/// minutes to fail at its last step (the error names the flag and the path). Leaves nothing
-/// behind: the check writes and removes a file in `dir` or in its nearest existing ancestor.
-fn check_dir(flag: &'static str, dir: &Path) -> Result<(), CliError> {
-    let refuse = |reason: String| CliError::Flag { flag, value: dir.display().to_string(), reason };
-    let mut existing = dir;
-    while !existing.exists() {
-        existing = match existing.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-    }
-    if !existing.is_dir() {
-        return Err(refuse(format!("{} is not a directory", existing.display())));
-    }
-    let probe = existing.join(format!(".kvtier-write-check-{}", std::process::id()));
-    let cannot = |e: std::io::Error| refuse(format!("cannot write in {}: {e}", existing.display()));
-    std::fs::write(&probe, b"").map_err(cannot)?;
-    std::fs::remove_file(&probe).map_err(cannot)
+    };
+    trace.require_requests().map_err(named)?;
+    Ok((trace, source))
 }
 
 fn replay(args: &ReplayArgs) -> Result<(), CliError> {
@@ -328,11 +352,14 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     let (trace, source) = load_trace(args)?;
     let parse_time = started.elapsed();
     // Both modes' configurations are checked before either runs or writes anything.
-    let engine_config = engine_config(args)?;
+    let engine_config = engine_config(args, true)?;
     if args.mode != Mode::Engine {
         replay_sim(args, &trace, &source, started, parse_time)?;
     }
     if args.mode != Mode::Sim {
+        if engine_config.g3_blocks > 0 {
+            remove_stale_scratch(&engine_config.ssd_dir)?;
+        }
         if args.mode == Mode::Both {
             println!();
         }
@@ -341,8 +368,10 @@ fn replay(args: &ReplayArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
-    let config = engine_config_base(args)?;
+/// The engine's configuration from the flags; its layout is one GPU's when `per_gpu` (a replay
+/// of one serving instance), the whole model's otherwise (the plan splits it itself).
+fn engine_config(args: &ReplayArgs, per_gpu: bool) -> Result<EngineConfig, CliError> {
+    let config = engine_config_base(args, per_gpu)?;
     Ok(match args.tier_policy {
         None => config,
         Some(TierPolicy::Lru) => config.with_policy(PolicyKind::Lru),
@@ -353,15 +382,11 @@ fn engine_config(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
     })
 }
 
-fn engine_config_base(args: &ReplayArgs) -> Result<EngineConfig, CliError> {
-    let layout = KvLayout::preset(&args.layout, args.block_size).map_err(|e| match e {
-        kvtier::Error::InvalidConfig { field: "layout preset", .. } => CliError::Flag {
-            flag: "--layout",
-            value: args.layout.clone(),
-            reason: format!("unknown preset (expected one of {})", KvLayout::PRESETS.join(", ")),
-        },
-        e => CliError::Flag { flag: "--block-size", value: args.block_size.to_string(), reason: e.to_string() },
-    })?;
+fn engine_config_base(args: &ReplayArgs, per_gpu: bool) -> Result<EngineConfig, CliError> {
+    let layout = match per_gpu {
+        true => per_gpu_layout(args)?,
+        false => model_layout(args)?,
+    };
     if let (Some(h), false) = (args.oracle_horizon, matches!(args.admission, AdmissionArg::Oracle)) {
         return Err(CliError::Flag {
             flag: "--oracle-horizon",
@@ -415,8 +440,24 @@ fn replay_sim(
     let plan_time = plan_started.elapsed();
 
     let policies = sim_policies(&args.policy);
-    let config =
-        SimConfig::default().with_capacities(args.capacity.clone()).with_policies(policies).with_pool(args.in_pool);
+    // Bytes of one 512-token trace block on one GPU: sim capacities given in bytes count these.
+    let block_bytes = per_gpu_layout(args)?.bytes_per_token() as u64 * TRACE_BLOCK_TOKENS as u64;
+    let capacities = args
+        .capacity
+        .iter()
+        .map(|size| {
+            let blocks = match *size {
+                Size::Blocks(n) => n,
+                Size::Bytes(n) => n / block_bytes,
+            };
+            u32::try_from(blocks).map_err(|_| CliError::Flag {
+                flag: "--capacity",
+                value: size.to_string(),
+                reason: format!("{blocks} blocks of {TRACE_BLOCK_TOKENS} tokens: at most {}", u32::MAX),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = SimConfig::default().with_capacities(capacities).with_policies(policies).with_pool(args.in_pool);
     config.validate().map_err(|e| CliError::from_setting(args, e))?;
     let points = config.capacities_for(&plan).len() * config.policies().len();
     let bar = ProgressBar::new(points as u64).with_style(
@@ -433,12 +474,13 @@ fn replay_sim(
     bar.finish_and_clear();
     let total_time = started.elapsed();
 
-    print_report(&report, trace, source, &config, [parse_time, plan_time, total_time], &point_times);
+    print_report(&report, trace, source, &config, block_bytes, [parse_time, plan_time, total_time], &point_times);
     let path = write_json(&args.out, &report, trace, source, [parse_time, plan_time, total_time], &point_times)?;
     println!("report       {}", path.display());
     if config.policies().len() > 1 {
         let svg = args.out.join(SIM_CHART_FILE);
-        chart::write_sim_svg(&report, source, &svg)?;
+        let title = format!("kvtier replay --mode sim: {} requests\n{source}", trace.len());
+        chart::write_sim_svg(&report, &title, &svg)?;
         println!("chart        {}", svg.display());
     }
     Ok(())
@@ -453,7 +495,8 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
     );
     let run = engine::run(trace, config, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    print_engine(&run, source, &args.layout);
+    check_rejections(args, trace, config, &run.report)?;
+    print_engine(&run, source, &layout_name(args));
     let json = serde_json::json!({
         "kvtier_version": env!("CARGO_PKG_VERSION"),
         "mode": "engine",
@@ -464,13 +507,28 @@ fn replay_engine(args: &ReplayArgs, trace: &Trace, source: &str, config: &Engine
                        checked against the stamp written for its hash (report.verification); report.reference is the \
                        same engine with one G1 of the summed capacity, ratio = tiered / reference second-half rates",
         "trace": { "source": source, "skipped_lines": trace.skipped_lines() },
-        "layout": args.layout,
+        "layout": layout_name(args),
         "report": run.report,
         "timing": run.timing,
     });
     let path = write_atomic(&args.out, ENGINE_REPORT_FILE, &json)?;
     let svg = args.out.join(format!("{ENGINE_CHART_FILE}.tmp"));
-    chart::write_svg(&run.report, &svg)?;
+    let gib = |blocks: usize| {
+        let gib = blocks as f64 * config.layout.page_bytes() as f64 / (1u64 << 30) as f64;
+        if gib >= 10.0 { format!("{gib:.0} GiB") } else { format!("{gib:.2} GiB") }
+    };
+    let g3 = match config.g3_blocks {
+        0 => "no G3".to_string(),
+        n => format!("G3 {}", gib(n)),
+    };
+    let title = format!(
+        "kvtier replay --mode engine: {}; G1 {}, G2 {}, {g3}\n{source}; {} requests",
+        layout_name(args),
+        gib(config.g1_blocks),
+        gib(config.g2_blocks),
+        trace.len()
+    );
+    chart::write_svg(&run.report, &title, &svg)?;
     let chart = args.out.join(ENGINE_CHART_FILE);
     std::fs::rename(&svg, &chart).map_err(|source| Error::Io { op: "write", path: chart.clone(), source })?;
     println!("report       {}", path.display());

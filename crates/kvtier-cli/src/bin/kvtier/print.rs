@@ -263,6 +263,7 @@ pub(crate) fn print_report(
     trace: &Trace,
     source: &str,
     config: &SimConfig,
+    block_bytes: u64,
     [parse, plan, total]: [Duration; 3],
     point_times: &[Duration],
 ) {
@@ -284,7 +285,8 @@ pub(crate) fn print_report(
     );
     println!("ceiling      {:.4} (unbounded cache)", report.ceiling_hit_rate);
     println!("hit rate     tokens in the longest cached prefix / all prompt tokens, second half of the requests");
-    print!("  {:>10} {:>8}", "capacity", "%unique");
+    println!("capacity     512-token blocks, and their size at the layout ({} per block)", format_bytes(block_bytes));
+    print!("  {:>10} {:>10} {:>8}", "blocks", "size", "%unique");
     for policy in config.policies() {
         print!(" {:>8}", policy.name());
     }
@@ -292,7 +294,7 @@ pub(crate) fn print_report(
     for (row, times) in report.points.chunks(config.policies().len()).zip(point_times.chunks(config.policies().len())) {
         let capacity = row[0].capacity_blocks;
         let share = 100.0 * capacity as f64 / report.unique_blocks.max(1) as f64;
-        print!("  {capacity:>10} {share:>7.1}%");
+        print!("  {capacity:>10} {:>10} {share:>7.1}%", format_bytes(capacity as u64 * block_bytes));
         for point in row {
             let flag = if point.underfilled { "*" } else { " " };
             print!(" {:>7.4}{flag}", point.hit_rate);

@@ -45,7 +45,7 @@
 //! Pages G3 wrote, at the model layout, per hour of simulated time, and the drive writes per
 //! day that rate means for the configured G3 size ([`report::SsdWear`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,7 @@ use kvtier::tier::remote::RemoteConfig;
 use kvtier::{CacheConfig, Dtype, KvLayout};
 
 use crate::error::{Error, Result};
+use crate::scratch::{ScratchDir, ScratchKind};
 use crate::trace::{TRACE_BLOCK_TOKENS, Trace, TraceRecord};
 
 mod oracle;
@@ -414,71 +415,6 @@ pub struct EngineRun {
     pub timing: EngineTiming,
 }
 
-/// The G3 directory of one replay: a new directory under an unpredictable name (mkdtemp, mode
-/// 0700) in [`EngineConfig::ssd_dir`], and the parents of that directory that did not exist. All
-/// of it, and nothing else, is removed when the replay ends, also on an error path: a directory
-/// that was there before (a user's, or another replay's) is never touched.
-struct ScratchDir {
-    dir: Option<tempfile::TempDir>,
-    /// Parents this replay created, outermost first.
-    created_parents: Vec<PathBuf>,
-}
-
-impl ScratchDir {
-    fn new(parent: &Path) -> Result<Self> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let mut missing = Vec::new();
-        let mut p = parent;
-        while !p.as_os_str().is_empty() && p.symlink_metadata().is_err() {
-            missing.push(p.to_path_buf());
-            match p.parent() {
-                Some(up) => p = up,
-                None => break,
-            }
-        }
-        let mut scratch = Self { dir: None, created_parents: Vec::new() };
-        for p in missing.into_iter().rev() {
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => scratch.created_parents.push(p),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(Error::Io { op: "create directory", path: p, source }),
-            }
-        }
-        let meta =
-            std::fs::metadata(parent).map_err(|source| Error::Io { op: "stat", path: parent.to_path_buf(), source })?;
-        let mode = meta.permissions().mode();
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(Error::InvalidConfig {
-                setting: "ssd dir",
-                value: parent.display().to_string(),
-                reason: "is writable by everyone without the sticky bit (chmod +t or o-w): another user could \
-                         replace the replay's directory"
-                    .into(),
-            });
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("kvtier-replay-g3-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(parent)
-            .map_err(|source| Error::Io { op: "create directory", path: parent.to_path_buf(), source })?;
-        scratch.dir = Some(dir);
-        Ok(scratch)
-    }
-
-    fn path(&self) -> Option<&Path> {
-        self.dir.as_ref().map(tempfile::TempDir::path)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        drop(self.dir.take()); // removes the directory it made, and only that
-        for p in self.created_parents.iter().rev() {
-            let _ = std::fs::remove_dir(p); // only if empty: whatever else appeared there stays
-        }
-    }
-}
-
 /// Replays `trace` through the engine, then (unless [`EngineConfig::reference`] is off) the
 /// reference it is compared with ([`reference`](mod@reference)). `progress` is called with the number of
 /// requests done: up to `trace.len()` for the tiered replay, then on up to twice that for the
@@ -486,6 +422,7 @@ impl Drop for ScratchDir {
 /// its hash (in either replay).
 pub fn run(trace: &Trace, config: &EngineConfig, mut progress: impl FnMut(usize)) -> Result<EngineRun> {
     config.validate()?;
+    trace.require_requests()?;
     let mut run = replay(trace, config, Shape::Tiered, &mut progress)?;
     if config.reference {
         let started = Instant::now();
@@ -534,8 +471,8 @@ fn replay(trace: &Trace, config: &EngineConfig, shape: Shape, progress: impl FnM
     }
     let mut dir = None;
     if config.g3_blocks > 0 {
-        let scratch = ScratchDir::new(&config.ssd_dir)?;
-        let d = scratch.path().map(Path::to_path_buf).unwrap_or_default();
+        let scratch = ScratchDir::new(&config.ssd_dir, ScratchKind::ReplayG3)?;
+        let d = scratch.path().to_path_buf();
         dir = Some(scratch);
         // Direct IO only pays off, and only measures the drive, with full-size pages.
         let io = IoConfig::default().with_backend(config.io_backend).with_direct(config.full_data);

@@ -89,6 +89,7 @@ fn flags_the_mode_or_command_does_not_read_are_refused() {
     let plan = ["plan", "--requests", "10", "--g2-sizes", "1GiB", "--g3-sizes", "0", "--out", out];
     refused(&kvtier(&[&plan[..], &["--capacity", "5"]].concat()), "--capacity 5: not read by plan");
     refused(&kvtier(&[&plan[..], &["--g2", "8GiB"]].concat()), "--g2 8GiB: not read by plan");
+    refused(&kvtier(&[&plan[..], &["--live-curve", "4096"]].concat()), "--live-curve 4096: not read by plan");
     // the top-level form (no subcommand) is checked too, and both modes take every flag
     refused(&kvtier(&["--mode", "sim", "--g1", "5", "--out", out]), "--g1 5");
     let both = kvtier(&["--requests", "20", "--g1", "4GiB", "--capacity", "5", "--no-reference", "--out", out]);

@@ -198,9 +198,10 @@ pub(crate) struct ReplayArgs {
     /// admitted asks for it within this many simulated seconds (default: any later request).
     #[arg(long, value_name = "SECONDS")]
     pub(crate) oracle_horizon: Option<f64>,
-    /// Engine mode: G1's live hit-rate-vs-capacity estimate (SHARDS) tracking this many
-    /// sampled blocks, reported beside the exact LRU (experimental; 0: off).
-    #[arg(long, value_name = "BLOCKS", default_value_t = 0)]
+    /// Engine mode: G1's live hit-rate-vs-capacity estimate (SHARDS with heavy hitters)
+    /// tracking this many sampled blocks (about 10 MiB at the default), reported beside the
+    /// exact LRU (0: off).
+    #[arg(long, value_name = "BLOCKS", default_value_t = 65_536)]
     pub(crate) live_curve: usize,
     /// Engine mode: eviction policy of every tier (default: each tier's own, G1 adaptive, G2
     /// and G3 LRU).
@@ -298,8 +299,13 @@ const SIM_FLAGS: &[(&str, &str)] = &[("capacity", "--capacity"), ("policy", "--p
 
 /// Flags of `replay` that `plan` takes but does not read (its grid and its own reference-free
 /// engine replace them).
-const NOT_PLAN_FLAGS: &[(&str, &str)] =
-    &[("mode", "--mode"), ("g2", "--g2"), ("g3", "--g3"), ("no_reference", "--no-reference")];
+const NOT_PLAN_FLAGS: &[(&str, &str)] = &[
+    ("mode", "--mode"),
+    ("g2", "--g2"),
+    ("g3", "--g3"),
+    ("no_reference", "--no-reference"),
+    ("live_curve", "--live-curve"),
+];
 
 /// A flag typed on the command line that the command will not read: (flag, value, why).
 pub(crate) type Unused = (&'static str, String, String);

@@ -241,7 +241,8 @@ fn plan(args: &PlanArgs) -> Result<(), CliError> {
             reason: "not for plan: its replays run side by side and would share one G4 keyspace".into(),
         });
     }
-    let mut base = engine_config(&args.replay, false)?;
+    // the live curve is a replay report's; the plan's points do not show it
+    let mut base = engine_config(&args.replay, false)?.with_curve_keys(0);
     let per_gpu = cluster.per_gpu_layout(base.layout).map_err(cluster_flag)?;
     let page = per_gpu.page_bytes();
     let speeds = match &args.profile {

@@ -10,7 +10,7 @@ const AGE_SPAN: usize = 4;
 /// Classes: hits since the content arrived, 0..=3+.
 const CLASSES: usize = 4;
 /// Candidates compared per eviction. 16 beat 32 at every capacity of the seven traces in the
-/// README's policy table (and 32 fell below LRU once); 64 tracks LRU more closely still.
+/// policy table in docs/measurements.md (and 32 fell below LRU once); 64 tracks LRU more closely still.
 const SAMPLES: usize = 16;
 /// Weight kept by old statistics at each re-estimate.
 const DECAY: f64 = 0.9;
@@ -41,7 +41,7 @@ struct Entry {
 ///
 /// Where reuse becomes likelier with age for a while, as when a conversation's next turn
 /// arrives after a typical think time, or where content hit before comes back sooner, LHD keeps
-/// what LRU would give up (see the README's policy table). Every operation is O(1): an
+/// what LRU would give up (see the policy table in docs/measurements.md). Every operation is O(1): an
 /// eviction costs a constant number of samples, a re-estimate 1,024 steps per quarter
 /// capacity of evictions.
 ///

@@ -136,7 +136,7 @@ pub struct EngineConfig {
     /// (`f64::INFINITY`: any later request) (`replay/engine/oracle.rs`). Default: none.
     pub admission_oracle_s: Option<f64>,
     /// Blocks G1's live capacity curve tracks ([`kvtier::CacheConfig::curve_keys`]; 0: off,
-    /// the default). Experimental: see the README for its measured error.
+    /// the default; the `kvtier replay` command turns it on). docs/measurements.md has its measured error.
     pub curve_keys: usize,
     /// The adaptive filter's least reuse fraction of an admitted class. Default: 0.25.
     pub admission_hits_per_write: f64,

@@ -319,3 +319,34 @@ fn queued_jobs_run_in_batches_without_merging_loads_into_one_slot() {
     assert_eq!(memory.slot(40).unwrap(), page(7));
     store.disk().check_invariants(true).unwrap();
 }
+
+#[test]
+fn the_live_curve_counts_loads_as_hits_and_new_stored_keys_as_misses() {
+    let dir = TestDir::new("curve");
+    let memory = Arc::new(HeapSlots::new(PAGE, 16).unwrap());
+    let config = SlotStoreConfig::new(disk(dir.path(), 16)).with_curve_keys(4096);
+    let store = SlotStore::open(config, memory.clone()).unwrap();
+    // 10 keys stored (misses), then the first 5 loaded (hits), twice over: a key loaded again
+    // right after its last use needs only 5 blocks of LRU, the first loads need 10
+    let keys = store_n(&store, &memory, 10);
+    for round in 0..2 {
+        let lease = store.prepare_load(&keys[..5]);
+        assert!(lease.all_pinned());
+        store.submit_load(200 + round, lease, &[10, 11, 12, 13, 14]).unwrap();
+        store.drain();
+        assert!(store.take_finished().iter().all(|r| r.success));
+    }
+    // the same keys stored again are already present: not a use the curve sees
+    assert_eq!(store.submit_store(300, &keys[..3], &[0, 1, 2]).unwrap(), 0);
+    let r = store.live_curve(&[4, 5, 9, 10, 100]).expect("on");
+    let total = 10.0 + 5.0 + 5.0;
+    assert_eq!(r.at(4), Some(0.0));
+    assert!((r.at(5).unwrap() - 5.0 / total).abs() < 1e-9, "{r:?}");
+    assert!((r.at(9).unwrap() - 5.0 / total).abs() < 1e-9, "{r:?}");
+    assert!((r.at(10).unwrap() - 10.0 / total).abs() < 1e-9, "{r:?}");
+    assert!((r.at(100).unwrap() - 10.0 / total).abs() < 1e-9, "{r:?}");
+    assert_eq!(r.sample_rate, 1.0);
+    // off unless asked for
+    let other = TestDir::new("curve-off");
+    assert!(open(other.path(), 4, &memory).live_curve(&[4]).is_none());
+}

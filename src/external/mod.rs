@@ -69,6 +69,7 @@ mod memory;
 mod types;
 mod worker;
 
+use crate::curve::{CapacityCurve, CurveReading};
 use crate::error::{Error, Result, Tier};
 pub use crate::events::{TierEvent, TierEventKind as EventKind};
 use crate::layout::{Dtype, KvLayout};
@@ -135,6 +136,9 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     pub(crate) m: StoreMetrics,
     gate: Option<Gate>,
+    /// The live capacity curve, fed the keys of every load (hits) and the new keys of every
+    /// store (misses), if configured.
+    curve: Option<CapacityCurve>,
 }
 
 /// Pins on the pages of some keys, taken by [`SlotStore::prepare_load`]: none of them is evicted
@@ -254,6 +258,7 @@ impl SlotStore {
             max_batch_pages: (config.max_batch_bytes / layout.page_bytes()).max(1),
             state: Mutex::new(State {
                 gate: Some(Gate::new(config.admission, config.disk.capacity_slots, config.write_budget)),
+                curve: (config.curve_keys > 0).then(|| CapacityCurve::new(config.curve_keys)),
                 ..State::default()
             }),
             work: Condvar::new(),
@@ -411,6 +416,11 @@ impl SlotStore {
             return Err(Error::NeverFits { requested: fresh.len(), capacity: self.capacity() });
         }
         let skipped = keys.len() - fresh.len();
+        if let Some(curve) = &mut st.curve {
+            // a key the runtime stores is one it used and this tier did not have
+            let new: Vec<BlockHash> = fresh.iter().map(|&(key, _)| key).collect();
+            curve.observe(&new);
+        }
         let page_bytes = self.page_bytes() as u64;
         for (key, slot) in fresh {
             match st.gate.as_mut().map_or(Verdict::Admit, |g| g.admit(key, page_bytes)) {
@@ -459,6 +469,9 @@ impl SlotStore {
             return Err(Error::Closed);
         }
         let (keys, pinned) = lease.take();
+        if let Some(curve) = &mut st.curve {
+            curve.observe(&keys); // a key the runtime loads is one it used and found here
+        }
         st.m.load_jobs += 1;
         st.loads.push_back(Job {
             id: job_id,
@@ -509,6 +522,16 @@ impl SlotStore {
             }
         }
         true
+    }
+
+    /// This tier's live hit-rate-vs-capacity estimate ([`SlotStoreConfig::curve_keys`]; None
+    /// when off), read at `capacities` (blocks): the share of the blocks the runtime loaded
+    /// or stored that an LRU tier of each size would have held. Its accesses are the keys of
+    /// every load job (found here) and the new keys of every store job (not found), so it
+    /// sizes this tier behind whatever tiers the runtime keeps in front of it; looked-up keys
+    /// count only once they are loaded or stored, so repeated lookups do not inflate it.
+    pub fn live_curve(&self, capacities: &[u64]) -> Option<CurveReading> {
+        lock(&self.shared.state).curve.as_ref().map(|c| c.read(capacities))
     }
 
     /// Counters and gauges, with the SSD tier's own.

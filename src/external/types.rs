@@ -49,6 +49,10 @@ pub struct SlotStoreConfig {
     /// (verified). Its model id defaults to the disk's, its tenant salt to this store's.
     /// Default: none.
     pub remote: Option<RemoteConfig>,
+    /// Blocks the live hit-rate-vs-capacity estimate of this tier tracks
+    /// ([`crate::curve::CapacityCurve`]; 0: off), read by
+    /// [`SlotStore::live_curve`](super::SlotStore::live_curve). Default: 0.
+    pub curve_keys: usize,
 }
 
 impl SlotStoreConfig {
@@ -63,7 +67,14 @@ impl SlotStoreConfig {
             write_budget: None,
             max_batch_bytes: 64 << 20,
             remote: None,
+            curve_keys: 0,
         }
+    }
+
+    /// Turns on the live capacity curve, tracking `keys` sampled blocks (0: off).
+    pub fn with_curve_keys(mut self, keys: usize) -> Self {
+        self.curve_keys = keys;
+        self
     }
 
     /// Sets the number of IO workers (1..=64). Default: 2.

@@ -272,7 +272,7 @@ impl SlotStore {
         io_backend="auto", workers=2, wipe_on_mismatch=false, slots_per_file=256, direct_io=true,
         admission="all", write_budget_bytes_per_s=None, tp_rank=0, tp_size=1, queue_depth=32,
         read_chunk_bytes=kvtier::tier::DEFAULT_READ_CHUNK_BYTES, max_batch_bytes=64 << 20, remote_url=None,
-        remote_ttl_s=None, remote_timeout_ms=250, remote_tls_ca_pem=None))]
+        remote_ttl_s=None, remote_timeout_ms=250, remote_tls_ca_pem=None, curve_keys=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -298,6 +298,7 @@ impl SlotStore {
         remote_ttl_s: Option<f64>,
         remote_timeout_ms: u64,
         remote_tls_ca_pem: Option<Vec<u8>>,
+        curve_keys: usize,
     ) -> PyResult<Self> {
         let memory = PrimaryBuffer::new(buffer, slot_bytes)?;
         let io = IoConfig::default()
@@ -317,7 +318,8 @@ impl SlotStore {
             .with_tenant_salt(tenant_salt)
             .with_admission(admission_kind(admission)?)
             .with_write_budget(write_budget_bytes_per_s)
-            .with_max_batch_bytes(max_batch_bytes);
+            .with_max_batch_bytes(max_batch_bytes)
+            .with_curve_keys(curve_keys);
         if let Some(url) = remote_url {
             let ttl = match remote_ttl_s {
                 None => None,
@@ -477,6 +479,20 @@ impl SlotStore {
     fn stored_keys(&self, py: Python<'_>) -> PyResult<Vec<u128>> {
         let store = self.open()?;
         Ok(py.detach(move || hashes(&store.stored_keys())))
+    }
+
+    /// The live hit-rate-vs-capacity estimate read at `capacities` (blocks), as a dict
+    /// (`points`: list of (capacity, hit rate), `sample_rate`, `sampled_accesses`,
+    /// `tracked_blocks`, `hot_blocks`), or None when the store was opened with `curve_keys=0`.
+    fn live_curve<'py>(&self, py: Python<'py>, capacities: Vec<u64>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(r) = self.open()?.live_curve(&capacities) else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("points", r.points)?;
+        d.set_item("sample_rate", r.sample_rate)?;
+        d.set_item("sampled_accesses", r.sampled_accesses)?;
+        d.set_item("tracked_blocks", r.tracked_blocks)?;
+        d.set_item("hot_blocks", r.hot_blocks)?;
+        Ok(Some(d))
     }
 
     /// Counters and gauges as a dict.

@@ -272,3 +272,33 @@ def test_events_off_emits_nothing(primary, tier_dir):
     store(tier, primary, 1, KEYS[:1], [0])
     poll(tier)
     assert list(tier.take_events()) == []
+
+
+def test_capacity_curve_counts_loads_as_hits_and_new_stores_as_misses(primary, tier_dir):
+    tier = make_tier(primary, tier_dir)  # 16 blocks
+    assert tier.capacity_blocks == 16
+    for i in range(8):
+        fill(primary, i, i)
+    store(tier, primary, 1, KEYS[:8], list(range(8)))
+    assert poll(tier)[1].success
+    ctx = ReqContext("r1")
+    assert [tier.lookup(k, ctx) for k in KEYS[:4]] == [LookupResult.HIT] * 4
+    tier.submit_load(TransferJob(2, KEYS[:4], np.array([20, 21, 22, 23]), True, ctx))
+    assert poll(tier)[2].success
+    tier.on_request_finished(ctx)
+    curve = tier.capacity_curve()
+    assert curve["multiple"] == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert curve["blocks"] == [4, 8, 16, 32, 64, 128]
+    # 8 misses (stored), then 4 hits each 8 blocks back in LRU order: held from 8 blocks on
+    assert curve["hit_ratio"][0] == 0.0
+    assert curve["hit_ratio"][1:] == [pytest.approx(4 / 12)] * 5
+    assert curve["sample_rate"] == 1.0
+    # repeated lookups are not uses: only loads and new stores count
+    for _ in range(3):
+        assert tier.lookup(KEYS[0], ctx) == LookupResult.HIT
+    tier.on_request_finished(ctx)
+    assert tier.capacity_curve()["sampled_accesses"] == 12
+    tier.shutdown()
+    off = make_tier(primary, tier_dir + "-off", live_curve_blocks=0)
+    assert off.capacity_curve() is None
+    off.shutdown()

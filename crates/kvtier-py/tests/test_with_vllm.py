@@ -144,6 +144,10 @@ def test_prometheus_metrics_through_vllm_stats(tmp_path):
         assert values["vllm:kv_offload_kvtier_used_blocks"][()] == 4
         assert {k for k in values if "kvtier" in k} <= set(defs)
         assert types["vllm:kv_offload_kvtier_keys_stored"] == "counter"
+        # the live capacity curve, one gauge per capacity multiple: 4 new blocks, none loaded
+        curve = values["vllm:kv_offload_kvtier_estimated_hit_ratio"]
+        assert set(curve) == {("0.25x",), ("0.5x",), ("1x",), ("2x",), ("4x",), ("8x",)}
+        assert curve[("1x",)] == 0.0
         # counters go as increases: nothing new stored, no increase reported
         again = tier.get_stats().metric_sections()[1]
         assert "vllm:kv_offload_kvtier_keys_stored" not in again

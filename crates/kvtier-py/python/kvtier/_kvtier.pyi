@@ -107,6 +107,7 @@ class SlotStore:
         remote_ttl_s: float | None = None,
         remote_timeout_ms: int = 250,
         remote_tls_ca_pem: bytes | None = None,
+        curve_keys: int = 0,
     ) -> None:
         """``remote_url`` (``redis://[user:password@]host:port[/db]`` or ``rediss://``) adds
         the shared G4 tier on a Valkey/Redis server: stores also go there, loads read what
@@ -150,6 +151,11 @@ class SlotStore:
         """Waits (GIL released) until every job finished; False if ``timeout`` ran out."""
     def stored_keys(self) -> list[int]:
         """Hashes of every block the tier holds."""
+    def live_curve(self, capacities: list[int]) -> dict[str, Any] | None:
+        """This tier's live hit-rate-vs-capacity estimate (``curve_keys`` > 0), read at
+        ``capacities`` blocks: ``points`` [(capacity, hit rate)], ``sample_rate``,
+        ``sampled_accesses``, ``tracked_blocks``, ``hot_blocks``. Loads count as hits, new
+        stored keys as misses. None when off."""
     def metrics(self) -> dict[str, Any]:
         """Counters and gauges."""
     def shutdown(self) -> None:

@@ -158,6 +158,13 @@ _GAUGES = {
     "vllm:kv_offload_kvtier_queued_jobs": ("queued_jobs", "kvtier jobs waiting for an IO worker."),
     "vllm:kv_offload_kvtier_g4_up": ("g4_up", "1 if the last G4 round trip reached the server."),
 }
+# The live capacity curve: one gauge, labelled by capacity as a multiple of this tier's.
+_CURVE_GAUGE = "vllm:kv_offload_kvtier_estimated_hit_ratio"
+_CURVE_DOC = (
+    "Live estimate (kvtier::curve, sampled LRU stack distances): the share of the blocks vLLM loaded"
+    " from or stored to this tier that an LRU tier of `capacity` times this one's size would have held."
+)
+CURVE_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def _read(path: str) -> bytes:
@@ -318,6 +325,13 @@ class KvtierTier(SecondaryTierManager):
       slow or refusing is a miss, never an error. A lookup of a block that is not on the
       local SSD answers RETRY for the step in which the server is asked (one pipelined round
       trip per scheduler step, on a background thread), then HIT or MISS.
+    - ``live_curve_blocks`` (65536; 0 turns it off): blocks tracked by the tier's live
+      hit-rate-vs-capacity estimate (about 10 MiB at the default). Every block vLLM loads
+      from the tier counts as a hit and every new block it stores as a miss; the estimate says
+      what share of them an LRU tier of 1/4 to 8 times this size would have held
+      (``capacity_curve()``, and the Prometheus gauge
+      ``vllm:kv_offload_kvtier_estimated_hit_ratio{capacity="2x"}``): size the SSD from live
+      traffic.
     """
 
     medium: ClassVar[Any] = Medium.STORAGE
@@ -345,6 +359,7 @@ class KvtierTier(SecondaryTierManager):
         g4_ttl_s: float | None = None,
         g4_timeout_ms: int = 250,
         g4_tls_ca_file: str | None = None,
+        live_curve_blocks: int = 65536,
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality is not None else None
@@ -374,7 +389,9 @@ class KvtierTier(SecondaryTierManager):
             remote_ttl_s=g4_ttl_s,
             remote_timeout_ms=g4_timeout_ms,
             remote_tls_ca_pem=None if g4_tls_ca_file is None else _read(g4_tls_ca_file),
+            curve_keys=max(0, int(live_curve_blocks)),
         )
+        self.capacity_blocks = capacity
         self._remote = _RemoteLookups(self.store, 4 * capacity + 1024) if g4_url is not None else None
         self._events_on = bool(enable_kv_events)
         kv_events_config = getattr(offloading_spec, "kv_events_config", None)
@@ -552,7 +569,22 @@ class KvtierTier(SecondaryTierManager):
 
         defs: dict[str, Any] = {name: OffloadingCounterMetadata(documentation=doc) for name, (_, doc) in _COUNTERS.items()}
         defs.update({name: OffloadingGaugeMetadata(documentation=doc) for name, (_, doc) in _GAUGES.items()})
+        defs[_CURVE_GAUGE] = OffloadingGaugeMetadata(documentation=_CURVE_DOC, labelnames=("capacity",))
         return defs
+
+    def capacity_curve(self) -> dict[str, Any] | None:
+        """The live hit-rate-vs-capacity estimate at 1/4 to 8 times this tier's capacity:
+        ``{"multiple": [...], "blocks": [...], "hit_ratio": [...], "sample_rate",
+        "sampled_accesses", "tracked_blocks", "hot_blocks"}``; None with ``live_curve_blocks=0``."""
+        blocks = [max(1, int(m * self.capacity_blocks)) for m in CURVE_MULTIPLES]
+        reading = self.store.live_curve(blocks)
+        if reading is None:
+            return None
+        out = {k: v for k, v in reading.items() if k != "points"}
+        out["multiple"] = list(CURVE_MULTIPLES)
+        out["blocks"] = [c for c, _ in reading["points"]]
+        out["hit_ratio"] = [h for _, h in reading["points"]]
+        return out
 
     def get_stats(self) -> Any:
         """Counter increases since the last call and current gauges, as vLLM's
@@ -570,6 +602,10 @@ class KvtierTier(SecondaryTierManager):
         for name, (key, _) in _GAUGES.items():
             if key in m:
                 stats.set_gauge(name, int(m[key]))
+        curve = self.capacity_curve()
+        if curve is not None:
+            for multiple, ratio in zip(curve["multiple"], curve["hit_ratio"]):
+                stats.set_gauge(_CURVE_GAUGE, float(ratio), labelvalues=(f"{multiple:g}x",))
         return stats
 
     def metrics(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 //! line (with that line's number and reason), counts skipped lines exactly, and every record it
 //! accepts is valid and reads back the same when written out again. As text (`parse_str` of the
 //! lossy UTF-8 decoding) and as bytes (`parse_bytes`, where a line that is not UTF-8 is one bad
-//! line and the others read as in the text).
+//! line and the others read as in the text). A line is bad on its own (`parse_line`) or because
+//! its timestamp is below the last accepted record's (`TraceReason::Backwards`).
 #![no_main]
 
 use kvtier_cli::Error;
@@ -36,6 +37,27 @@ fn raw_lines(data: &[u8]) -> Vec<&[u8]> {
     let mut lines: Vec<&[u8]> = lines.into_iter().map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
     lines.extend(last);
     lines
+}
+
+/// The verdicts of a trace's lines from their verdicts on their own: a record whose timestamp
+/// is below the last accepted record's is `Backwards` (and not accepted).
+fn in_sequence(alone: Vec<Verdict>) -> Vec<Verdict> {
+    let mut last: Option<u64> = None;
+    alone
+        .into_iter()
+        .map(|v| match v {
+            Some(Ok(r)) => match last {
+                Some(previous_ms) if r.timestamp_ms < previous_ms => {
+                    Some(Err(TraceReason::Backwards { previous_ms, timestamp_ms: r.timestamp_ms }))
+                }
+                _ => {
+                    last = Some(r.timestamp_ms);
+                    Some(Ok(r))
+                }
+            },
+            other => other,
+        })
+        .collect()
 }
 
 /// Checks a reader (`parse`, with and without skipping) against the verdicts of its lines.
@@ -76,23 +98,25 @@ fn check_reader(verdicts: &[Verdict], parse: impl Fn(&TraceOptions) -> Result<Tr
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let lines: Vec<&str> = text.lines().collect();
-    let verdicts: Vec<Verdict> =
+    let alone: Vec<Verdict> =
         lines.iter().map(|l| (!l.trim().is_empty()).then(|| TraceRecord::parse_line(l))).collect();
-    for r in verdicts.iter().filter_map(|v| v.as_ref()?.as_ref().ok()) {
+    for r in alone.iter().filter_map(|v| v.as_ref()?.as_ref().ok()) {
         check_record(r);
     }
+    let verdicts = in_sequence(alone.clone());
     check_reader(&verdicts, |options| Trace::parse_str(&text, options));
 
     // Lossy decoding keeps every ASCII byte, so the raw lines are the text's lines.
     let raw = raw_lines(data);
     assert_eq!(raw.len(), lines.len());
-    let byte_verdicts: Vec<Verdict> = raw
-        .iter()
-        .zip(&verdicts)
-        .map(|(line, verdict)| match std::str::from_utf8(line) {
-            Ok(_) => verdict.clone(),
-            Err(_) => Some(Err(TraceReason::InvalidUtf8)),
-        })
-        .collect();
+    let byte_verdicts = in_sequence(
+        raw.iter()
+            .zip(&alone)
+            .map(|(line, verdict)| match std::str::from_utf8(line) {
+                Ok(_) => verdict.clone(),
+                Err(_) => Some(Err(TraceReason::InvalidUtf8)),
+            })
+            .collect(),
+    );
     check_reader(&byte_verdicts, |options| Trace::parse_bytes(data, options));
 });

@@ -122,6 +122,9 @@ pub(crate) struct Job {
     pub(crate) slots: Vec<usize>,
     pub(crate) pinned: Vec<bool>,
     pub(crate) submitted: Instant,
+    /// Keys the live capacity curve counts when the job has run (on the worker, off the
+    /// runtime's thread): every key of a load, the new keys of a store (admitted or not).
+    pub(crate) uses: Vec<BlockHash>,
 }
 
 #[derive(Default)]
@@ -138,7 +141,7 @@ pub(crate) struct State {
     gate: Option<Gate>,
     /// The live capacity curve, fed the keys of every load (hits) and the new keys of every
     /// store (misses), if configured.
-    curve: Option<CapacityCurve>,
+    pub(crate) curve: Option<CapacityCurve>,
 }
 
 /// Pins on the pages of some keys, taken by [`SlotStore::prepare_load`]: none of them is evicted
@@ -402,6 +405,7 @@ impl SlotStore {
             slots: Vec::with_capacity(keys.len()),
             pinned: Vec::new(),
             submitted: Instant::now(),
+            uses: Vec::new(),
         };
         // Keys neither stored nor in flight; more of them than the tier holds can never fit.
         let mut fresh: Vec<(BlockHash, usize)> = Vec::with_capacity(keys.len());
@@ -416,10 +420,9 @@ impl SlotStore {
             return Err(Error::NeverFits { requested: fresh.len(), capacity: self.capacity() });
         }
         let skipped = keys.len() - fresh.len();
-        if let Some(curve) = &mut st.curve {
+        if st.curve.is_some() {
             // a key the runtime stores is one it used and this tier did not have
-            let new: Vec<BlockHash> = fresh.iter().map(|&(key, _)| key).collect();
-            curve.observe(&new);
+            job.uses = fresh.iter().map(|&(key, _)| key).collect();
         }
         let page_bytes = self.page_bytes() as u64;
         for (key, slot) in fresh {
@@ -436,6 +439,9 @@ impl SlotStore {
         st.m.keys_already_present += skipped as u64;
         let queued = job.keys.len();
         if queued == 0 {
+            if let Some(curve) = &mut st.curve {
+                curve.observe(&job.uses); // no worker will run this job
+            }
             st.m.jobs_finished += 1;
             st.finished.push(JobResult::empty(job_id, JobKind::Store));
             return Ok(0);
@@ -469,9 +475,8 @@ impl SlotStore {
             return Err(Error::Closed);
         }
         let (keys, pinned) = lease.take();
-        if let Some(curve) = &mut st.curve {
-            curve.observe(&keys); // a key the runtime loads is one it used and found here
-        }
+        // a key the runtime loads is one it used and found here
+        let uses = if st.curve.is_some() { keys.clone() } else { Vec::new() };
         st.m.load_jobs += 1;
         st.loads.push_back(Job {
             id: job_id,
@@ -480,6 +485,7 @@ impl SlotStore {
             slots: slots.to_vec(),
             pinned,
             submitted: Instant::now(),
+            uses,
         });
         drop(st);
         self.shared.work.notify_one();

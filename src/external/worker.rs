@@ -103,6 +103,15 @@ fn end_in_flight(st: &mut MutexGuard<'_, State>, keys: &[BlockHash]) {
     }
 }
 
+/// Feeds the live capacity curve the uses of a batch's jobs (here, off the runtime's thread).
+fn count_uses(st: &mut MutexGuard<'_, State>, jobs: &[Job]) {
+    if let Some(curve) = &mut st.curve {
+        for job in jobs {
+            curve.observe(&job.uses);
+        }
+    }
+}
+
 fn finish(st: &mut MutexGuard<'_, State>, result: JobResult) {
     st.m.jobs_finished += 1;
     st.finished.push(result);
@@ -145,6 +154,7 @@ fn store(shared: &Shared, jobs: Vec<Job>) {
         results.push(result);
     }
     let mut st = lock(&shared.state);
+    count_uses(&mut st, &jobs);
     st.m.keys_stored_g4 += to_g4;
     end_in_flight(&mut st, &keys);
     if !evicted.is_empty() {
@@ -206,6 +216,7 @@ fn load(shared: &Shared, jobs: Vec<Job>) {
         results.push(result);
     }
     let mut st = lock(&shared.state);
+    count_uses(&mut st, &jobs);
     if !dropped.is_empty() {
         st.events.push(TierEvent { kind: EventKind::Removed, tier: Tier::G3, hashes: dropped });
     }

@@ -32,7 +32,8 @@ use crate::prefix::BlockHash;
 /// Sub-buckets per power of two of the distance histogram (a bucket spans 12.5 % of its
 /// distance at most).
 const SUB: u64 = 8;
-/// Powers of two of distance the histogram covers (2^48 blocks).
+/// The histogram has `OCTAVES x SUB` buckets: distances below SUB exactly, then SUB per power
+/// of two (up to 2^49 blocks).
 const OCTAVES: u64 = 48;
 /// The frequency sketch halves its counts every this many times its width in accesses.
 const AGE_EVERY: u64 = 8;
@@ -310,10 +311,6 @@ impl CapacityCurve {
         let c = blocks as f64;
         let mut hits = 0.0;
         for (i, &w) in self.hist.iter().enumerate() {
-            if w == 0.0 {
-                // (buckets SUB..3 x SUB are never filled: their bounds would end the walk early)
-                continue;
-            }
             // the bucket holds accesses needing lo..hi blocks (integers, hi excluded)
             let (lo, hi) = bounds(i);
             if c >= hi - 1.0 {
@@ -367,8 +364,9 @@ fn bucket(blocks: f64) -> usize {
     let i = if d < SUB {
         d
     } else {
+        // the octave [2^exp, 2^(exp+1)) for exp >= 3 in SUB buckets, right after 0..SUB
         let exp = 63 - u64::from(d.leading_zeros());
-        exp * SUB + ((d >> (exp - 3)) & (SUB - 1))
+        (exp - 2) * SUB + ((d >> (exp - 3)) & (SUB - 1))
     };
     (i as usize).min((OCTAVES * SUB) as usize - 1)
 }
@@ -377,8 +375,11 @@ fn bucket(blocks: f64) -> usize {
 fn bounds(i: usize) -> (f64, f64) {
     let i = i as u64;
     let lower = |i: u64| -> f64 {
-        let (exp, sub) = (i / SUB, i % SUB);
-        if exp < 3 { i as f64 } else { ((SUB + sub) << (exp - 3)) as f64 }
+        if i < SUB {
+            return i as f64;
+        }
+        let (exp, sub) = (i / SUB + 2, i % SUB);
+        ((SUB + sub) << (exp - 3)) as f64
     };
     (lower(i), lower(i + 1))
 }
@@ -505,8 +506,8 @@ mod tests {
 
     #[test]
     fn capacities_between_8_and_23_blocks_see_longer_distances() {
-        // a loop of 10 blocks needs 10 of them; the histogram's never-filled buckets 8..24 once
-        // ended the walk before it reached the bucket holding those accesses
+        // a loop of 10 blocks needs 10 of them; the histogram once left buckets 8..24 unused,
+        // and their bounds ended the walk before it reached the bucket holding those accesses
         let mut c = CapacityCurve::new(64);
         for _ in 0..5 {
             c.observe(&(0..10).map(key).collect::<Vec<_>>());

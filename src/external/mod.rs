@@ -122,8 +122,8 @@ pub(crate) struct Job {
     pub(crate) slots: Vec<usize>,
     pub(crate) pinned: Vec<bool>,
     pub(crate) submitted: Instant,
-    /// Keys the live capacity curve counts when the job has run (on the worker, off the
-    /// runtime's thread): every key of a load, the new keys of a store (admitted or not).
+    /// Stores only: the new keys (admitted or not) the live capacity curve counts when the
+    /// job has run (a load's are its `keys`).
     pub(crate) uses: Vec<BlockHash>,
 }
 
@@ -475,8 +475,6 @@ impl SlotStore {
             return Err(Error::Closed);
         }
         let (keys, pinned) = lease.take();
-        // a key the runtime loads is one it used and found here
-        let uses = if st.curve.is_some() { keys.clone() } else { Vec::new() };
         st.m.load_jobs += 1;
         st.loads.push_back(Job {
             id: job_id,
@@ -485,7 +483,7 @@ impl SlotStore {
             slots: slots.to_vec(),
             pinned,
             submitted: Instant::now(),
-            uses,
+            uses: Vec::new(),
         });
         drop(st);
         self.shared.work.notify_one();

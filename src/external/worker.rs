@@ -103,11 +103,15 @@ fn end_in_flight(st: &mut MutexGuard<'_, State>, keys: &[BlockHash]) {
     }
 }
 
-/// Feeds the live capacity curve the uses of a batch's jobs (here, off the runtime's thread).
+/// Feeds the live capacity curve the uses of a batch's jobs (here, off the runtime's thread):
+/// every key of a load (found here), the new keys of a store (not found).
 fn count_uses(st: &mut MutexGuard<'_, State>, jobs: &[Job]) {
     if let Some(curve) = &mut st.curve {
         for job in jobs {
-            curve.observe(&job.uses);
+            curve.observe(match job.kind {
+                JobKind::Load => &job.keys,
+                JobKind::Store => &job.uses,
+            });
         }
     }
 }
